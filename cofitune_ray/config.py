@@ -1,0 +1,380 @@
+"""The run configuration: typed dataclasses read from YAML and validated before any Ray work.
+
+Every error names the file, the line and the dotted key, e.g.
+`configs/x.yaml:14: train.lr: expected a number, got 'fast'`.
+Overrides on the command line use the same dotted keys: `train.lr=1e-4`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cofitune_ray.prompt import PromptError, resolve_template
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown, of the wrong type or impossible."""
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a local Hugging Face directory (or hub id where the hub is reachable)."""
+
+    path: str = ""
+    tokenizer: str | None = None  # defaults to `path`
+    dtype: str = "float32"  # weights as loaded: float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+
+
+@dataclass
+class EvalSetConfig:
+    """One evaluation set: a JSONL file and the metric that scores it."""
+
+    name: str = ""
+    path: str = ""
+    metric: str = "auto"  # auto | exact_match | loglik | choice
+
+
+@dataclass
+class DataConfig:
+    """Training and evaluation data (JSONL lines with instruction, input, output)."""
+
+    speciality_train: str = ""
+    speciality_eval: EvalSetConfig = field(default_factory=EvalSetConfig)
+    versatility: list[EvalSetConfig] = field(default_factory=list)
+    prompt_template: str = "alpaca"
+    max_seq_length: int = 512
+    loss_on: str = "response"  # response | sequence
+    max_eval_examples: int | None = None  # per set; None = all
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; defaults are the paper's."""
+
+    lr: float = 4e-5
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps; caps epochs when set
+    batch_size: int = 8  # per worker, per micro-batch
+    grad_accum_steps: int = 1
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float | None = 1.0
+    softmask_mode: str = "update"  # update | grad (see docs/softmask.md)
+    bf16: str = "auto"  # auto (on with GPUs) | on | off
+
+
+@dataclass
+class EvalConfig:
+    """When and how each node is scored."""
+
+    every_n_steps: int | None = None
+    at_epoch_end: bool = True
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    spec_weight: float = 0.5
+    vers_weight: float = 0.5
+
+
+@dataclass
+class ImportanceConfig:
+    """Unit importance for soft-masking (method.md, fine level)."""
+
+    data: list[str] = field(default_factory=list)  # JSONL files; empty = the versatility eval sets
+    max_examples: int = 256
+    batch_size: int = 8
+    temperature: float = 0.1
+    dropout: float = 0.1
+
+
+@dataclass
+class ScalingConfig:
+    """Ray Train workers for each node."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    trial_cpus: float = 0.5  # the Tune trial driver itself
+
+
+@dataclass
+class SearchConfig:
+    """The tree search (see search_spaces/ and docs)."""
+
+    strategy: str = "tree"  # tree | grid | optuna
+    space: str = "search_spaces/cofitune.yaml"
+    beam_width: int = 1
+    epsilon: float = 0.0
+    min_gain: float = 0.0
+    max_depth: int | None = None
+    max_trials: int | None = None
+    max_concurrent_trials: int = 1
+    max_failures: int = 1
+    vers_margin: float | None = 0.1
+    uni_margin: float | None = None
+    min_evals: int = 1
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    name: str = "cofitune"
+    storage_path: str = "runs"
+    seed: int = 0
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON/YAML-able); `config_from_dict` reads it back."""
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.loss_on": ("response", "sequence"),
+    "train.schedule": ("cosine", "linear", "constant"),
+    "train.softmask_mode": ("update", "grad"),
+    "train.bf16": ("auto", "on", "off"),
+    "search.strategy": ("tree", "grid", "optuna"),
+}
+_METRICS = ("auto", "exact_match", "loglik", "choice")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate a YAML config; relative data/model paths resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if root is not None and not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: the top level must be a mapping of keys")
+    config = _build(Config, root, str(path), "")
+    config.source = str(path)
+    apply_overrides(config, overrides)
+    _resolve_paths(config, path.parent)
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    """A config from plain data (as made by `Config.to_dict`), validated."""
+    node = yaml.compose(yaml.safe_dump(data))
+    config = _build(Config, node, source, "")
+    config.source = source
+    validate(config)
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply `dotted.key=value` overrides; the value is parsed as YAML (`1e-4`, `[a, b]`, `null`)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+        *parents, leaf = key.split(".")
+        target: Any = config
+        for i, part in enumerate(parents):
+            target = _child(target, part, ".".join(parents[: i + 1]), "command line")
+        _child(target, leaf, key, "command line")  # the key must exist
+        hint = typing.get_type_hints(type(target))[leaf]
+        value = _build(hint, yaml.compose(raw) if raw.strip() else None, "command line", key)
+        setattr(target, leaf, value)
+
+
+def _child(obj: Any, name: str, key: str, source: str) -> Any:
+    if not dataclasses.is_dataclass(obj) or name not in _public_fields(type(obj)):
+        valid = ", ".join(_public_fields(type(obj))) if dataclasses.is_dataclass(obj) else "none"
+        raise ConfigError(f"{source}: unknown key '{key}' (valid here: {valid})")
+    return getattr(obj, name)
+
+
+def _public_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _where(source: str, node: yaml.Node | None) -> str:
+    return f"{source}:{node.start_mark.line + 1}" if node is not None and source != "command line" else source
+
+
+def _build(hint: Any, node: yaml.Node | None, source: str, key: str) -> Any:
+    """Turn a YAML node into a value of type `hint`, or raise ConfigError naming file:line and key."""
+    where = _where(source, node)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if _is_null(node):
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: {key}: a value is required")
+        (inner,) = [a for a in args if a is not type(None)]
+        return _build(inner, node, source, key)
+    if dataclasses.is_dataclass(hint):
+        if node is None:
+            return hint()
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(f"{where}: {key or 'config'}: expected a mapping of keys")
+        names = _public_fields(hint)
+        hints = typing.get_type_hints(hint)
+        values = {}
+        for key_node, value_node in node.value:
+            name = key_node.value
+            dotted = f"{key}.{name}" if key else name
+            if name not in names:
+                raise ConfigError(
+                    f"{_where(source, key_node)}: unknown key '{dotted}' (valid here: {', '.join(names)})"
+                )
+            if name in values:
+                raise ConfigError(f"{_where(source, key_node)}: key '{dotted}' is given twice")
+            values[name] = _build(hints[name], value_node, source, dotted)
+        return hint(**values)
+    if _is_null(node):
+        raise ConfigError(f"{where}: {key}: a value is required")
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(node, yaml.SequenceNode):
+            raise ConfigError(f"{where}: {key}: expected a list")
+        return [_build(item_hint, item, source, f"{key}[{i}]") for i, item in enumerate(node.value)]
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(f"{where}: {key}: expected a single value, got a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+    value = yaml.safe_load(yaml.serialize(node))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {node.value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected a whole number, got {node.value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 4e-5 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: expected a number, got {node.value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected text, got {node.value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _is_null(node: yaml.Node | None) -> bool:
+    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null")
+
+
+def _resolve_paths(config: Config, base: Path) -> None:
+    """Make data and model paths that exist relative to the config file absolute."""
+
+    def resolve(p: str | None) -> str | None:
+        if not p:
+            return p
+        candidate = base / p
+        return str(candidate.resolve()) if not Path(p).is_absolute() and candidate.exists() else p
+
+    config.model.path = resolve(config.model.path)
+    config.model.tokenizer = resolve(config.model.tokenizer)
+    config.data.speciality_train = resolve(config.data.speciality_train)
+    config.data.speciality_eval.path = resolve(config.data.speciality_eval.path)
+    for item in config.data.versatility:
+        item.path = resolve(item.path)
+    config.importance.data = [resolve(p) for p in config.importance.data]
+    config.search.space = resolve(config.search.space)
+
+
+def validate(config: Config) -> None:
+    """Check values that are well-typed but impossible; raise ConfigError naming the key."""
+    src = config.source
+    errors: list[str] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            errors.append(f"{src}: {key}: {message}")
+
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        need(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
+    need(bool(config.model.path), "model.path", "the base model directory is required")
+    need(bool(config.data.speciality_train), "data.speciality_train", "a JSONL file is required")
+    need(bool(config.data.speciality_eval.path), "data.speciality_eval.path", "a JSONL file is required")
+    need(bool(config.data.versatility), "data.versatility", "at least one versatility eval set is required")
+    sets = [config.data.speciality_eval, *config.data.versatility]
+    for i, item in enumerate(config.data.versatility):
+        need(bool(item.path), f"data.versatility[{i}].path", "a JSONL file is required")
+        need(bool(item.name), f"data.versatility[{i}].name", "a name is required")
+    names = [s.name for s in config.data.versatility]
+    need(len(set(names)) == len(names), "data.versatility", f"set names must be unique, got {names}")
+    for s in sets:
+        need(s.metric in _METRICS, "metric", f"{s.metric!r} is not one of {', '.join(_METRICS)}")
+    try:
+        resolve_template(config.data.prompt_template)
+    except PromptError as exc:
+        errors.append(f"{src}: data.prompt_template: {exc}")
+    need(config.data.max_seq_length >= 8, "data.max_seq_length", "must be at least 8")
+    need(config.data.max_eval_examples is None or config.data.max_eval_examples > 0,
+         "data.max_eval_examples", "must be positive or null")
+    t = config.train
+    need(t.lr > 0 and math.isfinite(t.lr), "train.lr", f"must be a positive number, got {t.lr}")
+    need(t.epochs >= 1, "train.epochs", "must be at least 1")
+    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be at least 1 or null")
+    need(t.batch_size >= 1, "train.batch_size", "must be at least 1")
+    need(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be at least 1")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "must be two numbers in [0, 1)")
+    need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "must be positive or null")
+    e = config.eval
+    need(e.every_n_steps is None or e.every_n_steps >= 1, "eval.every_n_steps", "must be at least 1 or null")
+    need(e.every_n_steps is not None or e.at_epoch_end, "eval", "no evaluation point: set every_n_steps or at_epoch_end")
+    need(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    need(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be at least 1")
+    need(e.spec_weight >= 0 and e.vers_weight >= 0 and e.spec_weight + e.vers_weight > 0,
+         "eval.spec_weight", "weights must be >= 0 and not both 0")
+    imp = config.importance
+    need(imp.max_examples >= 1, "importance.max_examples", "must be at least 1")
+    need(imp.batch_size >= 1, "importance.batch_size", "must be at least 1")
+    need(imp.temperature > 0, "importance.temperature", "must be positive")
+    need(0 < imp.dropout < 1, "importance.dropout", "must be in (0, 1): two identical passes give no signal")
+    sc = config.scaling
+    need(sc.num_workers >= 1, "scaling.num_workers", "must be at least 1")
+    need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be positive")
+    need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be positive")
+    need(sc.trial_cpus > 0, "scaling.trial_cpus", "must be positive")
+    s = config.search
+    need(s.beam_width >= 1, "search.beam_width", "must be at least 1")
+    need(s.epsilon >= 0, "search.epsilon", "must be >= 0")
+    need(s.max_depth is None or s.max_depth >= 1, "search.max_depth", "must be at least 1 or null")
+    need(s.max_trials is None or s.max_trials >= 1, "search.max_trials", "must be at least 1 or null")
+    need(s.max_concurrent_trials >= 1, "search.max_concurrent_trials", "must be at least 1")
+    need(s.max_failures >= 0, "search.max_failures", "must be >= 0")
+    need(s.min_evals >= 1, "search.min_evals", "must be at least 1")
+    need(bool(config.name) and "/" not in config.name, "name", "must be a non-empty name without '/'")
+    if errors:
+        raise ConfigError("\n".join(errors))

@@ -1,0 +1,72 @@
+"""The importance computation as a Ray Train job, cached on storage and reused when nothing changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+from ray.train.torch import TorchTrainer
+
+from cofitune_ray.config import Config, config_from_dict
+from cofitune_ray.importance import (
+    ImportanceSettings,
+    cache_dir,
+    cache_key,
+    compute_importance,
+    load_cached_importance,
+    save_importance,
+)
+from cofitune_ray.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.node_runner import ImportanceRef, scaling_config
+
+
+def importance_settings(config: Config) -> ImportanceSettings:
+    imp = config.importance
+    return ImportanceSettings(
+        prompt_template=config.data.prompt_template,
+        max_seq_length=config.data.max_seq_length,
+        max_examples=imp.max_examples,
+        batch_size=imp.batch_size,
+        temperature=imp.temperature,
+        dropout=imp.dropout,
+        seed=config.seed,
+    )
+
+
+def importance_data(config: Config) -> list[str]:
+    """The general data importance is computed on: `importance.data`, else the versatility sets."""
+    return list(config.importance.data) or [v.path for v in config.data.versatility]
+
+
+def importance_worker(loop_config: dict) -> None:
+    """Ray Train worker: score this worker's share, all-reduce, rank 0 writes the cache entry."""
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    model = load_model(config.model.path, config.model.dtype).to(ray.train.torch.get_device())
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
+    importance, raw_sets = compute_importance(model, Architecture.from_config(model.config), tokenizer,
+                                              loop_config["data"], importance_settings(config), rank, world_size)
+    if rank == 0:
+        save_importance(Path(loop_config["directory"]), importance, loop_config["key"], raw_sets)
+    ray.train.report({"layers": int(importance.head.shape[0])})
+
+
+def ensure_importance(config: Config, storage_dir: str | Path) -> tuple[ImportanceRef, bool]:
+    """The run's importance (computed by a Ray Train job unless cached); True when it was computed now."""
+    data = importance_data(config)
+    key = cache_key(config.model.path, data, importance_settings(config))
+    directory = cache_dir(str(Path(storage_dir).resolve()), key)
+    ref = ImportanceRef(str(directory), key)
+    if load_cached_importance(directory, key) is not None:
+        return ref, False
+    TorchTrainer(
+        importance_worker,
+        train_loop_config={"config": config.to_dict(), "data": data, "directory": str(directory), "key": key},
+        scaling_config=scaling_config(config),
+        run_config=ray.train.RunConfig(name=f"importance-{directory.name}", storage_path=str(directory.parent)),
+    ).fit()
+    if load_cached_importance(directory, key) is None:
+        raise RuntimeError(f"the importance job finished but wrote nothing usable to {directory}")
+    return ref, True

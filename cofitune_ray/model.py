@@ -1,0 +1,120 @@
+"""Architecture adapter: which parameters of a Hugging Face causal LM a search node trains.
+
+Supported families share the decoder layout `model.layers.{i}.self_attn.{q,k,v,o}_proj` and
+`model.layers.{i}.mlp.{gate,up,down}_proj` (LLaMA, Mistral, Qwen2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from cofitune_ray.node import ATTENTION_MODULES, NodeSpec
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+class ModelError(ValueError):
+    """A model this project cannot load or cannot select parameters in."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape facts of a decoder-only model that node selection and soft-masking need."""
+
+    model_type: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> "Architecture":
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelError(
+                f"model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        heads = config.num_attention_heads
+        return cls(
+            model_type=config.model_type,
+            num_layers=config.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+        )
+
+    def module_prefix(self, layer: int, module: str) -> str:
+        """The parameter-name prefix of one projection in one layer."""
+        block = "self_attn" if module in ATTENTION_MODULES else "mlp"
+        return f"model.layers.{layer}.{block}.{module}."
+
+
+def read_architecture(model_path: str) -> Architecture:
+    """The architecture of a local model directory, read from its config only (no weights)."""
+    if not Path(model_path).is_dir() and not _looks_like_hub_id(model_path):
+        raise ModelError(f"model.path: {model_path!r} is not a directory")
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.path: cannot read a Hugging Face config from {model_path!r}: {exc}") from None
+    return Architecture.from_config(config)
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    # "org/name" with no leading "." or "/": a hub id, which only a machine with hub access can load.
+    return path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def trainable_parameter_names(arch: Architecture, node: NodeSpec, parameter_names: list[str]) -> list[str]:
+    """The exact parameter names a node trains, in model order.
+
+    "full" trains everything (embeddings, norms and lm_head included); "base" trains nothing.
+    """
+    if node.kind == "full":
+        return list(parameter_names)
+    prefixes = tuple(
+        arch.module_prefix(layer, module) for layer in node.layer_indices(arch.num_layers) for module in node.modules
+    )
+    selected = [name for name in parameter_names if name.startswith(prefixes)]
+    missing = [p for p in prefixes if not any(n.startswith(p) for n in selected)]
+    if missing:
+        raise ModelError(f"the model has no parameters named {missing[0]}* (its layout is not {arch.model_type}'s)")
+    return selected
+
+
+def freeze_all_but(model: torch.nn.Module, names: list[str]) -> int:
+    """Set requires_grad on exactly `names`; return how many scalar parameters will train."""
+    wanted = set(names)
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in wanted)
+        if name in wanted:
+            count += param.numel()
+    return count
+
+
+def load_model(model_path: str, dtype: str = "float32") -> torch.nn.Module:
+    """Load a causal LM from a local directory in the given dtype."""
+    read_architecture(model_path)  # a clear error for unsupported families before loading weights
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of a local directory; a missing pad token falls back to EOS (right padding)."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir() and not _looks_like_hub_id(path):
+        raise ModelError(f"model.tokenizer: {path!r} is not a directory")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"model.tokenizer: the tokenizer in {path!r} has no EOS token to end responses with")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

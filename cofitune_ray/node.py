@@ -1,0 +1,153 @@
+"""A search node: which part of the model one trial trains, and how.
+
+Pure Python (no torch, no Ray) so the tree search can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+FFN_MODULES = ("gate_proj", "up_proj", "down_proj")
+ALL_MODULES = ATTENTION_MODULES + FFN_MODULES
+
+#: What a node does with the model: evaluate it untouched, train every parameter, or train a part.
+NODE_KINDS = ("base", "full", "partial")
+
+
+class NodeError(ValueError):
+    """A node description that cannot name a valid part of a model."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One point of the CoFiTune search space.
+
+    kind: "base" (no training: the reference point), "full" (every parameter, i.e. full SFT) or
+        "partial" (only the modules below, in the layers below).
+    layer_range: (lo, hi] as fractions of the model depth; (0.25, 0.5] on 32 layers is layers 8..15.
+    layers: explicit 0-based layer indices; when given they replace layer_range.
+    modules: projection names trained inside those layers (subset of ALL_MODULES).
+    softmask: whether fine-level soft-masking by unit importance is on.
+    lr: learning rate for this node; None means the config's train.lr.
+    """
+
+    kind: str = "partial"
+    layer_range: tuple[float, float] = (0.0, 1.0)
+    layers: tuple[int, ...] | None = None
+    modules: tuple[str, ...] = ALL_MODULES
+    softmask: bool = False
+    lr: float | None = None
+    label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in NODE_KINDS:
+            raise NodeError(f"node kind {self.kind!r} is not one of {', '.join(NODE_KINDS)}")
+        lo, hi = self.layer_range
+        if not (0.0 <= lo < hi <= 1.0):
+            raise NodeError(f"layer_range {self.layer_range} must satisfy 0 <= lo < hi <= 1")
+        unknown = [m for m in self.modules if m not in ALL_MODULES]
+        if unknown:
+            raise NodeError(
+                f"unknown module(s) {', '.join(unknown)}; valid modules: {', '.join(ALL_MODULES)}"
+            )
+        if not self.modules:
+            raise NodeError("a node needs at least one module")
+        if len(set(self.modules)) != len(self.modules):
+            raise NodeError(f"duplicate modules in {self.modules}")
+        if self.layers is not None:
+            if not self.layers or any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
+                raise NodeError(f"layers {self.layers} must be distinct non-negative indices")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise NodeError(f"lr {self.lr} must be a positive number")
+        # Canonical module order so equal sets compare (and hash) equal.
+        object.__setattr__(self, "modules", tuple(m for m in ALL_MODULES if m in self.modules))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(sorted(self.layers)))
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The 0-based decoder layers this node trains in a model of `num_layers` layers."""
+        if self.kind == "full":
+            return list(range(num_layers))
+        if self.kind == "base":
+            return []
+        if self.layers is not None:
+            outside = [i for i in self.layers if i >= num_layers]
+            if outside:
+                raise NodeError(
+                    f"layers {outside} are outside the model, which has {num_layers} layers (0..{num_layers - 1})"
+                )
+            return list(self.layers)
+        lo, hi = self.layer_range
+        start, stop = _round_half_up(lo * num_layers), _round_half_up(hi * num_layers)
+        if stop <= start:
+            raise NodeError(
+                f"layer_range {self.layer_range} selects no layer of a {num_layers}-layer model"
+            )
+        return list(range(start, stop))
+
+    @property
+    def trains(self) -> bool:
+        """Whether this node trains anything (the base reference does not)."""
+        return self.kind != "base"
+
+    def key(self) -> str:
+        """A stable, unique, human-readable identity (used to never run a node twice)."""
+        if self.kind == "base":
+            return "base"
+        parts = [self.kind]
+        if self.kind == "partial":
+            if self.layers is not None:
+                parts.append("layers=" + ",".join(map(str, self.layers)))
+            else:
+                parts.append(f"range=({_fmt(self.layer_range[0])},{_fmt(self.layer_range[1])}]")
+            parts.append("modules=" + "+".join(self.modules))
+        parts.append("mask=" + ("on" if self.softmask else "off"))
+        if self.lr is not None:
+            parts.append(f"lr={self.lr:g}")
+        return "|".join(parts)
+
+    def describe(self) -> str:
+        """A short name for tables and plots: the label if it has one, else the key."""
+        return self.label or self.key()
+
+    def with_(self, **changes) -> "NodeSpec":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data; `from_dict` gives the same node back."""
+        return {
+            "kind": self.kind,
+            "layer_range": list(self.layer_range),
+            "layers": list(self.layers) if self.layers is not None else None,
+            "modules": list(self.modules),
+            "softmask": self.softmask,
+            "lr": self.lr,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NodeSpec":
+        data = dict(data)
+        if "layer_range" in data:
+            data["layer_range"] = tuple(float(x) for x in data["layer_range"])
+        if data.get("layers") is not None:
+            data["layers"] = tuple(int(i) for i in data["layers"])
+        if "modules" in data:
+            data["modules"] = tuple(data["modules"])
+        return cls(**data)
+
+
+BASE_NODE = NodeSpec(kind="base", label="base model")
+FULL_SFT_NODE = NodeSpec(kind="full", label="full SFT")
+
+
+def _round_half_up(x: float) -> int:
+    # Python's round() rounds half to even; layer bounds should not depend on parity.
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
