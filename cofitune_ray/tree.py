@@ -141,11 +141,16 @@ class SearchTree:
     def runnable(self) -> list[TreeNode]:
         """Pending nodes of the current level that the trial budget allows, best parent first."""
         pending = [n for n in self.at_depth(self.depth) if n.status == "pending"]
-        pending.sort(key=self._parent_rank)
+        pending.sort(key=self.run_priority)
         budget = self.policy.max_trials
         if budget is not None:
             pending = pending[: max(0, budget - self.trials_started())]
         return pending
+
+    def run_priority(self, node: TreeNode) -> tuple[float, int]:
+        """Sort key for running pending nodes: children of the best parent first, then creation order."""
+        parent_score = self.nodes[node.parent].score() if node.parent else None
+        return (-parent_score.uni if parent_score else 0.0, int(node.id[1:]))
 
     def in_flight(self) -> list[TreeNode]:
         return [n for n in self.nodes.values() if n.status == "running"]
@@ -284,10 +289,6 @@ class SearchTree:
             return math.inf
         parent_score = self.nodes[node.parent].score()
         return node.score().uni - parent_score.uni if parent_score else math.inf
-
-    def _parent_rank(self, node: TreeNode) -> tuple[float, int]:
-        parent_score = self.nodes[node.parent].score() if node.parent else None
-        return (-parent_score.uni if parent_score else 0.0, int(node.id[1:]))
 
     # ---- JSON state -----------------------------------------------------------------------
     def to_dict(self) -> dict:
