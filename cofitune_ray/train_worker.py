@@ -115,10 +115,11 @@ def train_node(loop_config: dict) -> None:
             raise RuntimeError(f"no importance matching this run in {loop_config['importance_dir']}")
         softmask = SoftMask.for_model(model, arch, importance, config.train.softmask_mode)
     model = ray.train.torch.prepare_model(model)
-    _train(config, node, model, tokenizer, softmask, report, rank, world_size, device)
+    run_training(config, node, model, tokenizer, softmask, report, rank, world_size, device)
 
 
-def _train(config, node, model, tokenizer, softmask, report, rank, world_size, device) -> None:
+def run_training(config, node, model, tokenizer, softmask, report, rank, world_size, device) -> None:
+    """The training loop of one node; `report(model, step, epoch, train_loss)` is called at each evaluation point."""
     data = tokenize_for_training(read_jsonl(config.data.speciality_train), tokenizer, config.data.prompt_template,
                                  config.data.max_seq_length, config.data.loss_on)
     if rank == 0 and data.truncated:
@@ -136,13 +137,13 @@ def _train(config, node, model, tokenizer, softmask, report, rank, world_size, d
     use_bf16 = t.bf16 == "on" or (t.bf16 == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     every = config.eval.every_n_steps
-    step, micro, running_loss, loss_count = 0, 0, 0.0, 0
+    step, running_loss, loss_count = 0, 0.0, 0
     model.train()
     for epoch in range(t.epochs):
         sampler.set_epoch(epoch)
-        for batch in loader:
-            micro += 1
-            last_micro = micro % t.grad_accum_steps == 0 or micro == len(loader) * (epoch + 1)
+        for index, batch in enumerate(loader, start=1):
+            last_micro = index % t.grad_accum_steps == 0 or index == len(loader)
+            # DDP all-reduces gradients only on the micro-batch that ends an optimizer step.
             sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync, autocast:
                 loss = model(**{k: v.to(device) for k, v in batch.items()}).loss / t.grad_accum_steps
@@ -161,13 +162,10 @@ def _train(config, node, model, tokenizer, softmask, report, rank, world_size, d
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if every and step % every == 0 and step < total_steps:
-                report(model, step, step / per_epoch, running_loss / loss_count)
+            finished = step >= total_steps
+            epoch_end = index == len(loader)
+            if finished or (every and step % every == 0) or (epoch_end and config.eval.at_epoch_end):
+                report(model, step, step / per_epoch, running_loss / max(loss_count, 1))
                 running_loss, loss_count = 0.0, 0
-            if step >= total_steps:
-                break
-        if step >= total_steps or config.eval.at_epoch_end:
-            report(model, step, float(epoch + 1), running_loss / max(loss_count, 1))
-            running_loss, loss_count = 0.0, 0
-        if step >= total_steps:
-            break
+            if finished:
+                return

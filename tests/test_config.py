@@ -1,0 +1,100 @@
+"""Config loading: defaults, overrides, and errors that name file, line and key."""
+
+import pytest
+
+from cofitune_ray.config import Config, ConfigError, config_from_dict, load_config
+from tiny import write_config
+
+MINIMAL = """\
+model:
+  path: model
+data:
+  speciality_train: train.jsonl
+  speciality_eval: {name: spec, path: eval.jsonl}
+  versatility:
+    - {name: general, path: general.jsonl}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_paper_defaults(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL))
+    t = config.train
+    assert (t.lr, t.epochs, t.schedule, t.warmup_ratio, t.weight_decay, t.betas, t.grad_clip) == (
+        4e-5, 3, "cosine", 0.03, 0.1, [0.9, 0.95], 1.0)
+    assert config.eval.spec_weight == config.eval.vers_weight == 0.5
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert config.data.speciality_train == str(tmp_path / "train.jsonl")
+    assert config.data.speciality_eval.path == "eval.jsonl"  # does not exist: left for preflight to report
+
+
+def test_unknown_key_names_file_line_and_valid_keys(tmp_path):
+    path = _write(tmp_path, MINIMAL + "train:\n  lr: 1e-4\n  lrr: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{path}:10: unknown key 'train.lrr'" in str(err.value)
+    assert "lr, epochs" in str(err.value)
+
+
+def test_wrong_type_names_the_key_and_line(tmp_path):
+    path = _write(tmp_path, MINIMAL + "train:\n  epochs: three\n")
+    with pytest.raises(ConfigError, match=rf"{path}:9: train.epochs: expected a whole number, got 'three'"):
+        load_config(path)
+
+
+def test_impossible_values_are_all_reported(tmp_path):
+    path = _write(tmp_path, MINIMAL + "train:\n  lr: -1\n  warmup_ratio: 1.5\nscaling:\n  num_workers: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "train.lr: must be a positive number" in text
+    assert "train.warmup_ratio: must be in [0, 1)" in text
+    assert "scaling.num_workers: must be at least 1" in text
+
+
+def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL + "train:\n  lr: 4e-5\n"))
+    assert config.train.lr == 4e-5
+
+
+def test_dotted_overrides(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL), ["train.lr=1e-3", "search.beam_width=2", "train.max_steps=null"])
+    assert config.train.lr == 1e-3 and config.search.beam_width == 2 and config.train.max_steps is None
+
+
+def test_override_of_unknown_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="command line: unknown key 'train.learning_rate'"):
+        load_config(_write(tmp_path, MINIMAL), ["train.learning_rate=1"])
+
+
+def test_override_with_wrong_type(tmp_path):
+    with pytest.raises(ConfigError, match="command line: train.epochs: expected a whole number"):
+        load_config(_write(tmp_path, MINIMAL), ["train.epochs=many"])
+
+
+def test_missing_required_values(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, "seed: 1\n"))
+    assert "model.path: the base model directory is required" in str(err.value)
+    assert "data.versatility: at least one versatility eval set is required" in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_round_trip_through_dict(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL), ["train.lr=2e-4"])
+    again = config_from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+    assert isinstance(again, Config)

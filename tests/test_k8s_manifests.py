@@ -1,0 +1,902 @@
+"""The k8s/ manifests, rendered and validated the way a Kubernetes API server would see them.
+
+Rendering: a small Python Kustomize for exactly the subset k8s/ uses (resources, JSON 6902
+patches with a target, images, configMapGenerator without name hash). Anything else in a
+kustomization is an error, never ignored; where `kubectl kustomize` or `kustomize` is on PATH a
+test checks that both renderings are identical.
+
+Validation: RayJob (and the RayCluster the operator makes from its `rayClusterSpec`) against the
+KubeRay v1.7.0 CRD schemas in ../shared/kuberay-crds (or $KUBERAY_CRDS_DIR) with structural-schema
+semantics (unknown fields are errors, int-or-string, list-map keys); ConfigMap, PVC, Service and
+every pod template against Kubernetes' own schemas (kubernetes-validate, strict); the PodMonitor
+against the fields of monitoring.coreos.com/v1 it uses; then the project's own rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import ray
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "k8s"
+OVERLAYS = ("cpu-smoke", "gpu")
+K8S_VERSION = "1.37.0"  # schemas shipped with kubernetes-validate
+IMAGE_APP_DIR = "/home/ray/cofitune"  # where the Dockerfile puts this repository
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class KustomizeError(ValueError):
+    """A kustomization this renderer cannot render faithfully, or one that is wrong."""
+
+
+_SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "patches", "images", "configMapGenerator", "generatorOptions"}
+
+
+def render(directory: Path) -> list[dict]:
+    """Render a kustomization directory: resources, then generators, then patches, then images."""
+    directory = Path(directory)
+    kfile = directory / "kustomization.yaml"
+    if not kfile.is_file():
+        raise KustomizeError(f"{directory}: no kustomization.yaml")
+    spec = yaml.safe_load(kfile.read_text()) or {}
+    unsupported = set(spec) - _SUPPORTED_KEYS
+    if unsupported:
+        raise KustomizeError(f"{kfile}: keys this renderer does not implement: {sorted(unsupported)}")
+    if spec.get("kind", "Kustomization") != "Kustomization":
+        raise KustomizeError(f"{kfile}: kind must be Kustomization")
+
+    resources: list[dict] = []
+    for entry in spec.get("resources", []):
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            resources.extend(render(path))
+        elif path.is_file():
+            resources.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
+        else:
+            raise KustomizeError(f"{kfile}: resource {entry!r} not found")
+
+    resources.extend(_generate_config_maps(directory, spec))
+    _check_unique(resources, kfile)
+
+    for patch in spec.get("patches", []):
+        _apply_patch(directory, kfile, patch, resources)
+    for image in spec.get("images", []):
+        _apply_image(image, resources)
+    return resources
+
+
+def _check_unique(resources: list[dict], where: Path) -> None:
+    seen = set()
+    for res in resources:
+        key = _res_id(res)
+        if key in seen:
+            raise KustomizeError(f"{where}: resource {key} appears twice")
+        seen.add(key)
+
+
+def _res_id(res: dict) -> tuple[str, str, str]:
+    return (res.get("apiVersion", ""), res.get("kind", ""), res.get("metadata", {}).get("name", ""))
+
+
+def _inside(directory: Path, relative: str, kfile: Path) -> Path:
+    path = (directory / relative).resolve()
+    if directory.resolve() not in path.parents:  # kustomize's default load restrictor
+        raise KustomizeError(f"{kfile}: {relative!r} is outside the kustomization directory")
+    return path
+
+
+def _generate_config_maps(directory: Path, spec: dict) -> list[dict]:
+    generators = spec.get("configMapGenerator", [])
+    options = spec.get("generatorOptions", {})
+    kfile = directory / "kustomization.yaml"
+    if set(options) - {"disableNameSuffixHash", "labels"}:
+        raise KustomizeError(f"{kfile}: unsupported generatorOptions {sorted(set(options))}")
+    if generators and options.get("disableNameSuffixHash") is not True:
+        raise KustomizeError(f"{kfile}: the renderer does not compute name hashes; set disableNameSuffixHash: true")
+    out = []
+    for gen in generators:
+        if set(gen) - {"name", "files", "literals"}:
+            raise KustomizeError(f"{kfile}: unsupported configMapGenerator keys {sorted(set(gen))}")
+        data: dict[str, str] = {}
+        for item in gen.get("files", []):
+            key, sep, rel = item.partition("=")
+            if not sep:
+                key, rel = Path(item).name, item
+            data[key] = _inside(directory, rel, kfile).read_text()
+        for item in gen.get("literals", []):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise KustomizeError(f"{kfile}: literal {item!r} is not key=value")
+            data[key] = value
+        metadata: dict[str, Any] = {"name": gen["name"]}
+        if options.get("labels"):
+            metadata["labels"] = dict(options["labels"])
+        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
+    return out
+
+
+def _apply_patch(directory: Path, kfile: Path, patch: dict, resources: list[dict]) -> None:
+    if set(patch) - {"path", "patch", "target"} or ("path" in patch) == ("patch" in patch):
+        raise KustomizeError(f"{kfile}: a patch needs exactly one of path/patch, and a target")
+    target = patch.get("target")
+    if not target or set(target) - {"group", "version", "kind", "name"}:
+        raise KustomizeError(f"{kfile}: patch target must use only group/version/kind/name: {target}")
+    text = _inside(directory, patch["path"], kfile).read_text() if "path" in patch else patch["patch"]
+    ops = yaml.safe_load(text)
+    if not isinstance(ops, list):
+        raise KustomizeError(f"{kfile}: only JSON 6902 patches (a list of operations) are supported")
+    matched = [r for r in resources if _matches(r, target)]
+    if not matched:
+        raise KustomizeError(f"{kfile}: patch target {target} matches no resource")
+    for res in matched:
+        for op in ops:
+            _json6902(res, op, kfile)
+
+
+def _matches(res: dict, target: dict) -> bool:
+    group, _, version = res["apiVersion"].rpartition("/")
+    return (
+        target.get("group", "") == group
+        and target.get("version", version) == version
+        and target.get("kind", res["kind"]) == res["kind"]
+        and target.get("name", res["metadata"]["name"]) == res["metadata"]["name"]
+    )
+
+
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise KustomizeError(f"JSON pointer {path!r} must start with '/'")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _json6902(doc: Any, op: dict, where: Path) -> None:
+    """RFC 6902 add / remove / replace / test, in place."""
+    kind = op.get("op")
+    if kind not in ("add", "remove", "replace", "test"):
+        raise KustomizeError(f"{where}: JSON patch op {kind!r} is not supported")
+    *parents, last = _pointer(op["path"])
+    node = doc
+    for part in parents:
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise KustomizeError(f"{where}: path {op['path']} does not exist ({exc!r})") from None
+    if isinstance(node, list):
+        if kind == "add" and last == "-":
+            node.append(copy.deepcopy(op["value"]))
+            return
+        index = int(last)
+        if kind == "add":
+            if not 0 <= index <= len(node):
+                raise KustomizeError(f"{where}: index {index} out of range in {op['path']}")
+            node.insert(index, copy.deepcopy(op["value"]))
+            return
+        if not 0 <= index < len(node):
+            raise KustomizeError(f"{where}: index {index} out of range in {op['path']}")
+        key: Any = index
+    elif isinstance(node, dict):
+        key = last
+        if kind == "add":
+            node[key] = copy.deepcopy(op["value"])
+            return
+        if key not in node:
+            raise KustomizeError(f"{where}: {kind} of missing path {op['path']}")
+    else:
+        raise KustomizeError(f"{where}: {op['path']} goes through a scalar")
+    if kind == "remove":
+        del node[key]
+    elif kind == "replace":
+        node[key] = copy.deepcopy(op["value"])
+    elif node[key] != op["value"]:
+        raise KustomizeError(f"{where}: test failed at {op['path']}")
+
+
+def _split_image(image: str) -> tuple[str, str | None, str | None]:
+    name, digest = (image.split("@", 1) + [None])[:2] if "@" in image else (image, None)
+    tag = None
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+    return name, tag, digest
+
+
+def _apply_image(rule: dict, resources: list[dict]) -> None:
+    """Kustomize's image transformer: every containers/initContainers image anywhere in any object."""
+    if set(rule) - {"name", "newName", "newTag", "digest"}:
+        raise KustomizeError(f"unsupported image rule keys {sorted(rule)}")
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("containers", "initContainers") and isinstance(value, list):
+                    for container in value:
+                        if isinstance(container, dict) and isinstance(container.get("image"), str):
+                            container["image"] = _retag(container["image"], rule)
+                visit(value)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+
+    for res in resources:
+        visit(res)
+
+
+def _retag(image: str, rule: dict) -> str:
+    name, tag, digest = _split_image(image)
+    if name != rule["name"]:
+        return image
+    name = rule.get("newName", name)
+    if "digest" in rule:
+        return f"{name}@{rule['digest']}"
+    if "newTag" in rule:
+        return f"{name}:{rule['newTag']}"
+    return name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+
+# --------------------------------------------------------------------------- CRD validation
+
+
+def _crd_dir() -> Path | None:
+    env = os.environ.get("KUBERAY_CRDS_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "kuberay-crds")
+    for path in candidates:
+        if (path / "ray.io_rayjobs.yaml").is_file() and (path / "ray.io_rayclusters.yaml").is_file():
+            return path
+    return None
+
+
+def _crd_schema(kind: str) -> dict:
+    directory = _crd_dir()
+    if directory is None:
+        pytest.skip(
+            "KubeRay CRDs not found: set KUBERAY_CRDS_DIR to a folder with ray.io_rayjobs.yaml and "
+            "ray.io_rayclusters.yaml (KubeRay v1.7.0, ray-operator/config/crd/bases), or keep them at "
+            "../shared/kuberay-crds"
+        )
+    crd = yaml.safe_load((directory / f"ray.io_{kind.lower()}s.yaml").read_text())
+    assert crd["spec"]["names"]["kind"] == kind
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def structural_to_jsonschema(schema: dict, root: bool = True) -> dict:
+    """A Kubernetes structural schema as JSON Schema with the API server's semantics:
+    unknown fields are errors unless x-kubernetes-preserve-unknown-fields; int-or-string accepts
+    both; nullable accepts null; int32/int64 are range-checked. Top-level metadata is ObjectMeta,
+    which the API server checks itself (see _check_object_meta)."""
+    out = {k: v for k, v in schema.items() if k not in ("properties", "items", "additionalProperties", "anyOf", "allOf", "oneOf", "not")}
+    if "properties" in schema:
+        out["properties"] = {name: structural_to_jsonschema(sub, False) for name, sub in schema["properties"].items()}
+        if root:
+            out["properties"]["metadata"] = {"type": "object"}
+    if "items" in schema:
+        out["items"] = structural_to_jsonschema(schema["items"], False)
+    if isinstance(schema.get("additionalProperties"), dict):
+        out["additionalProperties"] = structural_to_jsonschema(schema["additionalProperties"], False)
+    elif "additionalProperties" in schema:
+        out["additionalProperties"] = schema["additionalProperties"]
+    elif schema.get("type") == "object" and not schema.get("x-kubernetes-preserve-unknown-fields") and not (root is False and schema is None):
+        if "properties" in schema:
+            out["additionalProperties"] = False
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in schema:
+            out[key] = [structural_to_jsonschema(s, False) for s in schema[key]]
+    if "not" in schema:
+        out["not"] = structural_to_jsonschema(schema["not"], False)
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if schema.get("format") == "int32":
+        out.update(minimum=-(2**31), maximum=2**31 - 1)
+    if schema.get("format") == "int64":
+        out.update(minimum=-(2**63), maximum=2**63 - 1)
+    return out
+
+
+def _list_type(validator, list_type, instance, schema):
+    """x-kubernetes-list-type: set items are unique; map items are unique by their map keys."""
+    if not isinstance(instance, list):
+        return
+    if list_type == "set" and len(instance) != len({repr(i) for i in instance}):
+        yield jsonschema.ValidationError(f"duplicate entries in a list-type=set: {instance}")
+    if list_type == "map":
+        keys = schema.get("x-kubernetes-list-map-keys", [])
+        seen = set()
+        for item in instance:
+            ident = tuple(item.get(k, "TCP" if k == "protocol" else None) for k in keys)
+            if ident in seen:
+                yield jsonschema.ValidationError(f"duplicate entry {dict(zip(keys, ident))} in a list-type=map")
+            seen.add(ident)
+
+
+StructuralValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"x-kubernetes-list-type": _list_type})
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _check_object_meta(meta: dict) -> list[str]:
+    errors = []
+    name = meta.get("name", "")
+    if not name or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        errors.append(f"metadata.name: {name!r} is not a DNS-1123 subdomain")
+    for key, value in (meta.get("labels") or {}).items():
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            errors.append(f"metadata.labels[{key}]: {value!r} is not a valid label value")
+    unknown = set(meta) - {"name", "namespace", "labels", "annotations"}
+    if unknown:
+        errors.append(f"metadata: unexpected fields {sorted(unknown)}")
+    return errors
+
+
+def crd_errors(obj: dict, schema: dict) -> list[str]:
+    """Every reason an API server with this CRD would reject `obj` (CEL rules excepted: see the
+    test that shows no field carrying one is set)."""
+    validator = StructuralValidator(structural_to_jsonschema(schema))
+    errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)]
+    return errors + _check_object_meta(obj.get("metadata", {}))
+
+
+def cel_paths(schema: dict, path: str = "") -> list[str]:
+    """Dotted paths (lists as []) of the schema nodes that carry x-kubernetes-validations."""
+    found = [path or "<root>"] if "x-kubernetes-validations" in schema else []
+    for name, sub in schema.get("properties", {}).items():
+        found += cel_paths(sub, f"{path}.{name}" if path else name)
+    if "items" in schema:
+        found += cel_paths(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        found += cel_paths(schema["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+def present(obj: Any, path: str) -> bool:
+    """Whether a dotted schema path (with [] for list items) is set anywhere in obj."""
+    if path in ("", "<root>"):
+        return True
+    head, _, rest = path.partition(".")
+    if head.endswith("[]"):
+        name = head[:-2]
+        items = obj.get(name) if isinstance(obj, dict) else None
+        return isinstance(items, list) and any(present(i, rest) for i in items)
+    return isinstance(obj, dict) and head in obj and present(obj[head], rest)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {name: render(K8S / "overlays" / name) for name in OVERLAYS}
+
+
+def one(resources: list[dict], kind: str) -> dict:
+    (found,) = [r for r in resources if r["kind"] == kind]
+    return found
+
+
+def raycluster_from(rayjob: dict) -> dict:
+    """The RayCluster object the operator creates from the RayJob's rayClusterSpec."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": rayjob["metadata"]["name"] + "-cluster"},
+        "spec": copy.deepcopy(rayjob["spec"]["rayClusterSpec"]),
+    }
+
+
+def pod_templates(rayjob: dict) -> dict[str, dict]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = {"head": cluster["headGroupSpec"]["template"]}
+    for group in cluster.get("workerGroupSpecs", []):
+        templates[f"worker:{group['groupName']}"] = group["template"]
+    if "submitterPodTemplate" in rayjob["spec"]:
+        templates["submitter"] = rayjob["spec"]["submitterPodTemplate"]
+    return templates
+
+
+def ray_templates(rayjob: dict) -> dict[str, dict]:
+    return {k: v for k, v in pod_templates(rayjob).items() if k != "submitter"}
+
+
+def gpu_groups(rayjob: dict) -> list[dict]:
+    return [
+        g
+        for g in rayjob["spec"]["rayClusterSpec"].get("workerGroupSpecs", [])
+        if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in g["template"]["spec"]["containers"])
+    ]
+
+
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity (cpu '500m', memory '4Gi', plain numbers) as a float."""
+    text = str(value)
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * suffixes[suffix]
+    return float(text)
+
+
+def parse_entrypoint(entrypoint: str) -> dict:
+    """The search CLI: python -m cofitune_ray.search [--config F] [--search-space F] [--resume]
+    [--address A] [--dashboard] [key=value ...]; anything else is an error."""
+    argv = shlex.split(entrypoint)
+    assert argv[:3] == ["python", "-m", "cofitune_ray.search"], f"entrypoint must run the search module: {argv}"
+    parsed: dict[str, Any] = {"config": None, "search_space": None, "resume": False, "address": None, "dashboard": False, "overrides": []}
+    args = iter(argv[3:])
+    for arg in args:
+        if arg in ("--config", "--search-space", "--address"):
+            parsed[arg[2:].replace("-", "_")] = next(args)
+        elif arg in ("--resume", "--dashboard"):
+            parsed[arg[2:]] = True
+        elif "=" in arg and not arg.startswith("-"):
+            parsed["overrides"].append(arg)
+        else:
+            raise AssertionError(f"unknown argument {arg!r} in entrypoint {entrypoint!r}")
+    return parsed
+
+
+def mount_of(template: dict, path: str) -> tuple[dict, dict] | None:
+    """(volume, volumeMount) of the first container's mount that contains `path`."""
+    container = template["spec"]["containers"][0]
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            return volumes[mount["name"]], mount
+    return None
+
+
+def config_file(resources: list[dict], rayjob: dict, path: str, tmp_path: Path) -> Path:
+    """The file the entrypoint's --config names, as this repository or the overlay provides it."""
+    if path.startswith(IMAGE_APP_DIR + "/"):
+        return REPO / path[len(IMAGE_APP_DIR) + 1 :]
+    found = mount_of(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"], path)
+    assert found, f"--config {path} is neither in the image ({IMAGE_APP_DIR}) nor on a head volume"
+    volume, mount = found
+    assert "configMap" in volume, f"--config {path} must come from a ConfigMap, got volume {volume}"
+    maps = [r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"] == volume["configMap"]["name"]]
+    assert maps, f"ConfigMap {volume['configMap']['name']} is mounted but not in the rendered overlay"
+    key = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+    assert key in maps[0]["data"], f"ConfigMap {volume['configMap']['name']} has no key {key!r}"
+    local = tmp_path / key
+    local.write_text(maps[0]["data"][key])
+    return local
+
+
+def pinned_ray() -> Requirement:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (req,) = [Requirement(d) for d in pyproject["project"]["dependencies"] if Requirement(d).name == "ray"]
+    return req
+
+
+# --------------------------------------------------------------------------- rendering tests
+
+
+def test_overlays_render_the_expected_objects(rendered):
+    for name, resources in rendered.items():
+        kinds = sorted(r["kind"] for r in resources)
+        expected = ["PersistentVolumeClaim", "PodMonitor", "RayJob", "Service"]
+        if name == "gpu":
+            expected.append("ConfigMap")
+        assert kinds == sorted(expected), name
+    assert one(rendered["cpu-smoke"], "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert one(rendered["gpu"], "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "500Gi"
+    assert one(rendered["cpu-smoke"], "RayJob")["metadata"]["name"] == "cofitune-smoke"
+    assert len(gpu_groups(one(rendered["gpu"], "RayJob"))) == 1
+
+
+def _external_kustomize() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_renderer_matches_real_kustomize(overlay, rendered):
+    command = _external_kustomize()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl on PATH: cannot cross-check the Python renderer")
+    result = subprocess.run([*command, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    theirs = {_res_id(d): d for d in yaml.safe_load_all(result.stdout) if d}
+    ours = {_res_id(d): d for d in rendered[overlay]}
+    assert ours == theirs
+
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
+    with pytest.raises(KustomizeError, match="namePrefix"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [cm.yaml]\npatches:\n  - target: {version: v1, kind: ConfigMap}\n    patch: |-\n      data: {a: b}\n"
+    )
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
+    with pytest.raises(KustomizeError, match="JSON 6902"):
+        render(tmp_path)
+
+
+def test_json6902_semantics():
+    doc = {"a": {"list": [1, 2]}, "b": 1}
+    for op in (
+        {"op": "add", "path": "/a/list/-", "value": 3},
+        {"op": "add", "path": "/a/list/0", "value": 0},
+        {"op": "replace", "path": "/b", "value": 2},
+        {"op": "add", "path": "/a/x~1y", "value": True},
+        {"op": "remove", "path": "/a/list/1"},
+        {"op": "test", "path": "/b", "value": 2},
+    ):
+        _json6902(doc, op, Path("t"))
+    assert doc == {"a": {"list": [0, 2, 3], "x/y": True}, "b": 2}
+    with pytest.raises(KustomizeError):
+        _json6902(doc, {"op": "replace", "path": "/missing", "value": 1}, Path("t"))
+    with pytest.raises(KustomizeError):
+        _json6902(doc, {"op": "add", "path": "/nope/deeper", "value": 1}, Path("t"))
+
+
+# --------------------------------------------------------------------------- schema validation
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rayjob_and_its_raycluster_match_the_kuberay_crds(overlay, rendered):
+    rayjob = one(rendered[overlay], "RayJob")
+    assert rayjob["apiVersion"] == "ray.io/v1"
+    assert crd_errors(rayjob, _crd_schema("RayJob")) == []
+    assert crd_errors(raycluster_from(rayjob), _crd_schema("RayCluster")) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_field_with_an_unchecked_cel_rule_is_set(overlay, rendered):
+    # CEL rules (x-kubernetes-validations) are not evaluated here; prove none applies.
+    rayjob = one(rendered[overlay], "RayJob")
+    for kind, obj in (("RayJob", rayjob), ("RayCluster", raycluster_from(rayjob))):
+        paths = cel_paths(_crd_schema(kind))
+        assert paths, f"expected the {kind} CRD to carry CEL rules"
+        assert [p for p in paths if present(obj, p)] == []
+
+
+def test_validation_catches_wrong_fields(rendered):
+    cluster = raycluster_from(one(rendered["gpu"], "RayJob"))
+    schema = _crd_schema("RayCluster")
+    assert crd_errors(cluster, schema) == []
+
+    typo = copy.deepcopy(cluster)
+    group = typo["spec"]["workerGroupSpecs"][-1]
+    group["minReplica"] = group.pop("minReplicas")
+    errors = crd_errors(typo, schema)
+    assert any("minReplica" in e and "spec.workerGroupSpecs.1" in e for e in errors), errors
+
+    wrong_type = copy.deepcopy(cluster)
+    wrong_type["spec"]["workerGroupSpecs"][-1]["maxReplicas"] = "4"
+    assert any("spec.workerGroupSpecs.1.maxReplicas" in e and "integer" in e for e in crd_errors(wrong_type, schema))
+
+    wrong_enum = copy.deepcopy(cluster)
+    wrong_enum["spec"]["autoscalerOptions"]["version"] = "v3"
+    assert any("autoscalerOptions.version" in e for e in crd_errors(wrong_enum, schema))
+
+    bad_quantity = copy.deepcopy(cluster)
+    bad_quantity["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = [2]
+    assert any("limits.cpu" in e for e in crd_errors(bad_quantity, schema))
+
+    duplicate_port = copy.deepcopy(cluster)
+    ports = duplicate_port["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    ports.append({"name": "again", "containerPort": ports[0]["containerPort"]})
+    assert any("list-type=map" in e for e in crd_errors(duplicate_port, schema))
+
+    bad_name = copy.deepcopy(cluster)
+    bad_name["metadata"]["name"] = "Cofitune_Search"
+    assert any("DNS-1123" in e for e in crd_errors(bad_name, schema))
+
+
+def test_a_broken_copy_of_k8s_fails(tmp_path):
+    broken = tmp_path / "k8s"
+    shutil.copytree(K8S, broken)
+    patch = broken / "overlays" / "gpu" / "gpu-workers.yaml"
+    patch.write_text(patch.read_text().replace("    minReplicas: 0", "    minReplica: 0"))
+    rayjob = one(render(broken / "overlays" / "gpu"), "RayJob")
+    errors = crd_errors(rayjob, _crd_schema("RayJob"))
+    assert any("minReplica" in e for e in errors), errors
+
+    patch.write_text(patch.read_text().replace("path: /spec/rayClusterSpec/workerGroupSpecs/-", "path: /spec/rayClusterSpec/workerGroupSpec/-"))
+    with pytest.raises(KustomizeError, match="does not exist"):
+        render(broken / "overlays" / "gpu")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_objects_and_pod_templates_match_kubernetes_schemas(overlay, rendered):
+    for res in rendered[overlay]:
+        if res["apiVersion"] in ("v1", "apps/v1", "batch/v1"):
+            kubernetes_validate.validate(res, K8S_VERSION, strict=True)
+    for name, template in pod_templates(one(rendered[overlay], "RayJob")).items():
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace(":", "-")}, "template": template}
+        kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_validate_rejects_a_wrong_core_field(rendered):
+    pvc = copy.deepcopy(one(rendered["gpu"], "PersistentVolumeClaim"))
+    pvc["spec"]["acessModes"] = pvc["spec"].pop("accessModes")
+    with pytest.raises(kubernetes_validate.ValidationError, match="acessModes"):
+        kubernetes_validate.validate(pvc, K8S_VERSION, strict=True)
+
+
+# The PodMonitor fields this project uses, as monitoring.coreos.com/v1 defines them (the Prometheus
+# Operator CRD is not vendored here); unknown fields are errors, as with the CRDs above.
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+        "targetLabel": {"type": "string"},
+        "action": {"type": "string"},
+        "regex": {"type": "string"},
+        "replacement": {"type": "string"},
+    },
+}
+PODMONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "relabelings": {"type": "array", "items": _RELABEL},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_podmonitor_scrapes_the_ray_metrics_ports(overlay, rendered):
+    monitor = one(rendered[overlay], "PodMonitor")
+    assert list(jsonschema.Draft202012Validator(PODMONITOR_SCHEMA).iter_errors(monitor)) == []
+    assert _check_object_meta(monitor["metadata"]) == []
+    rayjob = one(rendered[overlay], "RayJob")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    ports_by_pod = {}
+    for name, template in ray_templates(rayjob).items():
+        labels = {**template["metadata"]["labels"], "ray.io/is-ray-node": "yes"}  # the operator adds the latter
+        assert selector.items() <= labels.items(), f"PodMonitor does not select {name}"
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        ports_by_pod[name] = ports
+        # Ray exports on metrics-export-port; the PodMonitor scrapes the container port named metrics.
+        group = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"] if name == "head" else next(
+            g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"] if f"worker:{g['groupName']}" == name
+        )
+        assert int(group["rayStartParams"]["metrics-export-port"]) == ports["metrics"], name
+    endpoints = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert endpoints == {"metrics", "as-metrics", "dash-metrics"}
+    assert ports_by_pod["head"]["as-metrics"] == 44217 and ports_by_pod["head"]["dash-metrics"] == 44227
+    # The ray_io_cluster label the Ray Grafana dashboards filter on.
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        assert {"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"], "targetLabel": "ray_io_cluster"} in endpoint["relabelings"]
+
+
+# --------------------------------------------------------------------------- project rules
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaling_cluster_shape(overlay, rendered):
+    cluster = one(rendered[overlay], "RayJob")["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["autoscalerOptions"]["version"] == "v2"
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head trains nothing
+    groups = cluster["workerGroupSpecs"]
+    assert groups[0]["groupName"] == "cpu"
+    for group in groups:
+        assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"], group["groupName"]
+        assert group["idleTimeoutSeconds"] > 0, group["groupName"]
+
+
+def test_gpu_group_scales_from_zero(rendered):
+    (group,) = gpu_groups(one(rendered["gpu"], "RayJob"))
+    assert group["minReplicas"] == 0
+    assert group["replicas"] == 0
+    assert group["maxReplicas"] >= 1
+    container = group["template"]["spec"]["containers"][0]
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    tolerations = group["template"]["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+
+
+def test_cpu_smoke_asks_for_no_gpu(rendered):
+    rayjob = one(rendered["cpu-smoke"], "RayJob")
+    assert gpu_groups(rayjob) == []
+    for template in pod_templates(rayjob).values():
+        for container in template["spec"]["containers"]:
+            assert "nvidia.com/gpu" not in str(container.get("resources"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rayjob_lifecycle(overlay, rendered):
+    spec = one(rendered[overlay], "RayJob")["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] > 0
+    assert spec["backoffLimit"] >= 1  # retried on a fresh cluster, resumed from the PVC
+    assert spec["activeDeadlineSeconds"] > 0
+    assert "clusterSelector" not in spec  # the job brings its own autoscaling cluster
+
+
+def test_entrypoint_module_exists():
+    assert importlib.util.find_spec("cofitune_ray.search") is not None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_entrypoint_config_parses_with_the_project_loader(overlay, rendered, tmp_path):
+    from cofitune_ray.config import load_config
+
+    resources = rendered[overlay]
+    rayjob = one(resources, "RayJob")
+    args = parse_entrypoint(rayjob["spec"]["entrypoint"])
+    assert args["config"], "the entrypoint must name a --config"
+    config = load_config(config_file(resources, rayjob, args["config"], tmp_path), args["overrides"])
+    assert config.storage_path == "/mnt/cofitune/runs"
+    if config.search.space.startswith(IMAGE_APP_DIR + "/"):
+        assert (REPO / config.search.space[len(IMAGE_APP_DIR) + 1 :]).is_file(), config.search.space
+    if args["search_space"] and args["search_space"].startswith(IMAGE_APP_DIR + "/"):
+        assert (REPO / args["search_space"][len(IMAGE_APP_DIR) + 1 :]).is_file()
+    if overlay == "gpu":
+        assert args["config"] == "/config/search.yaml"
+        assert config.scaling.use_gpu is True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_storage_path_is_on_the_shared_volume_of_every_ray_pod(overlay, rendered):
+    resources = rendered[overlay]
+    rayjob = one(resources, "RayJob")
+    args = parse_entrypoint(rayjob["spec"]["entrypoint"])
+    assert args["resume"] is True  # a retried job continues the experiment
+    (storage,) = [o.split("=", 1)[1] for o in args["overrides"] if o.startswith("storage_path=")]
+    claims = {r["metadata"]["name"]: r for r in resources if r["kind"] == "PersistentVolumeClaim"}
+    for name, template in ray_templates(rayjob).items():
+        found = mount_of(template, storage)
+        assert found, f"{storage} is not mounted on {name}"
+        volume, mount = found
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], name
+        assert not mount.get("readOnly"), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cluster_can_run_the_configured_concurrency(overlay, rendered, tmp_path):
+    """The widest the search goes (max_concurrent_trials trials at once) fits the groups' maxReplicas."""
+    from cofitune_ray.config import load_config
+
+    resources = rendered[overlay]
+    rayjob = one(resources, "RayJob")
+    args = parse_entrypoint(rayjob["spec"]["entrypoint"])
+    config = load_config(config_file(resources, rayjob, args["config"], tmp_path), args["overrides"])
+    sc, trials = config.scaling, config.search.max_concurrent_trials
+    groups = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+
+    def per_pod(group: dict, resource: str) -> float:
+        return quantity(group["template"]["spec"]["containers"][0]["resources"]["limits"].get(resource, 0))
+
+    cpu_group = groups[0]
+    assert sc.trial_cpus <= per_pod(cpu_group, "cpu")
+    if sc.use_gpu:
+        (gpu,) = gpu_groups(rayjob)
+        assert sc.gpus_per_worker <= per_pod(gpu, "nvidia.com/gpu") and sc.cpus_per_worker <= per_pod(gpu, "cpu")
+        demand = trials * sc.num_workers * sc.gpus_per_worker
+        assert demand <= gpu["maxReplicas"] * per_pod(gpu, "nvidia.com/gpu"), (demand, gpu["maxReplicas"])
+    else:
+        assert sc.cpus_per_worker <= per_pod(cpu_group, "cpu")
+        demand = trials * (sc.trial_cpus + sc.num_workers * sc.cpus_per_worker)
+        assert demand <= cpu_group["maxReplicas"] * per_pod(cpu_group, "cpu"), (demand, cpu_group["maxReplicas"])
+
+
+def test_image_matches_the_pinned_ray_version(rendered):
+    installed = Version(ray.__version__)
+    req = pinned_ray()
+    assert installed in req.specifier, (ray.__version__, str(req))
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (arg,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M)
+    assert Version(arg) == installed
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{RAY_PLATFORM\}$", dockerfile, re.M)
+    (platform,) = re.findall(r"^ARG RAY_PLATFORM=(\S+)$", dockerfile, re.M)
+    assert platform == "py311-cpu"
+    for overlay, resources in rendered.items():
+        rayjob = one(resources, "RayJob")
+        assert Version(rayjob["spec"]["rayClusterSpec"]["rayVersion"]) == installed
+        for name, template in pod_templates(rayjob).items():
+            for container in template["spec"]["containers"]:
+                _, tag, _ = _split_image(container["image"])
+                match = re.fullmatch(r"ray(\d+\.\d+\.\d+)-py3\d+-(cpu|cu\d+)", tag or "")
+                assert match, f"{overlay}/{name}: image tag {tag!r} is not ray<version>-py3XX-<cpu|cuXXX>"
+                assert Version(match.group(1)) == installed and Version(match.group(1)) in req.specifier
+                assert match.group(2) == ("cpu" if overlay == "cpu-smoke" else match.group(2))
+                if overlay == "gpu":
+                    assert match.group(2).startswith("cu"), f"{name}: the gpu overlay needs the CUDA image"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_security_settings(overlay, rendered):
+    resources = rendered[overlay]
+    rayjob = one(resources, "RayJob")
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token"
+    assert "RAY_AUTH_MODE" not in yaml.safe_dump(rayjob)  # the operator sets it; never disabled by hand
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    assert cluster["headGroupSpec"].get("enableIngress") is False
+    for service in (r for r in resources if r["kind"] == "Service"):
+        assert service["spec"]["type"] == "ClusterIP", service["metadata"]["name"]
+
+    containers = {"autoscaler": cluster["autoscalerOptions"]}
+    for name, template in pod_templates(rayjob).items():
+        pod = template["spec"]
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] > 0, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        for container in pod["containers"] + pod.get("initContainers", []):
+            containers[f"{name}/{container['name']}"] = container
+            assert not any("hostPort" in p for p in container.get("ports", [])), name
+    for name, container in containers.items():
+        sec = container["securityContext"]
+        assert sec["allowPrivilegeEscalation"] is False, name
+        assert not sec.get("privileged"), name
+        assert sec["capabilities"]["drop"] == ["ALL"], name
+        res = container["resources"]
+        for kind in ("cpu", "memory"):
+            assert quantity(res["requests"][kind]) <= quantity(res["limits"][kind]), f"{name} {kind}"
+        for extended in set(res["limits"]) - {"cpu", "memory"}:
+            assert quantity(res["requests"].get(extended, res["limits"][extended])) == quantity(res["limits"][extended])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dashboard_service_reaches_only_the_head(overlay, rendered):
+    rayjob = one(rendered[overlay], "RayJob")
+    service = next(r for r in rendered[overlay] if r["kind"] == "Service" and r["metadata"]["name"] == "cofitune-dashboard")
+    selector = service["spec"]["selector"]
+    selected = [n for n, t in ray_templates(rayjob).items() if selector.items() <= t["metadata"]["labels"].items()]
+    assert selected == ["head"]
+    head_ports = {p["name"]: p["containerPort"] for p in rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "dashboard" and head_ports["dashboard"] == 8265 == port["port"]

@@ -1,0 +1,96 @@
+"""Tiny models, tokenizers, data and configs built on the spot for tests (no hub, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+
+import yaml
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+ALPHABET = string.ascii_letters + string.digits + " .,:;=!?-+*/()'\"\n_#"
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def make_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer saved in Hugging Face format."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(ALPHABET))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(directory)
+    return fast
+
+
+_FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+}
+
+
+def make_model(directory: Path, family: str = "llama", layers: int = 4, hidden: int = 32, intermediate: int = 48,
+               heads: int = 4, kv_heads: int = 2, seed: int = 0):
+    """A randomly initialised tiny model of `family`, saved as a standard HF directory."""
+    import torch
+
+    config_cls, model_cls, extra = _FAMILIES[family]
+    torch.manual_seed(seed)
+    config = config_cls(vocab_size=len(SPECIALS) + len(ALPHABET), hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                        max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                        tie_word_embeddings=False, **extra)
+    model = model_cls(config)
+    model.save_pretrained(directory)
+    return model
+
+
+def make_examples(n: int, seed: int = 0, task: str = "reverse") -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
+        output = word[::-1] if task == "reverse" else word.upper()
+        rows.append({"instruction": task, "input": word, "output": output})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_world(root: Path, family: str = "llama", layers: int = 4) -> dict:
+    """Model + tokenizer + speciality and versatility data; returns a config dict pointing at them."""
+    model_dir = root / "model"
+    make_model(model_dir, family, layers=layers)
+    make_tokenizer(model_dir)
+    spec_train = write_jsonl(root / "spec_train.jsonl", make_examples(32, seed=1, task="reverse"))
+    spec_eval = write_jsonl(root / "spec_eval.jsonl", make_examples(8, seed=2, task="reverse"))
+    vers_eval = write_jsonl(root / "vers_eval.jsonl", make_examples(8, seed=3, task="upper"))
+    return {
+        "model": {"path": str(model_dir)},
+        "data": {
+            "speciality_train": str(spec_train),
+            "speciality_eval": {"name": "reverse", "path": str(spec_eval)},
+            "versatility": [{"name": "upper", "path": str(vers_eval)}],
+            "prompt_template": "compact",
+            "max_seq_length": 32,
+        },
+        "train": {"lr": 1e-3, "epochs": 1, "max_steps": 3, "batch_size": 4},
+        "eval": {"batch_size": 8, "max_new_tokens": 6},
+        "importance": {"max_examples": 8, "batch_size": 4},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
+        "storage_path": str(root / "runs"),
+    }
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
