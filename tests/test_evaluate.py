@@ -1,0 +1,77 @@
+"""Evaluation on a tiny model taught two answers: exact match, multiple choice, log-likelihood, Uni."""
+
+import pytest
+import torch
+
+from cofitune_ray.data import Example, collate, tokenize_for_training
+from cofitune_ray.evaluate import EvalSet, Evaluator, score_set, uni_score
+from cofitune_ray.model import load_model, load_tokenizer
+from tiny import make_model, make_tokenizer
+
+TAUGHT = [Example("rev", "abc", "cba"), Example("rev", "xyz", "zyx")]
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    """A tiny model trained until it answers the two TAUGHT examples."""
+    directory = tmp_path_factory.mktemp("model")
+    make_model(directory, layers=2, hidden=64, intermediate=96)
+    make_tokenizer(directory)
+    model, tokenizer = load_model(str(directory)), load_tokenizer(str(directory))
+    rows = tokenize_for_training(TAUGHT, tokenizer, "compact", 32).dataset
+    batch = collate(list(rows), tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(150):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, tokenizer
+
+
+def test_exact_match_of_greedy_generation(taught):
+    model, tokenizer = taught
+    wrong = Example("rev", "abc", "abc")
+    scores = score_set(model, tokenizer, "compact", EvalSet("s", TAUGHT + [wrong], "exact_match"), 2, 8)
+    assert scores["exact_match"] == pytest.approx(2 / 3) and scores["score"] == scores["exact_match"]
+    assert scores["loglik"] < 0
+
+
+def test_sharded_scores_add_up_to_the_whole(taught):
+    model, tokenizer = taught
+    eval_set = EvalSet("s", TAUGHT + [Example("rev", "abc", "abc")], "exact_match")
+    parts = [score_set(model, tokenizer, "compact", eval_set, 2, 8, rank=r, world_size=2) for r in range(2)]
+    # without a process group each rank sees only its share: 2 of 3 and 1 of 3 examples
+    assert parts[0]["exact_match"] == pytest.approx(1 / 2) and parts[1]["exact_match"] == pytest.approx(1.0)
+
+
+def test_multiple_choice_by_option_loglik(taught):
+    model, tokenizer = taught
+    items = [Example("rev", "abc", "cba", choices=("abc", "cba", "bca"), answer=1),
+             Example("rev", "xyz", "zyx", choices=("zyx", "xyz"), answer=1)]  # wrong gold on purpose
+    scores = score_set(model, tokenizer, "compact", EvalSet("mc", items, "choice"), 4, 8)
+    assert scores["choice"] == pytest.approx(0.5)
+
+
+def test_loglik_metric_is_a_token_probability(taught):
+    model, tokenizer = taught
+    scores = score_set(model, tokenizer, "compact", EvalSet("l", TAUGHT, "loglik"), 2, 8)
+    assert 0.5 < scores["score"] <= 1.0 and scores["score"] == pytest.approx(torch.tensor(scores["loglik"]).exp().item())
+
+
+def test_evaluator_spec_vers_uni_and_relative(taught):
+    model, tokenizer = taught
+    evaluator = Evaluator(EvalSet("spec", TAUGHT, "exact_match"),
+                          [EvalSet("a", TAUGHT, "exact_match"), EvalSet("b", [Example("rev", "abc", "x")], "exact_match")],
+                          tokenizer, "compact", 4, 8, spec_weight=1.0, vers_weight=3.0)
+    metrics = evaluator.evaluate(model, base={"spec": 0.5, "vers": 0.25})
+    assert metrics["spec"] == 1.0 and metrics["vers"] == 0.5
+    assert metrics["uni"] == pytest.approx((1.0 * 1.0 + 3.0 * 0.5) / 4)
+    assert metrics["spec_rel"] == 2.0 and metrics["vers_rel"] == 2.0
+    assert metrics["vers/a/exact_match"] == 1.0 and metrics["vers/b/exact_match"] == 0.0
+
+
+def test_uni_is_a_weighted_mean():
+    assert uni_score(0.2, 0.8) == pytest.approx(0.5)
+    assert uni_score(0.2, 0.8, 3, 1) == pytest.approx(0.35)

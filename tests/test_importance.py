@@ -1,0 +1,64 @@
+"""Importance vectors without Ray: shapes, range, determinism, independence from sharding, caching."""
+
+import pytest
+import torch
+
+from cofitune_ray.importance import (
+    ImportanceSettings,
+    accumulate_importance,
+    cache_dir,
+    cache_key,
+    compute_importance,
+    importance_batches,
+    load_cached_importance,
+    save_importance,
+)
+from cofitune_ray.model import Architecture, load_model, load_tokenizer
+from tiny import make_world
+
+SETTINGS = ImportanceSettings(prompt_template="compact", max_seq_length=32, max_examples=8, batch_size=3,
+                              temperature=0.1, dropout=0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    data = make_world(tmp_path_factory.mktemp("world"), layers=4)
+    model = load_model(data["model"]["path"])
+    return data, model, Architecture.from_config(model.config), load_tokenizer(data["model"]["path"])
+
+
+def test_normalised_importance_shapes_and_range(world):
+    data, model, arch, tokenizer = world
+    importance, raw = compute_importance(model, arch, tokenizer, [data["data"]["versatility"][0]["path"]], SETTINGS)
+    assert importance.head.shape == (4, 4) and importance.intermediate.shape == (4, 48) and importance.output.shape == (4, 32)
+    for tensor in importance.as_dict().values():
+        assert tensor.min() >= 0 and tensor.max() < 1 and tensor.max() > 0.5  # z-scores reach beyond 0.55
+    assert raw[0]["head"].abs().sum() > 0  # the KL between two dropout passes gives a real signal
+    assert all(not p.requires_grad for p in model.parameters())  # only the virtual masks got gradients
+
+
+def test_deterministic_and_independent_of_sharding(world):
+    data, model, arch, tokenizer = world
+    path = data["data"]["versatility"][0]["path"]
+    whole, tokens = accumulate_importance(model, arch, importance_batches(path, tokenizer, SETTINGS), SETTINGS)
+    again, _ = accumulate_importance(model, arch, importance_batches(path, tokenizer, SETTINGS), SETTINGS)
+    shards = [accumulate_importance(model, arch, importance_batches(path, tokenizer, SETTINGS, r, 2), SETTINGS)
+              for r in range(2)]
+    assert shards[0][1] + shards[1][1] == tokens
+    for key in whole:
+        assert torch.equal(whole[key], again[key])
+        assert torch.allclose(shards[0][0][key] + shards[1][0][key], whole[key], rtol=1e-4, atol=1e-7)
+
+
+def test_cache_reused_only_when_everything_matches(world, tmp_path):
+    data, model, arch, tokenizer = world
+    paths = [data["data"]["versatility"][0]["path"]]
+    importance, raw = compute_importance(model, arch, tokenizer, paths, SETTINGS)
+    key = cache_key(data["model"]["path"], paths, SETTINGS)
+    directory = cache_dir(str(tmp_path), key)
+    save_importance(directory, importance, key, raw)
+    loaded = load_cached_importance(directory, key)
+    assert torch.equal(loaded.intermediate, importance.intermediate)
+    other = cache_key(data["model"]["path"], paths, ImportanceSettings(**{**SETTINGS.__dict__, "dropout": 0.2}))
+    assert cache_dir(str(tmp_path), other) != directory
+    assert load_cached_importance(directory, other) is None
