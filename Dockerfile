@@ -10,6 +10,8 @@
 ARG RAY_VERSION=2.60.0
 ARG RAY_PLATFORM=py311-cpu
 FROM rayproject/ray:${RAY_VERSION}-${RAY_PLATFORM}
+# Declared again: an ARG before FROM is not visible after it.
+ARG RAY_VERSION
 
 ARG TORCH_VERSION=2.13.0
 # The CPU wheel index keeps the CPU image free of multi-GB CUDA libraries.

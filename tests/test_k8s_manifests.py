@@ -15,6 +15,7 @@ against the fields of monitoring.coreos.com/v1 it uses; then the project's own r
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import os
 import re
@@ -210,11 +211,11 @@ def _json6902(doc: Any, op: dict, where: Path) -> None:
 
 
 def _split_image(image: str) -> tuple[str, str | None, str | None]:
-    name, digest = (image.split("@", 1) + [None])[:2] if "@" in image else (image, None)
+    name, _, digest = image.partition("@")
     tag = None
     if ":" in name.rsplit("/", 1)[-1]:
         name, tag = name.rsplit(":", 1)
-    return name, tag, digest
+    return name, tag, digest or None
 
 
 def _apply_image(rule: dict, resources: list[dict]) -> None:
@@ -271,7 +272,12 @@ def _crd_schema(kind: str) -> dict:
             "ray.io_rayclusters.yaml (KubeRay v1.7.0, ray-operator/config/crd/bases), or keep them at "
             "../shared/kuberay-crds"
         )
-    crd = yaml.safe_load((directory / f"ray.io_{kind.lower()}s.yaml").read_text())
+    return _load_crd_schema(directory / f"ray.io_{kind.lower()}s.yaml", kind)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_crd_schema(path: Path, kind: str) -> dict:
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 2 MB of YAML
     assert crd["spec"]["names"]["kind"] == kind
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return version["schema"]["openAPIV3Schema"]
@@ -293,9 +299,8 @@ def structural_to_jsonschema(schema: dict, root: bool = True) -> dict:
         out["additionalProperties"] = structural_to_jsonschema(schema["additionalProperties"], False)
     elif "additionalProperties" in schema:
         out["additionalProperties"] = schema["additionalProperties"]
-    elif schema.get("type") == "object" and not schema.get("x-kubernetes-preserve-unknown-fields") and not (root is False and schema is None):
-        if "properties" in schema:
-            out["additionalProperties"] = False
+    elif "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
     for key in ("anyOf", "allOf", "oneOf"):
         if key in schema:
             out[key] = [structural_to_jsonschema(s, False) for s in schema[key]]
@@ -349,10 +354,19 @@ def _check_object_meta(meta: dict) -> list[str]:
     return errors
 
 
+_VALIDATORS: dict[int, Any] = {}
+
+
+def _validator(key: int, schema: dict):
+    if key not in _VALIDATORS:
+        _VALIDATORS[key] = StructuralValidator(structural_to_jsonschema(schema))
+    return _VALIDATORS[key]
+
+
 def crd_errors(obj: dict, schema: dict) -> list[str]:
     """Every reason an API server with this CRD would reject `obj` (CEL rules excepted: see the
     test that shows no field carrying one is set)."""
-    validator = StructuralValidator(structural_to_jsonschema(schema))
+    validator = _validator(id(schema), schema)
     errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)]
     return errors + _check_object_meta(obj.get("metadata", {}))
 
