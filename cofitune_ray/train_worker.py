@@ -18,34 +18,17 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
 
+from cofitune_ray.checkpoint import model_fingerprint, write_checkpoint
 from cofitune_ray.config import Config, config_from_dict
-from cofitune_ray.data import collate, read_jsonl, tokenize_for_training
+from cofitune_ray.data import collate, encode_example, read_jsonl, tokenize_for_training
 from cofitune_ray.evaluate import Evaluator
 from cofitune_ray.importance import load_cached_importance
 from cofitune_ray.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
 from cofitune_ray.node import NodeSpec
 from cofitune_ray.softmask import SoftMask
-
-DELTA_FILE = "delta.safetensors"
-NODE_FILE = "node.json"
-METRICS_FILE = "metrics.json"
-
-
-def delta_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trained parameters of an (unwrapped) model, on CPU, ready to save."""
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def write_checkpoint(directory: Path, model: torch.nn.Module, node: NodeSpec, metrics: dict) -> None:
-    """A delta checkpoint: trained parameters, the node that trained them, and its metrics."""
-    save_file(delta_state(model), str(directory / DELTA_FILE))
-    (directory / NODE_FILE).write_text(json.dumps(node.to_dict(), indent=2))
-    (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-
 
 def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, int]:
     """(steps per epoch, total steps): epochs of accumulated micro-batches, capped by max_steps."""
@@ -57,14 +40,19 @@ def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, 
 class _Reporter:
     """Evaluates, appends to the history file and reports to Ray Train (checkpoint from rank 0)."""
 
-    def __init__(self, evaluator, node, rank, world_size, base, history_path, trained_params, started):
+    def __init__(self, evaluator, node, rank, world_size, base, history_path, trained_names, trained_params, started):
         self.evaluator, self.node, self.rank, self.world_size = evaluator, node, rank, world_size
-        self.base, self.history_path, self.trained_params, self.started = base, history_path, trained_params, started
+        self.base, self.history_path, self.started = base, history_path, started
+        self.trained_names, self.trained_params = set(trained_names), trained_params
+        spec = evaluator.speciality.examples[0]
+        self.probe_ids = encode_example(evaluator.tokenizer, evaluator.template, spec)[0]
         self.count = 0
 
     def __call__(self, model: torch.nn.Module, step: int, epoch: float, train_loss: float | None) -> None:
         self.count += 1
         metrics = self.evaluator.evaluate(model, self.rank, self.world_size, self.base)
+        unwrapped = model.module if hasattr(model, "module") else model
+        fingerprint = model_fingerprint(unwrapped, self.trained_names, self.probe_ids)
         metrics.update(
             eval_index=self.count,
             step=step,
@@ -73,6 +61,8 @@ class _Reporter:
             trained_params=self.trained_params,
             train_steps=step,
             train_time_s=time.time() - self.started,
+            # DDP keeps ranks identical; a non-zero spread means they diverged.
+            rank_checksum_spread=_spread_across_ranks(fingerprint["trained_sum"], self.world_size),
         )
         if self.rank != 0:
             ray.train.report(metrics)
@@ -80,10 +70,17 @@ class _Reporter:
         if self.history_path:
             with open(self.history_path, "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
-        unwrapped = model.module if hasattr(model, "module") else model
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), unwrapped, self.node, metrics)
+            write_checkpoint(Path(tmp), unwrapped, self.node, metrics, fingerprint)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _spread_across_ranks(value: float, world_size: int) -> float:
+    if world_size == 1:
+        return 0.0
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return max(gathered) - min(gathered)
 
 
 def train_node(loop_config: dict) -> None:
@@ -103,7 +100,7 @@ def train_node(loop_config: dict) -> None:
     trained_params = freeze_all_but(model, names)
     evaluator = Evaluator.from_config(config, tokenizer)
     report = _Reporter(evaluator, node, rank, world_size, loop_config.get("base_metrics"),
-                       loop_config.get("history_path"), trained_params, started)
+                       loop_config.get("history_path"), names, trained_params, started)
     if not node.trains:
         report(model.to(device), step=0, epoch=0.0, train_loss=None)
         return

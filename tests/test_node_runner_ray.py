@@ -1,0 +1,92 @@
+"""One node on a real Ray cluster: 2 gloo DDP workers, importance from 1 and 2 workers, merge and export."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from cofitune_ray.checkpoint import read_delta
+from cofitune_ray.config import config_from_dict
+from cofitune_ray.export import MergeError, export_merged, merge_delta
+from cofitune_ray.importance import load_cached_importance
+from cofitune_ray.importance_job import ensure_importance
+from cofitune_ray.model import load_model
+from cofitune_ray.node import NodeSpec
+from cofitune_ray.node_runner import run_node
+from cofitune_ray.softmask import Importance
+from tiny import make_model, make_world
+
+pytestmark = pytest.mark.ray
+NODE = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), layers=4)
+
+
+def _config(world, workers):
+    data = copy.deepcopy(world)
+    data["scaling"]["num_workers"] = workers
+    data["train"]["max_steps"] = 4
+    data["eval"]["every_n_steps"] = 2
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, world, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("storage")
+    config = _config(world, workers=2)
+    importance, computed = ensure_importance(config, storage)
+    result = run_node(config, NODE, "node-a", storage, importance=importance)
+    return config, storage, importance, computed, result
+
+
+def test_importance_from_one_and_two_workers_agree(trained, world, tmp_path):
+    config, storage, importance, computed, _ = trained
+    assert computed
+    assert ensure_importance(config, storage) == (importance, False)  # cached: no second job
+    single, _ = ensure_importance(_config(world, workers=1), tmp_path)
+    two = load_cached_importance(Path(importance.directory), importance.key)
+    one = load_cached_importance(Path(single.directory), single.key)
+    for key in ("head", "intermediate", "output"):
+        assert torch.allclose(getattr(one, key), getattr(two, key), atol=1e-4), key
+
+
+def test_node_trains_only_its_parameters_on_both_ranks(trained, world):
+    config, _, _, _, result = trained
+    assert [h["step"] for h in result.history] == [2, 4]
+    assert result.train_steps == 4 and result.trained_params == 1 * 2 * 48 * 32  # layer 1 of 4: up and down
+    assert all(h["rank_checksum_spread"] == 0.0 for h in result.history)  # DDP ranks identical
+    assert result.metrics["uni"] == max(h["uni"] for h in result.history)  # best checkpoint kept by Uni
+    delta = read_delta(result.checkpoint)
+    assert sorted(delta) == sorted(f"model.layers.{i}.mlp.{m}.weight" for i in (1,) for m in ("up_proj", "down_proj"))
+
+
+def test_merged_model_reproduces_the_trained_model(trained, tmp_path):
+    config, _, _, _, result = trained
+    out = export_merged(config.model.path, result.checkpoint, tmp_path / "merged")  # verifies the fingerprint
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = load_model(config.model.path)
+    delta = read_delta(result.checkpoint)
+    for name, value in merged.state_dict().items():
+        expected = delta.get(name, base.state_dict()[name])
+        assert torch.equal(value, expected), name
+    assert (out / "tokenizer.json").is_file() and (out / "cofitune_node.json").is_file()
+
+
+def test_merge_into_a_different_base_is_refused(trained, tmp_path):
+    config, _, _, _, result = trained
+    other = make_model(tmp_path / "other", layers=4, seed=123)
+    merge_delta(other, result.checkpoint)
+    with pytest.raises(MergeError, match="frozen_sum"):
+        export_merged(str(tmp_path / "other"), result.checkpoint, tmp_path / "out", tokenizer_path=config.model.path)
+
+
+def test_base_node_is_evaluated_not_trained(trained, ray_cluster):
+    config, storage, _, _, _ = trained
+    result = run_node(config, NodeSpec(kind="base"), "base", storage)
+    assert result.trained_params == 0 and result.train_steps == 0 and set(read_delta(result.checkpoint)) == set()
+    assert 0.0 <= result.metrics["spec"] <= 1.0 and 0.0 <= result.metrics["vers"] <= 1.0
