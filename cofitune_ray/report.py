@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cofitune_ray.node import ALL_MODULES, ATTENTION_MODULES, FFN_MODULES, NodeSpec
 from cofitune_ray.tree import Score, SearchTree, TreeNode
@@ -431,7 +432,7 @@ def plot_pareto(tree: SearchTree, path: Path) -> None:
             ax.annotate(name, (score.spec, score.vers), xytext=(8, -12), textcoords="offset points", fontsize=10, weight="bold")
     for node, score in scored:
         if not node.is_reference:
-            ax.annotate(node.id, (score.spec, score.vers), xytext=(5, 4), textcoords="offset points", fontsize=8, color="0.25")
+            ax.annotate(node.id, (score.spec, score.vers), xytext=(5, 4), textcoords="offset points", fontsize=8, color="0.25", zorder=6)
     if not scored:
         ax.text(0.5, 0.5, "no node has a score yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("Spec (speciality)")
@@ -458,14 +459,17 @@ def _pad_limits(ax, scores: list[Score]) -> None:
 
 
 def plot_curves(tree: SearchTree, path: Path) -> None:
-    """One small panel per node with evaluation points: Spec, Vers and Uni over steps (or eval index)."""
+    """One small panel per node with evaluation points: Spec, Vers and Uni over steps (or eval index).
+
+    The panels share their axes, so a node pruned early shows as a short curve.
+    """
     nodes = [n for n in tree.nodes.values() if n.history]
     points = [p for n in nodes for p in n.history]
     x_key = "step" if points and all("step" in p for p in points) else "eval_index"
     ncols = max(1, min(4, len(nodes)))
     nrows = max(1, math.ceil(len(nodes) / ncols))
     fig = Figure(figsize=(3.4 * ncols, 2.5 * nrows + 0.6), dpi=110)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     best = tree.best()
     for ax, node in zip(axes, nodes):
         _plot_node_curves(ax, node, x_key, is_winner=best is not None and best.id == node.id)
@@ -482,14 +486,15 @@ def plot_curves(tree: SearchTree, path: Path) -> None:
 
 def _plot_node_curves(ax, node: TreeNode, x_key: str, is_winner: bool) -> None:
     """Spec, Vers and Uni of one node on one small axis, titled with its id, name and status."""
-    for metric, style, color in (("spec", "-o", "tab:blue"), ("vers", "-s", "tab:orange"), ("uni", "--", "tab:green")):
+    for metric, style, color in (("spec", "-o", "tab:blue"), ("vers", "-s", "tab:orange"), ("uni", "--^", "tab:green")):
         pts = [p for p in node.history if metric in p]
         ax.plot([p[x_key] for p in pts], [p[metric] for p in pts], style, color=color, ms=3, lw=1.4, label=metric.capitalize())
     name = short_name(node.spec)
-    name = name if len(name) <= 28 else name[:27] + "…"
+    name = name if len(name) <= 34 else name[:33] + "…"
     status = "" if node.status == "finished" else f" ({node.status})"
     ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{status}", fontsize=8, weight="bold" if is_winner else "normal")
     ax.set_ylim(0, 1)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=7, labelbottom=True, labelleft=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step" if x_key == "step" else "evaluation", fontsize=7)
     ax.grid(alpha=0.3)

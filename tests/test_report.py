@@ -21,9 +21,9 @@ STEPS_PER_NODE, WALL_PER_NODE = 60, 12.5
 def finish(tree: SearchTree, node_id: str) -> None:
     """Run one started node to its end: three evaluation points (with steps) and a cost."""
     node = tree.node(node_id)
-    points = evaluation_points(node.spec, PAPER_SCORES, num_evals=3)
+    points = [{**p, "step": 20 * p["eval_index"]} for p in evaluation_points(node.spec, PAPER_SCORES, num_evals=3)]
     for point in points:
-        tree.record(node_id, {**point, "step": 20 * point["eval_index"]})
+        tree.record(node_id, point)
     tree.complete(node_id, {**points[-1], "train_steps": STEPS_PER_NODE, "wall_time_s": WALL_PER_NODE})
 
 
