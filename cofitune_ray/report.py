@@ -33,9 +33,10 @@ def write_report(tree: SearchTree, run_dir: Path, title: str | None = None) -> d
     paths = {name: run_dir / filename for name, filename in REPORT_FILES.items()}
     plot_pareto(tree, paths["pareto"])
     plot_curves(tree, paths["curves"])
-    blocks = build_report(tree, title or f"CoFiTune search report: {tree.space.source}")
+    title = title or f"CoFiTune search report: {Path(tree.space.source).name}"
+    blocks = build_report(tree, title)
     paths["markdown"].write_text("\n\n".join(b.markdown() for b in blocks) + "\n")
-    paths["html"].write_text(render_html(blocks, title or "CoFiTune search report"))
+    paths["html"].write_text(render_html(blocks, title))
     return paths
 
 
@@ -235,7 +236,7 @@ def summary_lines(tree: SearchTree) -> list[str]:
     steps = [c["train_steps"] for c in costs if "train_steps" in c]
     walls = [c["wall_time_s"] for c in costs if "wall_time_s" in c]
     policy = tree.policy
-    lines = [
+    return [
         f"Search space: {tree.space.source} ({tree.space.strategy}); levels reached: {tree.depth}",
         f"Selection: beam_width {policy.beam_width}, epsilon {policy.epsilon:g}, min_gain {policy.min_gain:g}, "
         f"max_depth {policy.max_depth}, max_trials {policy.max_trials}",
@@ -246,7 +247,6 @@ def summary_lines(tree: SearchTree) -> list[str]:
         f"Total train steps: {fmt_count(sum(steps)) if steps else MISSING}; "
         f"total node wall time: {fmt_duration(sum(walls)) if walls else MISSING}",
     ]
-    return lines
 
 
 def tree_drawing(tree: SearchTree) -> str:

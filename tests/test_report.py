@@ -84,6 +84,7 @@ def test_report_files_and_images(searched_tree, tmp_path):
     width, height = assert_png(paths["curves"], min_kb=40)
     assert width > 1000 and height > 600  # 10 nodes with curves: 4 columns, 3 rows
     md = paths["markdown"].read_text()
+    assert md.startswith("# CoFiTune search report: cofitune.yaml\n")
     assert "![Spec vs Vers" in md and "(pareto.png)" in md and "(curves.png)" in md
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and '<img src="pareto.png"' in page and '<img src="curves.png"' in page
@@ -101,6 +102,9 @@ def test_report_agrees_with_tree_json(searched_tree, tmp_path):
         score = searched_tree.node(node["id"]).score()
         assert row[0] == node["id"]
         assert row[5] == (fmt_score(score.uni) if score else "n/a")
+    # a report written later from tree.json alone says the same
+    restored = write_report(SearchTree.from_json(searched_tree.to_json()), tmp_path / "from_json")
+    assert restored["markdown"].read_text() == paths["markdown"].read_text()
     # the HTML page holds the same rows
     page = paths["html"].read_text()
     assert all(f"<td>{n['key']}</td><td>{n['status']}</td>" in page for n in data["nodes"])
