@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cofitune_ray.data import IGNORE_INDEX, Example, collate, encode_example, read_jsonl
+from cofitune_ray.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
 
 
 @dataclass
@@ -36,7 +36,7 @@ class EvalSet:
             metric = "choice" if all(has_choices) else "exact_match"
         if metric == "choice" and not all(has_choices):
             line = examples[has_choices.index(False)].line
-            raise ValueError(f"{path}:{line}: metric 'choice' needs 'choices' and 'answer' on every line")
+            raise DataError(f"{path}:{line}: metric 'choice' needs 'choices' and 'answer' on every line")
         return cls(name, examples, metric)
 
 

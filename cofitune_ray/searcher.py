@@ -67,3 +67,11 @@ class TreeSearcher(Searcher):
         state = json.loads(Path(checkpoint_path).read_text())
         self.tree = SearchTree.from_dict(state["tree"])
         self.trial_nodes = state["trial_nodes"]
+
+
+def latest_saved_tree(experiment_dir: str | Path) -> SearchTree | None:
+    """The tree in the newest searcher state Tune saved in an experiment directory, if any."""
+    states = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return None
+    return SearchTree.from_dict(json.loads(states[-1].read_text())["tree"])

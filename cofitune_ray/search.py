@@ -1,0 +1,162 @@
+"""`python -m cofitune_ray.search`: run a CoFiTune search (no arguments: the offline toy demo).
+
+    python -m cofitune_ray.search [--config FILE] [--search-space FILE] [--resume]
+                                  [--address ADDR] [--dashboard] [key=value ...]
+
+Order of work: config and preflight checks (no Ray yet), connect to Ray, evaluate the base model
+(cached), compute importance if any node soft-masks (cached), run the Tune search, write results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import ray
+import yaml
+from ray import tune
+
+from cofitune_ray.config import Config, ConfigError, load_config
+from cofitune_ray.data import DataError
+from cofitune_ray.importance_job import ensure_importance
+from cofitune_ray.node import BASE_NODE
+from cofitune_ray.node_runner import run_node
+from cofitune_ray.preflight import Preflight, PreflightError, preflight
+from cofitune_ray.progress import SearchProgress
+from cofitune_ray.results import SUMMARY_FILE, summary_text, write_results
+from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
+from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
+from cofitune_ray.tree import SelectionPolicy
+from cofitune_ray.trial import RunContext, node_trial
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "toy.yaml"
+BASE_RESULT_FILE = "base_result.json"
+EXPERIMENT = "tune"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cofitune_ray.search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: the offline toy demo, configs/toy.yaml)")
+    parser.add_argument("--search-space", help="search-space YAML (overrides search.space)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run named in the config (starts it if it does not exist yet)")
+    parser.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'; default: $RAY_ADDRESS or a new local one)")
+    parser.add_argument("--dashboard", action="store_true", help="start the local cluster with the Ray dashboard")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.lr=1e-4")
+    return parser.parse_args(argv)
+
+
+def load_run_config(args: argparse.Namespace) -> Config:
+    """The config the CLI asked for, with the search space and overrides applied."""
+    overrides = list(args.overrides)
+    if args.search_space:
+        overrides.append(f"search.space={Path(args.search_space).resolve()}")
+    if args.config:
+        return load_config(args.config, overrides)
+    from cofitune_ray.toyworld.prepare import demo_overrides
+
+    return load_config(DEMO_CONFIG, demo_overrides() + overrides)
+
+
+def run_directory(config: Config, resume: bool) -> Path:
+    """storage_path/name; a new run never reuses an existing directory (it gets a timestamped sibling)."""
+    run_dir = Path(config.storage_path).resolve() / config.name
+    if run_dir.exists() and not resume:
+        run_dir = run_dir.with_name(f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def connect(address: str | None, dashboard: bool) -> None:
+    """Join the given cluster, or start a local one (with the dashboard when asked)."""
+    env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # Train runs show in the dashboard
+    os.environ.update(env)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        context = ray.init(address=address, runtime_env={"env_vars": env})
+    else:
+        context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                           **({"dashboard_port": 8265} if dashboard else {}))
+    if context.dashboard_url:
+        print(f"[cofitune] Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def base_result(config: Config, run_dir: Path) -> dict:
+    """The base model's evaluation, computed once per run directory."""
+    path = run_dir / BASE_RESULT_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    print("[cofitune] evaluating the base model", flush=True)
+    result = run_node(config, BASE_NODE, "base", run_dir / "nodes").to_dict()
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
+    """A new Tuner for the search, or the interrupted one restored from the run directory."""
+    trainable = tune.with_resources(tune.with_parameters(node_trial, run=context), {"cpu": config.scaling.trial_cpus})
+    experiment = run_dir / EXPERIMENT
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        print(f"[cofitune] resuming the search in {experiment}", flush=True)
+        return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    s = config.search
+    searcher = TreeSearcher(checked.space, SelectionPolicy(s.beam_width, s.epsilon, s.min_gain, s.max_depth, s.max_trials))
+    scheduler = PromisingChildScheduler(searcher, StopRules(s.vers_margin, s.uni_margin, s.min_evals))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                    max_concurrent_trials=s.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=str(run_dir),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            callbacks=[SearchProgress(searcher, str(run_dir), config.name)],
+        ),
+    )
+
+
+def run_search(config: Config, resume: bool = False, address: str | None = None, dashboard: bool = False) -> Path:
+    """Run (or resume) the whole search; return the run directory."""
+    checked = preflight(config)
+    print(f"[cofitune] preflight ok: {checked.architecture.model_type} with {checked.architecture.num_layers} layers, "
+          f"{checked.train_examples} training examples, eval sets {checked.eval_examples}, "
+          f"{len(checked.space.reachable_nodes())} reachable nodes", flush=True)
+    run_dir = run_directory(config, resume)
+    if (run_dir / SUMMARY_FILE).is_file():
+        print("[cofitune] this run has already finished; its summary:", flush=True)
+        print(summary_text(json.loads((run_dir / SUMMARY_FILE).read_text())))
+        return run_dir
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    connect(address, dashboard)
+    base = base_result(config, run_dir)
+    importance = None
+    if checked.uses_softmask:
+        importance, computed = ensure_importance(config, Path(config.storage_path))
+        print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
+              flush=True)
+    context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
+    make_tuner(config, checked, run_dir, context, resume).fit()
+    tree = latest_saved_tree(run_dir / EXPERIMENT)
+    summary = write_results(config, tree, run_dir)
+    print(summary_text(summary), flush=True)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_run_config(args)
+        run_search(config, resume=args.resume, address=args.address, dashboard=args.dashboard)
+    except (ConfigError, PreflightError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The Ray Tune function trainable: one tree node per trial.
+
+It runs the node as a Ray Train job (`node_runner.run_node`), forwards every evaluation point to
+Tune (so the scheduler can prune), and ends with one `final: true` result holding the best
+evaluation point, the checkpoint and the cost. The base model is evaluated once before the
+search; its trial reports that cached result instead of evaluating again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from cofitune_ray.config import config_from_dict
+from cofitune_ray.node import NodeSpec
+from cofitune_ray.node_runner import ImportanceRef, NodeResult, run_node
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every trial of one search shares (passed with `tune.with_parameters`)."""
+
+    config: dict  # Config.to_dict()
+    nodes_dir: str  # where each node's Ray Train run is stored
+    base_result: dict  # NodeResult.to_dict() of the base model
+    importance: ImportanceRef | None = None
+
+
+def final_result(result: NodeResult) -> dict:
+    """The trial's last result: its best evaluation point, checkpoint and cost."""
+    best = result.metrics
+    return {
+        "final": True,
+        "spec": best["spec"],
+        "vers": best["vers"],
+        "uni": best["uni"],
+        "best_spec": best["spec"],
+        "best_vers": best["vers"],
+        "best_uni": best["uni"],
+        "best_eval_index": best["eval_index"],
+        "checkpoint": result.checkpoint,
+        "trained_params": result.trained_params,
+        "train_steps": result.train_steps,
+        "wall_time_s": result.wall_time_s,
+    }
+
+
+def node_trial(trial_config: dict, run: RunContext) -> None:
+    """Tune trainable: train and score the node in `trial_config`."""
+    node = NodeSpec.from_dict(trial_config["node"])
+    if node.kind == "base":
+        base = NodeResult(**{**run.base_result, "node": node})
+        tune.report({**base.metrics, **final_result(base)})
+        return
+    result = run_node(
+        config_from_dict(run.config),
+        node,
+        name=f"node-{trial_config['node_id']}",
+        storage_dir=run.nodes_dir,
+        importance=run.importance,
+        base_metrics={"spec": run.base_result["metrics"]["spec"], "vers": run.base_result["metrics"]["vers"]},
+        callbacks=[TuneReportCallback()],
+    )
+    tune.report(final_result(result))
