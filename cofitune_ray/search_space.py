@@ -303,14 +303,18 @@ def _parse_grid(value, where: _Where, references: tuple[NodeSpec, ...]) -> tuple
         key = f"grid[{b}]"
         if not isinstance(block, dict):
             raise where.error(key, "a grid block is a mapping of axes")
-        where.no_unknown_keys(key, block, {"layer_ranges", "modules", "softmask", "lr"})
-        ranges = where.list_of(f"{key}.layer_ranges", block.get("layer_ranges"))
+        where.no_unknown_keys(key, block, {"layer_ranges", "layers", "modules", "softmask", "lr"})
+        # Explicit layer index lists ("layers") stand beside fractional ranges as one axis.
+        ranges = [(f"layer_ranges[{i}]", {"layer_range": r}) for i, r in enumerate(block.get("layer_ranges") or [])]
+        ranges += [(f"layers[{i}]", {"layers": ids}) for i, ids in enumerate(block.get("layers") or [])]
+        if not ranges:
+            raise where.error(key, "a grid block needs layer_ranges or layers")
         modules = [_modules(m, where, f"{key}.modules[{i}]") for i, m in enumerate(where.list_of(f"{key}.modules", block.get("modules", ["all"])))]
         masks = where.list_of(f"{key}.softmask", block.get("softmask", [False]))
         lrs = [None if v is None else _learning_rate(v, where, f"{key}.lr[{i}]") for i, v in enumerate(where.list_of(f"{key}.lr", block.get("lr", [None])))]
-        for (r, layer_range), mods, mask, lr in itertools.product(enumerate(ranges), modules, masks, lrs):
-            spec = {"layer_range": layer_range, "modules": list(mods), "softmask": mask, "lr": lr}
-            nodes.append((key, _node(spec, where, f"{key}.layer_ranges[{r}]")))
+        for (axis, layers), mods, mask, lr in itertools.product(ranges, modules, masks, lrs):
+            spec = {**layers, "modules": list(mods), "softmask": mask, "lr": lr}
+            nodes.append((key, _node(spec, where, f"{key}.{axis}")))
     seen = {n.key() for n in references}
     for key, node in nodes:
         if node.key() in seen:
@@ -321,8 +325,11 @@ def _parse_grid(value, where: _Where, references: tuple[NodeSpec, ...]) -> tuple
 
 def _node(value, where: _Where, key: str) -> NodeSpec:
     if not isinstance(value, dict):
-        raise where.error(key, "a node is a mapping with layer_range, modules, softmask, lr")
-    where.no_unknown_keys(key, value, {"layer_range", "modules", "softmask", "lr"})
+        raise where.error(key, "a node is a mapping with layer_range or layers, modules, softmask, lr")
+    where.no_unknown_keys(key, value, {"layer_range", "layers", "modules", "softmask", "lr"})
+    layers = value.get("layers")
+    if layers is not None and not (isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+        raise where.error(key, f"layers must be a list of 0-based layer indices, got {layers!r}")
     layer_range = value.get("layer_range", [0, 1])
     if not (isinstance(layer_range, list) and len(layer_range) == 2 and all(_is_number(x) for x in layer_range)):
         raise where.error(key, f"layer_range must be [lo, hi] fractions, got {layer_range!r}")
@@ -336,6 +343,7 @@ def _node(value, where: _Where, key: str) -> NodeSpec:
     try:
         return NodeSpec(
             layer_range=(lo, hi),
+            layers=tuple(layers) if layers is not None else None,
             modules=_modules(value.get("modules", "all"), where, f"{key}.modules"),
             softmask=softmask,
             lr=None if lr is None else _learning_rate(lr, where, f"{key}.lr"),
