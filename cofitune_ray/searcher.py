@@ -19,7 +19,7 @@ from pathlib import Path
 from ray.tune.search import Searcher
 
 from cofitune_ray.search_space import SearchSpace
-from cofitune_ray.tree import SearchTree, SelectionPolicy
+from cofitune_ray.tree import SearchTree, SelectionPolicy, TreeNode
 
 
 class TreeSearcher(Searcher):
@@ -33,10 +33,18 @@ class TreeSearcher(Searcher):
     def suggest(self, trial_id: str):
         if self.tree.finished:
             return Searcher.FINISHED
-        runnable = self.tree.runnable()
-        if not runnable:
+        node = self.next_node()
+        if node is None:
             return None  # the next level depends on results still in flight
-        node = runnable[0]
+        return self.start_trial(node, trial_id)
+
+    def next_node(self) -> TreeNode | None:
+        """The pending node to run next (the tree's first runnable one), or None if none may run yet."""
+        runnable = self.tree.runnable()
+        return runnable[0] if runnable else None
+
+    def start_trial(self, node: TreeNode, trial_id: str) -> dict:
+        """Mark `node` running as Tune trial `trial_id`; returns the trial's config."""
         self.tree.start(node.id, trial_id)
         self.trial_nodes[trial_id] = node.id
         return {"node": node.spec.to_dict(), "node_id": node.id}

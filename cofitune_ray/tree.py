@@ -231,6 +231,16 @@ class SearchTree:
         node.status, node.stop_reason = "failed", error
         self._advance()
 
+    def add_node(self, spec: NodeSpec, parent_id: str | None, depth: int) -> TreeNode:
+        """Add a pending node outside the level-by-level expansion, e.g. learning-rate tuning after
+        the search ended (optuna_search.py). Such a node has a parent and no `level`; the caller
+        starts and ends it. The tree's depth grows to `depth`; a key already in the tree is refused."""
+        if any(n.spec.key() == spec.key() for n in self.nodes.values()):
+            raise ValueError(f"node {spec.key()} is already in the tree")
+        node = self._add(spec, self.nodes[parent_id] if parent_id else None, depth, level=None)
+        self.depth = max(self.depth, depth)
+        return node
+
     # ---- expansion ------------------------------------------------------------------------
     def _advance(self) -> None:
         """Expand the next level once the current one has ended; end the search when nothing is left."""
@@ -272,11 +282,12 @@ class SearchTree:
             return
         self.depth += 1
 
-    def _add(self, spec: NodeSpec, parent: TreeNode | None, depth: int, level: int | None) -> None:
+    def _add(self, spec: NodeSpec, parent: TreeNode | None, depth: int, level: int | None) -> TreeNode:
         node = TreeNode(f"n{len(self.nodes)}", spec, parent.id if parent else None, depth, level)
         self.nodes[node.id] = node
         if parent is not None:
             parent.children.append(node.id)
+        return node
 
     def _end(self, reason: str) -> None:
         for node in self.nodes.values():
