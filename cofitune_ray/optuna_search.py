@@ -2,10 +2,12 @@
 
 `OptunaNodeSearcher` runs the references first, then up to `max_trials` of the nodes the search
 space can reach, each at most once, in the order multi-objective TPE (maximise Spec and Vers)
-proposes. A node is Optuna's categorical parameters `range`, `modules`, `softmask` and `lr`; the
-searcher runs the pending node that matches Optuna's proposal on the most parameters (ties: the
-parameter listed first, then the space's order), so a proposal of a node that already ran leads
-to its nearest unseen neighbour instead of a repeat.
+proposes. A node is Optuna's categorical parameters `range` (its layer range or explicit layers),
+`modules`, `softmask` and `lr`; the searcher runs the pending node that matches Optuna's proposal
+on the most parameters (ties: the parameter listed first, then the space's order), so a proposal
+of a node that already ran leads to its nearest unseen neighbour instead of a repeat. Like the
+tree's, the budget counts pruned and failed trials; a pruned node is told to Optuna with the score
+it was stopped at, a failed one not at all.
 
 `LearningRateTuner` wraps any `TreeSearcher` (tree, grid or optuna): once that search has ended,
 it runs `n_trials` learning rates, proposed by TPE over log-uniform [lr_min, lr_max] to maximise
@@ -15,9 +17,8 @@ it tunes, with `NodeSpec.lr` set) one level below the search's deepest level, in
 
 Both keep all of their state in the `SearchTree`: every suggestion rebuilds the Optuna study from
 the tree's scored nodes, with a sampler seeded from `seed` and the number of nodes started (or
-in the tree, for the tuner).
-So `save`/`restore` are `TreeSearcher`'s, a restored search suggests what the uninterrupted one
-would have, and tree.json, the Pareto front and the ranking work unchanged.
+in the tree, for the tuner). So `save`/`restore` are `TreeSearcher`'s, a restored search
+suggests what the uninterrupted one would have, and tree.json, the Pareto front and the ranking work unchanged.
 
 Wiring: `searcher = OptunaNodeSearcher(space, max_trials=...)` (or a `TreeSearcher`), optionally
 `searcher = LearningRateTuner(searcher, n_trials, lr_min, lr_max)`, then
@@ -52,7 +53,7 @@ def node_params(spec: NodeSpec) -> dict[str, str]:
     """A trained node as Optuna's categorical parameters (see NODE_PARAMS)."""
     lo, hi = spec.layer_range
     return {
-        "range": f"({lo:g},{hi:g}]",
+        "range": f"({lo:g},{hi:g}]" if spec.layers is None else "layers " + ",".join(map(str, spec.layers)),
         "modules": "+".join(spec.modules),
         "softmask": "on" if spec.softmask else "off",
         "lr": "default" if spec.lr is None else f"{spec.lr:g}",
@@ -63,7 +64,12 @@ def candidate_space(space: SearchSpace) -> SearchSpace:
     """A grid space of every node `space` can reach, with the same references: Optuna's candidates."""
     names = {node.key(): name for name, node in REFERENCE_NODES.items()}
     grid = [
-        {"layer_ranges": [list(n.layer_range)], "modules": [list(n.modules)], "softmask": [n.softmask], "lr": [n.lr]}
+        {
+            **({"layer_ranges": [list(n.layer_range)]} if n.layers is None else {"layers": [list(n.layers)]}),
+            "modules": [list(n.modules)],
+            "softmask": [n.softmask],
+            "lr": [n.lr],
+        }
         for n in space.reachable_nodes()
         if n not in space.references
     ]

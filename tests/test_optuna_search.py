@@ -22,7 +22,7 @@ from cofitune_ray.optuna_search import (
     node_params,
 )
 from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
-from cofitune_ray.search_space import load_search_space
+from cofitune_ray.search_space import load_search_space, parse_search_space
 from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.tree import SearchTree, TreeNode
 from score_table import PAPER_PATH_BEAM_1, PAPER_SCORES, UP_DOWN, evaluation_points, key
@@ -91,6 +91,22 @@ def test_candidates_are_every_reachable_node_and_survive_json(name):
     assert keys(candidates.references + candidates.grid_nodes) == keys(space.reachable_nodes())
     tree = SearchTree(candidates)
     assert SearchTree.from_json(tree.to_json()).to_dict() == tree.to_dict()
+
+
+def test_candidates_keep_explicit_layers_and_learning_rates():
+    grid = {
+        "strategy": "grid",
+        "references": ["full"],
+        "grid": [{"layers": [[0, 2], [1, 3]], "layer_ranges": [[0, 0.5]], "modules": ["ffn"], "lr": [None, 1e-4]}],
+    }
+    space = parse_search_space(grid)
+    candidates = candidate_space(space)
+
+    assert keys(candidates.references + candidates.grid_nodes) == keys(space.reachable_nodes())
+    assert {node_params(n)["range"] for n in candidates.grid_nodes} == {"(0,0.5]", "layers 0,2", "layers 1,3"}
+    assert {node_params(n)["lr"] for n in candidates.grid_nodes} == {"default", "0.0001"}
+    ran = keys(run(OptunaNodeSearcher(space, startup_trials=2)))
+    assert ran[0] == "full|mask=off" and sorted(ran[1:]) == sorted(keys(space.grid_nodes))
 
 
 def test_closest_node_prefers_an_exact_match_then_most_params_then_the_first_param():
