@@ -18,7 +18,8 @@ it tunes, with `NodeSpec.lr` set) one level below the search's deepest level, in
 Both keep all of their state in the `SearchTree`: every suggestion rebuilds the Optuna study from
 the tree's scored nodes, with a sampler seeded from `seed` and the number of nodes started (or
 in the tree, for the tuner). So `save`/`restore` are `TreeSearcher`'s, a restored search
-suggests what the uninterrupted one would have, and tree.json, the Pareto front and the ranking work unchanged.
+suggests what the uninterrupted one would have, and tree.json, the Pareto front and the ranking
+work unchanged.
 
 Wiring: `searcher = OptunaNodeSearcher(space, max_trials=...)` (or a `TreeSearcher`), optionally
 `searcher = LearningRateTuner(searcher, n_trials, lr_min, lr_max)`, then
