@@ -124,6 +124,9 @@ class SearchConfig:
     vers_margin: float | None = 0.1
     uni_margin: float | None = None
     min_evals: int = 1
+    tune_lr_trials: int = 0  # Optuna trials per tuned node (the winners and full SFT); 0 = off
+    tune_lr_min: float = 1e-5
+    tune_lr_max: float = 1e-3
 
 
 @dataclass
@@ -375,6 +378,8 @@ def validate(config: Config) -> None:
     need(s.max_concurrent_trials >= 1, "search.max_concurrent_trials", "must be at least 1")
     need(s.max_failures >= 0, "search.max_failures", "must be >= 0")
     need(s.min_evals >= 1, "search.min_evals", "must be at least 1")
+    need(s.tune_lr_trials >= 0, "search.tune_lr_trials", "must be >= 0")
+    need(0 < s.tune_lr_min < s.tune_lr_max, "search.tune_lr_min", "need 0 < tune_lr_min < tune_lr_max")
     need(bool(config.name) and "/" not in config.name, "name", "must be a non-empty name without '/'")
     if errors:
         raise ConfigError("\n".join(errors))

@@ -25,10 +25,12 @@ from cofitune_ray.data import DataError
 from cofitune_ray.importance_job import ensure_importance
 from cofitune_ray.node import BASE_NODE
 from cofitune_ray.node_runner import run_node
+from cofitune_ray.optuna_search import LearningRateTuner, OptunaNodeSearcher, candidate_space
 from cofitune_ray.preflight import Preflight, PreflightError, preflight
 from cofitune_ray.progress import SearchProgress
 from cofitune_ray.results import SUMMARY_FILE, summary_text, write_results
 from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
+from cofitune_ray.search_space import SearchSpace
 from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.tree import SelectionPolicy
 from cofitune_ray.trial import RunContext, node_trial
@@ -97,6 +99,25 @@ def base_result(config: Config, run_dir: Path) -> dict:
     return result
 
 
+def make_searcher(config: Config, space: SearchSpace) -> TreeSearcher:
+    """The search algorithm the config asks for, over the nodes `space` can reach, then lr tuning.
+
+    tree: the space's levels; grid: every reachable node, flat; optuna: Optuna picks among them.
+    """
+    s = config.search
+    policy = SelectionPolicy(s.beam_width, s.epsilon, s.min_gain, s.max_depth, s.max_trials)
+    if s.strategy == "optuna":
+        searcher = OptunaNodeSearcher(space, s.max_trials, seed=config.seed)
+    elif s.strategy == "grid":
+        searcher = TreeSearcher(candidate_space(space), policy)
+    else:
+        searcher = TreeSearcher(space, policy)
+    if s.tune_lr_trials:
+        searcher = LearningRateTuner(searcher, s.tune_lr_trials, s.tune_lr_min, s.tune_lr_max, beam=s.beam_width,
+                                     default_lr=config.train.lr, seed=config.seed)
+    return searcher
+
+
 def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
     """A new Tuner for the search, or the interrupted one restored from the run directory."""
     trainable = tune.with_resources(tune.with_parameters(node_trial, run=context), {"cpu": config.scaling.trial_cpus})
@@ -104,8 +125,8 @@ def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunCo
     if resume and tune.Tuner.can_restore(str(experiment)):
         print(f"[cofitune] resuming the search in {experiment}", flush=True)
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    searcher = make_searcher(config, checked.space)
     s = config.search
-    searcher = TreeSearcher(checked.space, SelectionPolicy(s.beam_width, s.epsilon, s.min_gain, s.max_depth, s.max_trials))
     scheduler = PromisingChildScheduler(searcher, StopRules(s.vers_margin, s.uni_margin, s.min_evals))
     return tune.Tuner(
         trainable,
