@@ -1,13 +1,13 @@
 """The toy world's tasks: general ones (versatility) and special ones (speciality).
 
 A task draws one (input, output) pair from a random generator. Inputs have a fixed length per task
-(5 letters, 6 letters for count, 5 digits, "dd+dd"), which a tiny model learns far faster than
+(4 letters, 6 letters for count, 4 digits), which a tiny model learns far faster than
 varying lengths. The instruction of every example is the task's name.
 
 The special tasks are fixed mappings, the same for every world seed, so that base models pretrained
 with different seeds face the same speciality: `cipher` substitutes letters by a fixed key (no letter
 maps to itself or to its successor, so the cipher does not coincide with `successor`), `scramble`
-moves the letters of a 5-letter word by a fixed permutation of positions.
+moves the letters of a 4-letter word by a fixed permutation of positions.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 LETTERS = string.ascii_lowercase
-WORD_LENGTH = 5
+WORD_LENGTH = 4
 COUNT_LENGTH = 6
 COUNTED_LETTER = "a"
 SPECIAL_KEY_SEED = 1234  # the special tasks' fixed mappings; independent of the world seed
-SCRAMBLE_ORDER = (2, 4, 0, 3, 1)  # output position i takes input letter SCRAMBLE_ORDER[i]
+SCRAMBLE_ORDER = (2, 0, 3, 1)  # output position i takes input letter SCRAMBLE_ORDER[i]
 
 GENERAL = "general"
 SPECIAL = "special"
@@ -65,9 +65,9 @@ def _reverse(rng):
     return word, word[::-1]
 
 
-def _sort(rng):
+def _rotate(rng):
     word = _word(rng)
-    return word, "".join(sorted(word))
+    return word, word[1:] + word[0]
 
 
 def _upper(rng):
@@ -86,14 +86,18 @@ def _count(rng):
     return word, str(word.count(COUNTED_LETTER))
 
 
-def _add(rng):
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    return f"{a}+{b}", str(a + b)
+def _digits(rng: random.Random) -> str:
+    return "".join(rng.choice(string.digits) for _ in range(WORD_LENGTH))
 
 
 def _max(rng):
-    digits = "".join(rng.choice(string.digits) for _ in range(WORD_LENGTH))
+    digits = _digits(rng)
     return digits, max(digits)
+
+
+def _min(rng):
+    digits = _digits(rng)
+    return digits, min(digits)
 
 
 _CIPHER = cipher_key()
@@ -112,14 +116,14 @@ def _scramble(rng):
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        Task("copy", GENERAL, _copy, "repeat the 5-letter word"),
+        Task("copy", GENERAL, _copy, "repeat the 4-letter word"),
         Task("reverse", GENERAL, _reverse, "the word backwards"),
-        Task("sort", GENERAL, _sort, "the word's letters in alphabetical order"),
+        Task("rotate", GENERAL, _rotate, "the word with its first letter moved to the end"),
         Task("upper", GENERAL, _upper, "the word in capitals"),
         Task("successor", GENERAL, _successor_task, "each letter replaced by the next one (z -> a)"),
         Task("count", GENERAL, _count, f"how many times '{COUNTED_LETTER}' occurs in a 6-letter word"),
-        Task("add", GENERAL, _add, "the sum of two 2-digit numbers"),
-        Task("max", GENERAL, _max, "the largest of five digits"),
+        Task("max", GENERAL, _max, "the largest of four digits"),
+        Task("min", GENERAL, _min, "the smallest of four digits"),
         Task("cipher", SPECIAL, _cipher, "a fixed letter-substitution cipher"),
         Task("scramble", SPECIAL, _scramble, "the word's letters moved by a fixed permutation of positions"),
     )
