@@ -177,8 +177,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}:{root.start_mark.line + 1}: the top level must be a mapping of keys")
     config = _build(Config, root, str(path), "")
     config.source = str(path)
+    _resolve_paths(config, path.parent)  # before overrides: paths given on the command line stay relative to the cwd
     apply_overrides(config, overrides)
-    _resolve_paths(config, path.parent)
     validate(config)
     return config
 
@@ -292,8 +292,16 @@ def _is_null(node: yaml.Node | None) -> bool:
     return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null")
 
 
+#: Where the project's own search spaces live (a relative `search.space` is also looked up here).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 def _resolve_paths(config: Config, base: Path) -> None:
-    """Make data and model paths that exist relative to the config file absolute."""
+    """Paths relative to the config file's folder become absolute (when the file exists there).
+
+    `storage_path` always resolves against the config's folder; a relative `search.space` that is
+    found neither there nor in the cwd is looked up in the project (e.g. `search_spaces/grid.yaml`).
+    """
 
     def resolve(p: str | None) -> str | None:
         if not p:
@@ -309,6 +317,9 @@ def _resolve_paths(config: Config, base: Path) -> None:
         item.path = resolve(item.path)
     config.importance.data = [resolve(p) for p in config.importance.data]
     config.search.space = resolve(config.search.space)
+    if not Path(config.search.space).exists() and (PROJECT_ROOT / config.search.space).exists():
+        config.search.space = str(PROJECT_ROOT / config.search.space)
+    config.storage_path = str((base / config.storage_path).resolve())
 
 
 def validate(config: Config) -> None:

@@ -20,6 +20,7 @@ from cofitune_ray.node import NodeSpec
 from cofitune_ray.train_worker import train_node
 
 HISTORY_FILE = "history.jsonl"
+ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the node's training was started
 
 
 @dataclass
@@ -86,6 +87,8 @@ def run_node(
     history_path = run_dir / HISTORY_FILE
     history_path.unlink(missing_ok=True)  # a retried node trains from the start again
     started = time.time()
+    with open(run_dir / ATTEMPTS_FILE, "a") as handle:
+        handle.write(json.dumps({"node": node.key(), "started": started}) + "\n")
     trainer = TorchTrainer(
         train_node,
         train_loop_config={

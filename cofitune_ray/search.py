@@ -20,7 +20,7 @@ import ray
 import yaml
 from ray import tune
 
-from cofitune_ray.config import Config, ConfigError, load_config
+from cofitune_ray.config import PROJECT_ROOT, Config, ConfigError, load_config
 from cofitune_ray.data import DataError
 from cofitune_ray.importance_job import ensure_importance
 from cofitune_ray.node import BASE_NODE
@@ -35,7 +35,8 @@ from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.tree import SelectionPolicy
 from cofitune_ray.trial import RunContext, node_trial
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "toy.yaml"
+DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
+TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
 BASE_RESULT_FILE = "base_result.json"
 EXPERIMENT = "tune"
 
@@ -60,9 +61,10 @@ def load_run_config(args: argparse.Namespace) -> Config:
         overrides.append(f"search.space={Path(args.search_space).resolve()}")
     if args.config:
         return load_config(args.config, overrides)
-    from cofitune_ray.toyworld.prepare import demo_overrides
+    from cofitune_ray.toyworld.prepare import ensure_toy_world
 
-    return load_config(DEMO_CONFIG, demo_overrides() + overrides)
+    ensure_toy_world(TOY_ASSETS, seed=0)  # committed with the project; rebuilt (minutes) only if missing
+    return load_config(DEMO_CONFIG, overrides)
 
 
 def run_directory(config: Config, resume: bool) -> Path:
