@@ -8,6 +8,7 @@ every evaluation point to Tune).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,18 @@ from cofitune_ray.train_worker import train_node
 
 HISTORY_FILE = "history.jsonl"
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the node's training was started
+RESULT_FILE = "result.json"  # written last: the node finished
+
+
+def finished_result(storage_dir: str | Path, name: str, node: NodeSpec) -> "NodeResult | None":
+    """The saved result of a node that already finished under `storage_dir/name`, if any."""
+    path = Path(storage_dir) / name / RESULT_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data["node"] != node.to_dict():
+        return None
+    return NodeResult(**{**data, "node": node})
 
 
 @dataclass
@@ -115,7 +128,7 @@ def run_node(
     checkpoint, metrics = result.best_checkpoints[0] if result.best_checkpoints else (None, {})
     if not metrics:
         raise RuntimeError(f"node {node.key()} reported no evaluation (see the Ray Train logs in {run_dir})")
-    return NodeResult(
+    node_result = NodeResult(
         node=node,
         metrics=metrics,
         history=history,
@@ -124,3 +137,7 @@ def run_node(
         wall_time_s=time.time() - started,
         trained_params=metrics["trained_params"],
     )
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(node_result.to_dict(), indent=2))
+    os.replace(tmp, run_dir / RESULT_FILE)
+    return node_result

@@ -1,7 +1,8 @@
 """`PromisingChildScheduler`: stops trials that can no longer become promising.
 
 Stop rules, checked at each evaluation point of a trained (non-reference) node, once the trial has
-reported at least `min_evals` evaluation points, and never on a trial's final result:
+reported at least `min_evals` evaluation points, never on a trial's final result nor on results a
+restarted trial replays from a node that had already finished (`replayed: true`):
 
   vers rule (`vers_margin`): the node's Vers is below the Vers of the best finished node of its
       level by more than `vers_margin`, while its Spec is not higher than that node's. Training
@@ -87,7 +88,8 @@ class PromisingChildScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         node = self.searcher.node_for_trial(trial.trial_id)
-        if node is None or node.is_reference or node.status != "running" or result.get("final") or "eval_index" not in result:
+        if (node is None or node.is_reference or node.status != "running" or result.get("final")
+                or result.get("replayed") or "eval_index" not in result):
             return TrialScheduler.CONTINUE
         tree = self.searcher.tree
         same_level = [n for n in tree.ranking() if n.depth == node.depth]

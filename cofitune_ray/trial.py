@@ -15,7 +15,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.node import NodeSpec
-from cofitune_ray.node_runner import ImportanceRef, NodeResult, run_node
+from cofitune_ray.node_runner import ImportanceRef, NodeResult, finished_result, run_node
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,33 @@ def final_result(result: NodeResult) -> dict:
     }
 
 
+def replay(result: NodeResult) -> None:
+    """Report a finished node's evaluation points and final result again, without training.
+
+    Used when Tune restarts a trial whose node had already finished (the driver died between the
+    node's end and Tune's next experiment checkpoint): finished nodes are never trained twice.
+    The points carry `replayed: true`, so the scheduler does not judge them again.
+    """
+    for point in result.history:
+        tune.report({**point, "replayed": True})
+    tune.report({**result.metrics, **final_result(result), "replayed": True})
+
+
 def node_trial(trial_config: dict, run: RunContext) -> None:
-    """Tune trainable: train and score the node in `trial_config`."""
+    """Tune trainable: train and score the node in `trial_config` (or replay its saved result)."""
     node = NodeSpec.from_dict(trial_config["node"])
+    name = f"node-{trial_config['node_id']}"
     if node.kind == "base":
-        base = NodeResult(**{**run.base_result, "node": node})
-        tune.report({**base.metrics, **final_result(base)})
+        replay(NodeResult(**{**run.base_result, "node": node}))
+        return
+    done = finished_result(run.nodes_dir, name, node)
+    if done is not None:
+        replay(done)
         return
     result = run_node(
         config_from_dict(run.config),
         node,
-        name=f"node-{trial_config['node_id']}",
+        name=name,
         storage_dir=run.nodes_dir,
         importance=run.importance,
         base_metrics={"spec": run.base_result["metrics"]["spec"], "vers": run.base_result["metrics"]["vers"]},

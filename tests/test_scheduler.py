@@ -92,12 +92,13 @@ def test_vers_rule_prunes_a_stub_trial_and_the_tree_records_why():
     assert scheduler.debug_string() == "PromisingChildScheduler: 1 node(s) pruned"
 
 
-def test_uni_rule_waits_for_min_evals_and_never_stops_a_final_result():
+def test_uni_rule_waits_for_min_evals_and_never_stops_a_final_or_replayed_result():
     searcher, scheduler, trials = at_level_1(StopRules(vers_margin=None, uni_margin=0.05, min_evals=2))
     bottom, top = trials[key(0, 0.5)], trials[key(0.25, 0.75)]
     finish(searcher, top)  # incumbent uni 0.60
     assert scheduler.on_trial_result(None, bottom, result(1, 0.3, 0.3)) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, bottom, result(2, 0.3, 0.3, final=True)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, bottom, result(2, 0.3, 0.3, replayed=True)) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, bottom, result(2, 0.3, 0.3)) == TrialScheduler.STOP
     assert searcher.node_for_trial(bottom.trial_id).stop_reason.startswith("uni 0.3000 is below the incumbent's 0.6000")
 

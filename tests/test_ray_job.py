@@ -1,0 +1,125 @@
+"""The search as a Ray job on a running cluster (`ray start --head` + `ray job submit`), watched
+through the Jobs API with the cluster's auth token and through its Prometheus metrics endpoint;
+and `--dashboard` printing a dashboard URL that answers."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "smoke.yaml"
+BIN = Path(sys.executable).parent
+QUICK = ["train.max_steps=6", "eval.every_n_steps=null", "data.max_eval_examples=8"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def auth_token() -> str:
+    return (Path.home() / ".ray" / "auth_token").read_text().strip()
+
+
+def get(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture
+def head_node():
+    """A `ray start --head --block` cluster with the dashboard; stopped (only this one) afterwards."""
+    ports = {"port": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['port']}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{ports['dashboard']}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if get(f"{dashboard}/api/version", auth_token())[0] == 200:
+                break
+        except (OSError, FileNotFoundError):
+            pass
+        time.sleep(2)
+    else:
+        head.kill()
+        pytest.fail("the Ray head did not come up: " + (head.stdout.read() if head.stdout else ""))
+    yield {"dashboard": dashboard, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}
+    head.terminate()  # --block: stops this cluster's processes, not other clusters on the machine
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_search_runs_as_a_ray_job_and_publishes_metrics(head_node, tmp_path):
+    entrypoint = (f"{sys.executable} -m cofitune_ray.search --config {SMOKE} --address auto "
+                  f"storage_path={tmp_path} " + " ".join(QUICK))
+    submitted = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", head_node["dashboard"], "--no-wait", "--", *entrypoint.split()],
+        env=head_node["env"], capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout).group(0)
+    token = auth_token()
+    assert get(f"{head_node['dashboard']}/api/jobs/{job_id}")[0] in (401, 403)  # the token is required
+    metric_seen, status, deadline = None, None, time.time() + 900
+    while time.time() < deadline:
+        status = json.loads(get(f"{head_node['dashboard']}/api/jobs/{job_id}", token)[1])["status"]
+        if metric_seen is None:
+            code, text = get(head_node["metrics"])
+            found = re.search(r"^ray_cofitune_nodes_finished\{[^}]*\} (\S+)", text, re.M) if code == 200 else None
+            metric_seen = float(found.group(1)) if found else None
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(3)
+    logs = json.loads(get(f"{head_node['dashboard']}/api/jobs/{job_id}/logs", token)[1])["logs"]
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert logs.strip().splitlines()[-1] == f"Results: {tmp_path / 'smoke'}"
+    assert metric_seen is not None and metric_seen >= 0
+    assert (tmp_path / "smoke" / "tree.json").is_file()
+
+
+def test_dashboard_flag_prints_a_url_that_answers(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    search = subprocess.Popen(
+        [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), "--dashboard",
+         f"storage_path={tmp_path}", *QUICK],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        url = None
+        for line in search.stdout:
+            found = re.match(r"\[cofitune\] Ray dashboard: (http://\S+)", line.strip())
+            if found:
+                url = found.group(1)
+                break
+        assert url, "no dashboard URL printed"
+        code, body = get(f"{url}/api/version", auth_token())
+        assert code == 200 and "ray_version" in body
+    finally:
+        search.send_signal(signal.SIGINT)  # ray.init's atexit shutdown stops the local cluster
+        try:
+            search.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(search.pid, signal.SIGKILL)
+            search.wait(timeout=60)
