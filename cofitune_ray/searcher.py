@@ -79,7 +79,9 @@ class TreeSearcher(Searcher):
 
 def latest_saved_tree(experiment_dir: str | Path) -> SearchTree | None:
     """The tree in the newest searcher state Tune saved in an experiment directory, if any."""
-    states = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # One file per driver session, named by the session's start time; the newest session's state is
+    # the current one. (Not by mtime: Tune rewrites every session's file when it syncs at the end.)
+    states = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"))
     if not states:
         return None
     return SearchTree.from_dict(json.loads(states[-1].read_text())["tree"])

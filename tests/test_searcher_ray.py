@@ -1,7 +1,5 @@
 """TreeSearcher + PromisingChildScheduler on a real Ray cluster, with table-scored function trials."""
 
-import glob
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -14,7 +12,7 @@ import score_table
 from cofitune_ray.node import ATTENTION_MODULES
 from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
 from cofitune_ray.search_space import load_search_space
-from cofitune_ray.searcher import TreeSearcher
+from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.tree import SearchTree
 from score_table import PAPER_PATH_BEAM_1, PAPER_SCORES, UP_DOWN, evaluation_points, key
 
@@ -68,12 +66,6 @@ def make_tuner(tmp_path, trainable, callbacks=()):
     )
 
 
-def saved_tree(experiment_dir: Path) -> SearchTree:
-    """The tree in the newest searcher state Tune saved in the experiment directory."""
-    newest = max(glob.glob(str(experiment_dir / "searcher-state-*.pkl")))
-    return SearchTree.from_dict(json.loads(Path(newest).read_text())["tree"])
-
-
 def levels(tree: SearchTree) -> list[list[str]]:
     return [[n.spec.key() for n in tree.at_depth(d) if n.status != "not_expanded"] for d in range(tree.depth + 1)]
 
@@ -85,7 +77,7 @@ def attempts(tmp_path) -> Counter:
 def test_search_visits_the_tree_level_by_level_prunes_and_retries(ray_cluster, tmp_path):
     trainable = make_trainable(tmp_path, always_fail=(ATTENTION,), fail_once=(UP_DOWN_KEY,))
     results = make_tuner(tmp_path, trainable).fit()
-    tree = saved_tree(tmp_path / "storage" / "search")
+    tree = latest_saved_tree(tmp_path / "storage" / "search")
 
     assert levels(tree) == PAPER_PATH_BEAM_1
     assert tree.end_reason == "search space exhausted"
@@ -124,12 +116,12 @@ def test_restore_continues_the_tree_without_rerunning_finished_nodes(ray_cluster
     with pytest.raises(RuntimeError, match="driver interrupted"):
         make_tuner(tmp_path, trainable, [interrupt]).fit()
     experiment = tmp_path / "storage" / "search"
-    before = saved_tree(experiment)
+    before = latest_saved_tree(experiment)
     finished_before = {n.spec.key() for n in before.nodes.values() if n.status in ("finished", "pruned")}
     assert len(finished_before) >= 4 and not before.finished
 
     tune.Tuner.restore(str(experiment), trainable).fit()
-    after = saved_tree(experiment)
+    after = latest_saved_tree(experiment)
 
     assert levels(after) == PAPER_PATH_BEAM_1
     assert after.best().spec.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
