@@ -20,3 +20,5 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+PROJECT = Path(__file__).resolve().parent.parent

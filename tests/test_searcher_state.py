@@ -1,0 +1,22 @@
+"""latest_saved_tree: the newest driver session's searcher state, whatever the files' mtimes say."""
+
+import json
+import os
+
+from cofitune_ray.search_space import load_search_space
+from cofitune_ray.searcher import latest_saved_tree
+from cofitune_ray.tree import SearchTree
+from conftest import PROJECT
+
+
+def test_newest_session_wins_even_when_an_older_file_was_rewritten_later(tmp_path):
+    space = load_search_space(PROJECT / "search_spaces" / "smoke.yaml")
+    old, new = SearchTree(space), SearchTree(space)
+    new.end_reason = "from the resumed session"
+    old_file = tmp_path / "searcher-state-2026-11-26_08-59-59.pkl"
+    new_file = tmp_path / "searcher-state-2026-11-26_09-01-23.pkl"
+    old_file.write_text(json.dumps({"tree": old.to_dict()}))
+    new_file.write_text(json.dumps({"tree": new.to_dict()}))
+    os.utime(new_file, (1000, 1000))  # Tune's final sync rewrites both; the old one may end up newer
+    assert latest_saved_tree(tmp_path).end_reason == "from the resumed session"
+    assert latest_saved_tree(tmp_path / "missing") is None
