@@ -80,6 +80,9 @@ class SearchProgress(Callback):
     def _refresh(self) -> None:
         tree = self.searcher.tree
         if tree.depth != self._depth_shown:
+            if self._depth_shown >= 0:
+                kept = [n.spec.describe() for n in tree.at_depth(self._depth_shown) if n.promising]
+                print(f"[cofitune] level {self._depth_shown} done; promising: {', '.join(kept) or 'none'}", flush=True)
             self._depth_shown = tree.depth
             names = ", ".join(n.spec.describe() for n in tree.at_depth(tree.depth)) or "none"
             print(f"[cofitune] level {tree.depth}: running {names}", flush=True)
