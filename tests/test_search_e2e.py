@@ -117,3 +117,37 @@ def test_report_agrees_with_tree_json(resumed_run):
     assert set(rows) == set(tree.nodes)
     for node_id, node in tree.nodes.items():
         assert node.spec.key() in rows[node_id] and node.status in rows[node_id]
+
+
+def _train_worker_pids() -> list[int]:
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in listing.splitlines() if "RayTrainWorker" in line]
+
+
+def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path):
+    clean_run_dir = resumed_run[0]
+    clean_winner = SearchTree.from_json((clean_run_dir / "tree.json").read_text()).best().spec.key()
+    address = ray_cluster.get_runtime_context().gcs_address
+    search = subprocess.Popen(cli(tmp_path, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
+    reader.start()
+    killed, deadline = None, time.time() + 600
+    while killed is None and time.time() < deadline and search.poll() is None:
+        # mid-trial: a trained node has reported its first evaluation point but not finished
+        histories = [h for h in (tmp_path / "smoke" / "nodes").glob("node-n*/history.jsonl") if h.read_text().strip()]
+        started = [h.parent for h in histories if not (h.parent / "result.json").exists()]
+        pids = _train_worker_pids()
+        if started and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed = started[0].name
+        time.sleep(0.5)
+    assert killed, "no trained node was caught in the middle of training"
+    search.wait(timeout=1200)
+    reader.join(timeout=10)
+    assert search.returncode == 0, "".join(output[-60:])
+    run_dir = tmp_path / "smoke"
+    tree = SearchTree.from_json((run_dir / "tree.json").read_text())
+    assert all(n.status == "finished" for n in tree.nodes.values()), {n.id: n.status for n in tree.nodes.values()}
+    assert max(attempts(run_dir).values()) == 2  # the interrupted node was trained again, once
+    assert tree.best().spec.key() == clean_winner
