@@ -47,7 +47,8 @@ def head_node():
     """A `ray start --head --block` cluster with the dashboard; stopped (only this one) afterwards."""
     ports = {"port": free_port(), "dashboard": free_port(), "metrics": free_port()}
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # Token auth explicitly on: the head makes the token, `ray job submit` sends it from ~/.ray/auth_token.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['port']}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
