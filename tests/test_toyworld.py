@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cofitune_ray.prompt import format_prompt
 from cofitune_ray.toyworld.data import SPLIT_SIZES, read_rows, write_toy_data
 from cofitune_ray.toyworld.prepare import MARKER, ensure_toy_world
-from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_factor, pretrain
+from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_factor, mixture_weights, pretrain
 from cofitune_ray.toyworld.tasks import GENERAL_TASKS, SPECIAL_TASKS, TASKS, cipher_key
 from cofitune_ray.toyworld.tokenizer import ALPHABET, save_tokenizer
 
@@ -113,6 +113,12 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(10, settings) == pytest.approx(1.0)
     assert lr_factor(55, settings) == pytest.approx(0.55)
     assert lr_factor(100, settings) == pytest.approx(0.1)
+
+
+def test_mixture_leans_towards_unlearned_tasks():
+    weights = mixture_weights({"copy": 1.0, "reverse": 0.0, "count": 0.5}, floor=0.2)
+    assert weights.tolist() == pytest.approx([0.2, 1.2, 0.7])
+    assert mixture_weights({"copy": 1.0, "max": 1.0}, floor=0.2).tolist() == pytest.approx([0.2, 0.2])
 
 
 def test_tiny_pretraining_saves_a_loadable_model(data_dir, tmp_path):

@@ -5,7 +5,8 @@
 Without --data the toy data for the seed is written to DIR/data first. The result is a standard
 Hugging Face directory: config + safetensors weights + tokenizer, plus `toyworld.json` with the
 settings, the data directory and the held-out exact-match accuracy per general task.
-Training: AdamW, linear warmup then cosine decay, loss on response tokens only, the compact prompt.
+Training: AdamW, linear warmup then cosine decay, loss on response tokens only, the compact prompt,
+batches drawn from a task mixture that leans towards the tasks not learned yet.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class PretrainSettings:
     weight_decay: float = 0.01
     threads: int = 1  # 2 threads thrash when other processes share the 2 cores (measured 10x slower)
     log_every: int = 100
-    probe_every: int = 200  # held-out accuracy on a few examples per task, printed while training
+    probe_every: int = 200  # accuracy on a few training examples per task, printed and used to reweight tasks
     probe_size: int = 40
+    mixture_floor: float = 0.2  # task weight = floor + error rate (see mixture_weights)
 
 
 def model_config(tokenizer, settings: PretrainSettings) -> LlamaConfig:
@@ -139,17 +141,16 @@ def pretrain(out_dir: str | Path, seed: int, data_dir: str | Path | None = None,
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    train_rows = [row for task in GENERAL_TASKS for row in read_rows(data_dir / task / "train.jsonl")]
+    train_rows = {task: read_rows(data_dir / task / "train.jsonl") for task in GENERAL_TASKS}
     model = LlamaForCausalLM(model_config(tokenizer, settings))
-    eval_files = {task: data_dir / task / "eval.jsonl" for task in GENERAL_TASKS}
-    probe_rows = {task: read_rows(path)[: settings.probe_size] for task, path in eval_files.items()}
+    probe_rows = {task: rows[: settings.probe_size] for task, rows in train_rows.items()}
 
-    def probe() -> str:
-        return " ".join(f"{task} {greedy_accuracy(model, tokenizer, rows):.2f}" for task, rows in probe_rows.items())
+    def probe() -> dict[str, float]:
+        return {task: greedy_accuracy(model, tokenizer, rows) for task, rows in probe_rows.items()}
 
-    train(model, *training_tensors(tokenizer, train_rows), tokenizer.pad_token_id, settings, seed, probe)
+    train(model, tokenizer, train_rows, settings, seed, probe)
     train_seconds = time.perf_counter() - started
-    accuracy = evaluate_tasks(model, tokenizer, eval_files)
+    accuracy = evaluate_tasks(model, tokenizer, {task: data_dir / task / "eval.jsonl" for task in GENERAL_TASKS})
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     info = {
@@ -166,26 +167,34 @@ def pretrain(out_dir: str | Path, seed: int, data_dir: str | Path | None = None,
     return info
 
 
-def train(model, ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int, settings: PretrainSettings,
-          seed: int, probe: Callable[[], str]) -> None:
-    """AdamW over shuffled batches (reshuffled each epoch), warmup + cosine, gradient clipping at 1.
+def mixture_weights(accuracy: dict[str, float], floor: float) -> torch.Tensor:
+    """Task sampling weights: `floor` plus the task's error rate (uniform when all tasks are equal)."""
+    return torch.tensor([floor + 1.0 - acc for acc in accuracy.values()])
 
-    Every `probe_every` steps the line `probe()` returns (accuracy so far) is printed.
+
+def train(model, tokenizer, train_rows: dict[str, list[dict[str, str]]], settings: PretrainSettings, seed: int,
+          probe: Callable[[], dict[str, float]]) -> None:
+    """AdamW with warmup + cosine and gradient clipping at 1, on batches drawn from a task mixture.
+
+    The mixture starts uniform over tasks; every `probe_every` steps `probe()` measures each task's
+    accuracy (on a few training examples), which is printed and reweights the mixture towards the
+    tasks not learned yet (`mixture_weights`), so that one slow task does not stay stuck.
     """
     started = time.perf_counter()
+    ids, labels = training_tensors(tokenizer, [row for rows in train_rows.values() for row in rows])
+    sizes = torch.tensor([len(rows) for rows in train_rows.values()])
+    task_of_row = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    weights = torch.ones(len(sizes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95),
                                   weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(ids), generator=generator)
-    position, tokens = 0, 0
+    tokens = 0
     model.train()
     for step in range(settings.steps):
-        if position + settings.batch_size > len(order):
-            order, position = torch.randperm(len(ids), generator=generator), 0
-        batch = order[position : position + settings.batch_size]
-        position += settings.batch_size
-        mask = ids[batch] != pad_token_id
+        row_weights = (weights / sizes)[task_of_row]
+        batch = torch.multinomial(row_weights, settings.batch_size, replacement=True, generator=generator)
+        mask = ids[batch] != tokenizer.pad_token_id
         width = int(mask.sum(dim=1).max())
         loss = model(input_ids=ids[batch, :width], attention_mask=mask[:, :width].long(),
                      labels=labels[batch, :width]).loss
@@ -200,7 +209,10 @@ def train(model, ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int, set
             print(f"[pretrain] step {step + 1}/{settings.steps} loss {loss.item():.4f} "
                   f"lr {schedule.get_last_lr()[0]:.2e} {tokens / elapsed:.0f} tok/s {elapsed:.0f}s", flush=True)
         if (step + 1) % settings.probe_every == 0 and step + 1 < settings.steps:
-            print(f"[pretrain] step {step + 1} held-out accuracy: {probe()}", flush=True)
+            accuracy = probe()
+            weights = mixture_weights(accuracy, settings.mixture_floor)
+            print(f"[pretrain] step {step + 1} accuracy on training examples: "
+                  + " ".join(f"{task} {acc:.2f}" for task, acc in accuracy.items()), flush=True)
             model.train()
 
 
