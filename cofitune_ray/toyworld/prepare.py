@@ -28,7 +28,7 @@ from cofitune_ray.toyworld.tokenizer import ALPHABET, save_tokenizer
 MARKER = "COMPLETE.json"
 FORMAT_VERSION = 1
 #: Pretraining settings that change how a run goes, not what it makes; a cached world ignores them.
-RUNTIME_ONLY = ("threads", "log_every", "probe_every", "probe_size")
+RUNTIME_ONLY = ("threads", "log_every")
 
 
 @dataclass(frozen=True)
