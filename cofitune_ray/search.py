@@ -84,7 +84,8 @@ def connect(address: str | None, dashboard: bool) -> None:
     if address:
         context = ray.init(address=address, runtime_env={"env_vars": env})
     else:
-        context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1",
+        # address="local": always a new cluster of our own, never one found running on the machine
+        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                            **({"dashboard_port": 8265} if dashboard else {}))
     if context.dashboard_url:
         print(f"[cofitune] Ray dashboard: http://{context.dashboard_url}", flush=True)
