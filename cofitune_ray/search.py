@@ -78,9 +78,10 @@ def run_directory(config: Config, resume: bool) -> Path:
 
 def connect(address: str | None, dashboard: bool) -> None:
     """Join the given cluster, or start a local one (with the dashboard when asked)."""
-    env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # Train runs show in the dashboard
-    os.environ.update(env)
     address = address or os.environ.get("RAY_ADDRESS")
+    # Train runs show in the dashboard; without one, the tracking only logs that it cannot query state.
+    env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if (address or dashboard) else {}
+    os.environ.update(env)
     if address:
         context = ray.init(address=address, runtime_env={"env_vars": env})
     else:
