@@ -16,7 +16,6 @@ def ray_cluster():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths are limited
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     yield ray
     ray.shutdown()
