@@ -1,6 +1,5 @@
 """Shared fixtures: one real Ray cluster per test session (ray.init costs 6-16 s on 2 cores)."""
 
-import os
 import sys
 import tempfile
 from pathlib import Path
