@@ -77,9 +77,13 @@ def head_node():
 def test_search_runs_as_a_ray_job_and_publishes_metrics(head_node, tmp_path):
     entrypoint = (f"{sys.executable} -m cofitune_ray.search --config {SMOKE} --address auto "
                   f"storage_path={tmp_path} " + " ".join(QUICK))
-    submitted = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", head_node["dashboard"], "--no-wait", "--", *entrypoint.split()],
-        env=head_node["env"], capture_output=True, text=True, timeout=120)
+    for _ in range(30):  # the head's job agent may start a little after the dashboard answers
+        submitted = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", head_node["dashboard"], "--no-wait", "--",
+             *entrypoint.split()], env=head_node["env"], capture_output=True, text=True, timeout=120)
+        if "No available agent" not in submitted.stdout + submitted.stderr:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = re.search(r"raysubmit_\w+", submitted.stdout).group(0)
     token = auth_token()
