@@ -1,6 +1,8 @@
 """The speciality-versatility trade-off: what the tree search buys over the alternatives, measured side by side.
 
-    python benchmarks/tradeoff.py [--seeds 0 1] [--steps 150] [--lrs 3e-4 1e-3 3e-3] [--eval-examples 50]
+    python benchmarks/tradeoff.py [--seeds 0 1] [--steps 150] [--lrs 3e-4 1e-3 3e-3] [--eval-examples 50] [--threads 2]
+
+(docs/benchmarks.md has the settings and output of the recorded run: 80 steps, 30 examples, 1 thread.)
 
 On the toy world (configs/toy.yaml; one world per base-model seed), every method gets the same
 per-node step budget and has its learning rate tuned over the same grid:
