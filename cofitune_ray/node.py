@@ -109,8 +109,25 @@ class NodeSpec:
         return "|".join(parts)
 
     def describe(self) -> str:
-        """A short name for tables and plots: the label if it has one, else the key."""
-        return self.label or self.key()
+        """A compact name for progress lines, tables and plots: the label, else range, modules, mask, lr.
+
+        E.g. "(25%, 50%] up+down soft-mask"; `key()` is the exact identity.
+        """
+        if self.label:
+            return self.label
+        if self.kind != "partial":
+            return {"base": "base model", "full": "full SFT"}[self.kind]
+        if self.layers is not None:
+            where = "layers " + ",".join(map(str, self.layers))
+        else:
+            lo, hi = self.layer_range
+            where = f"({100 * lo:g}%, {100 * hi:g}%]"
+        groups = {ALL_MODULES: "all modules", ATTENTION_MODULES: "attention", FFN_MODULES: "FFN"}
+        modules = groups.get(self.modules) or "+".join(m.removesuffix("_proj") for m in self.modules)
+        parts = [where, modules] + (["soft-mask"] if self.softmask else [])
+        if self.lr is not None:
+            parts.append(f"lr {self.lr:g}")
+        return " ".join(parts)
 
     def with_(self, **changes) -> "NodeSpec":
         """A copy with some fields changed (validated again)."""

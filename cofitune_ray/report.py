@@ -16,7 +16,6 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cofitune_ray.node import ALL_MODULES, ATTENTION_MODULES, FFN_MODULES, NodeSpec
 from cofitune_ray.tree import Score, SearchTree, TreeNode
 
 #: Names of the files `write_report` writes, by the key it returns them under.
@@ -68,23 +67,6 @@ def fmt_duration(seconds: float | None) -> str:
     if minutes < 60:
         return f"{minutes}m {secs:02d}s"
     return f"{minutes // 60}h {minutes % 60:02d}m"
-
-
-def short_name(spec: NodeSpec) -> str:
-    """A compact node name for the tree drawing and plots: its label, else range, modules, mask, lr."""
-    if spec.label:
-        return spec.label
-    if spec.layers is not None:
-        where = "layers " + ",".join(map(str, spec.layers))
-    else:
-        lo, hi = spec.layer_range
-        where = f"({100 * lo:g}%, {100 * hi:g}%]"
-    groups = {ALL_MODULES: "all modules", ATTENTION_MODULES: "attention", FFN_MODULES: "FFN"}
-    modules = groups.get(spec.modules) or "+".join(m.removesuffix("_proj") for m in spec.modules)
-    parts = [where, modules] + (["soft-mask"] if spec.softmask else [])
-    if spec.lr is not None:
-        parts.append(f"lr {spec.lr:g}")
-    return " ".join(parts)
 
 
 def status_text(node: TreeNode, tree: SearchTree) -> str:
@@ -276,7 +258,7 @@ def node_line(tree: SearchTree, node: TreeNode) -> str:
         else "no score"
     )
     return (
-        f"{node.id} {short_name(node.spec)}{marks} | {scores} | "
+        f"{node.id} {node.spec.describe()}{marks} | {scores} | "
         f"{fmt_count(node.trained_params)} params | {status_text(node, tree)}"
     )
 
@@ -299,7 +281,7 @@ def ranking_table(tree: SearchTree) -> Table:
         cost = node.cost()
         rows.append((
             str(rank),
-            f"{node.id} {short_name(node.spec)}{_marks(tree, node)}",
+            f"{node.id} {node.spec.describe()}{_marks(tree, node)}",
             fmt_score(score.spec),
             fmt_score(score.vers),
             fmt_score(score.uni),
@@ -315,7 +297,7 @@ def ranking_table(tree: SearchTree) -> Table:
 def pareto_table(tree: SearchTree) -> Table:
     """The Pareto front, highest Spec first."""
     rows = [
-        (f"{n.id} {short_name(n.spec)}", fmt_score(n.score().spec), fmt_score(n.score().vers), fmt_score(n.score().uni), fmt_count(n.trained_params))
+        (f"{n.id} {n.spec.describe()}", fmt_score(n.score().spec), fmt_score(n.score().vers), fmt_score(n.score().uni), fmt_count(n.trained_params))
         for n in tree.pareto_front()
     ]
     return Table(("Node", "Spec", "Vers", "Uni", "Trained params"), rows)
@@ -374,7 +356,7 @@ def verdict(tree: SearchTree) -> str:
     base, full = reference_score(tree, "base"), reference_score(tree, "full")
     full_node = reference(tree, "full")
     sentences = [
-        f"The winner, {winner.id} {short_name(winner.spec)}, has Spec {fmt_score(win.spec)}, "
+        f"The winner, {winner.id} {winner.spec.describe()}, has Spec {fmt_score(win.spec)}, "
         f"Vers {fmt_score(win.vers)}, Uni {fmt_score(win.uni)}."
     ]
     claim = "The winner"
@@ -489,7 +471,7 @@ def _plot_node_curves(ax, node: TreeNode, x_key: str, is_winner: bool) -> None:
     for metric, style, color in (("spec", "-o", "tab:blue"), ("vers", "-s", "tab:orange"), ("uni", "--^", "tab:green")):
         pts = [p for p in node.history if metric in p]
         ax.plot([p[x_key] for p in pts], [p[metric] for p in pts], style, color=color, ms=3, lw=1.4, label=metric.capitalize())
-    name = short_name(node.spec)
+    name = node.spec.describe()
     name = name if len(name) <= 34 else name[:33] + "…"
     status = "" if node.status == "finished" else f" ({node.status})"
     ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{status}", fontsize=8, weight="bold" if is_winner else "normal")

@@ -3,7 +3,6 @@
 import pytest
 
 from cofitune_ray.config import Config, ConfigError, config_from_dict, load_config
-from tiny import write_config
 
 MINIMAL = """\
 model:

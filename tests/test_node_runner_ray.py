@@ -15,7 +15,6 @@ from cofitune_ray.importance_job import ensure_importance
 from cofitune_ray.model import load_model
 from cofitune_ray.node import NodeSpec
 from cofitune_ray.node_runner import run_node
-from cofitune_ray.softmask import Importance
 from tiny import make_model, make_world
 
 pytestmark = pytest.mark.ray

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cofitune_ray.report import NODE_TABLE_HEADERS, fmt_score, short_name, write_report
+from cofitune_ray.report import NODE_TABLE_HEADERS, fmt_score, write_report
 from cofitune_ray.search_space import load_search_space
 from cofitune_ray.tree import SearchTree, SelectionPolicy
 from score_table import PAPER_SCORES, UP_DOWN, evaluation_points, key
@@ -198,8 +198,8 @@ def test_report_before_any_node_ran(tmp_path):
 
 
 def test_short_names():
-    assert short_name(tree_spec(key(0.25, 0.5, UP_DOWN, softmask=True))) == "(25%, 50%] up+down soft-mask"
-    assert short_name(tree_spec("full|mask=off")) == "full SFT"
+    assert tree_spec(key(0.25, 0.5, UP_DOWN, softmask=True)).describe() == "(25%, 50%] up+down soft-mask"
+    assert tree_spec("full|mask=off").describe() == "full SFT"
 
 
 def tree_spec(node_key: str):

@@ -85,7 +85,7 @@ def test_every_output_is_written(resumed_run):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
-    assert summary["best"]["id"] == tree.best().id and f"Winner" in output
+    assert summary["best"]["id"] == tree.best().id and "Winner" in output
     assert [n.spec.kind for n in tree.at_depth(0)] == ["base", "full"]
     assert len(tree.at_depth(1)) == 2 and {c.depth for c in tree.at_depth(2)} <= {2}
     for node in tree.nodes.values():
