@@ -80,7 +80,7 @@ class SearchProgress(Callback):
     def _refresh(self) -> None:
         tree = self.searcher.tree
         if tree.depth != self._depth_shown:
-            if self._depth_shown >= 0:
+            if self._depth_shown > 0:  # level 0 holds the references, which are never expanded
                 kept = [n.spec.describe() for n in tree.at_depth(self._depth_shown) if n.promising]
                 print(f"[cofitune] level {self._depth_shown} done; promising: {', '.join(kept) or 'none'}", flush=True)
             self._depth_shown = tree.depth
