@@ -28,7 +28,7 @@ from cofitune_ray.tree import ENDED, SearchTree
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
-FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] node (n\d+) partial\|.* -> finished$")
+FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] node (n\d+) (?!base model|full SFT).* -> finished$")
 
 
 def cli(storage: Path, address: str, *extra: str) -> list[str]:
