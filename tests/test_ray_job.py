@@ -45,14 +45,20 @@ def get(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, s
 @pytest.fixture
 def head_node():
     """A `ray start --head --block` cluster with the dashboard; stopped (only this one) afterwards."""
-    ports = {"port": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    # Every port explicit: another cluster on this machine (the test session's) holds the defaults,
+    # and a head whose dashboard agent cannot bind its port takes no jobs ("No available agent").
+    ports = {name: free_port() for name in ("port", "dashboard", "metrics", "agent_http", "agent_grpc", "runtime_env",
+                                            "client", "node_manager", "object_manager")}
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     # Token auth explicitly on: the head makes the token, `ray job submit` sends it from ~/.ray/auth_token.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={ports['port']}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-         f"--metrics-export-port={ports['metrics']}", f"--temp-dir={temp_dir}"],
+         f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent_http']}",
+         f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
+         f"--ray-client-server-port={ports['client']}", f"--node-manager-port={ports['node_manager']}",
+         f"--object-manager-port={ports['object_manager']}", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     dashboard = f"http://127.0.0.1:{ports['dashboard']}"
     deadline = time.time() + 120
