@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from cofitune_ray.data import collate, encode_example, fingerprint, read_jsonl
 from cofitune_ray.model import Architecture
+from cofitune_ray.softmask import Importance
 
 IMPORTANCE_FILE = "importance.safetensors"
 META_FILE = "importance.json"
@@ -158,8 +159,6 @@ def compute_importance(model, arch: Architecture, tokenizer, data_paths: list[st
     With several workers each scores its share; sums and token counts are all-reduced, so every
     worker ends with the same result as a single worker would get.
     """
-    from cofitune_ray.softmask import Importance
-
     raw_sets, normalised = [], []
     for path in data_paths:
         sums, tokens = accumulate_importance(model, arch, importance_batches(path, tokenizer, settings, rank, world_size),
@@ -198,7 +197,7 @@ def cache_dir(storage_path: str, key: dict) -> Path:
     return Path(storage_path) / "importance" / digest
 
 
-def save_importance(directory: Path, importance, key: dict, raw_sets: list[dict[str, torch.Tensor]]) -> None:
+def save_importance(directory: Path, importance: Importance, key: dict, raw_sets: list[dict[str, torch.Tensor]]) -> None:
     """Write the combined normalised importance, each raw set, and the key (written last)."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in importance.as_dict().items()}
@@ -212,8 +211,6 @@ def save_importance(directory: Path, importance, key: dict, raw_sets: list[dict[
 
 def load_cached_importance(directory: Path, key: dict):
     """The cached importance when its key matches exactly, else None."""
-    from cofitune_ray.softmask import Importance
-
     meta = directory / META_FILE
     if not meta.is_file() or json.loads(meta.read_text()) != json.loads(json.dumps(key)):
         return None

@@ -110,10 +110,6 @@ class SoftMask:
                     factors[name] = (param, factor.to(param.dtype))
         return cls(factors, mode)
 
-    @property
-    def num_masked(self) -> int:
-        return len(self._targets)
-
     @torch.no_grad()
     def before_step(self) -> None:
         if self.mode == "grad":
