@@ -4,7 +4,7 @@ import copy
 import json
 
 import pytest
-import ray
+import cofitune_ray.search
 
 from cofitune_ray.search import main
 from tiny import make_world, write_config
@@ -15,13 +15,22 @@ def world(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("world"), layers=4)
 
 
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    """Fail the test if the CLI gets as far as connecting to Ray (independent of other tests' clusters)."""
+
+    def connect(*args, **kwargs):
+        raise AssertionError("the CLI connected to Ray before reporting the bad input")
+
+    monkeypatch.setattr(cofitune_ray.search, "connect", connect)
+
+
 def _run(tmp_path, world, capsys, mutate=None, overrides=()):
     data = copy.deepcopy(world)
     if mutate:
         mutate(data)
     config = write_config(tmp_path / "run.yaml", data)
     code = main(["--config", str(config), *overrides])
-    assert not ray.is_initialized()  # nothing started
     return code, capsys.readouterr().err
 
 
