@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cofitune_ray.prompt import format_prompt
+from cofitune_ray.training.prompt import format_prompt
 from cofitune_ray.toyworld.data import SPLIT_SIZES, read_rows, write_toy_data
 from cofitune_ray.toyworld.prepare import MARKER, ensure_toy_world
 from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_factor, mixture_weights, pretrain

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.prompt import format_prompt
+from cofitune_ray.training.prompt import format_prompt
 from cofitune_ray.toyworld.data import read_rows, write_toy_data
 from cofitune_ray.toyworld.tasks import GENERAL_TASKS
 from cofitune_ray.toyworld.tokenizer import build_tokenizer
