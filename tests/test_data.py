@@ -66,7 +66,7 @@ def test_truncation_is_counted_never_silent(tmp_path, tokenizer):
             {"instruction": "a-very-long-instruction", "input": "abcdefgh", "output": "x"}]
     data = tokenize_for_training(read_jsonl(write_jsonl(tmp_path / "d.jsonl", rows)), tokenizer, "compact", 16)
     assert data.truncated == 2 and data.lost_all_labels == 1
-    assert len(data.dataset) == 2 and max(len(r) for r in data.dataset["input_ids"]) == 16
+    assert len(data.dataset) == 2 and max(len(r["input_ids"]) for r in data.dataset) == 16
 
 
 def test_collate_pads_right_and_masks(tokenizer):

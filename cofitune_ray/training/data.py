@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import torch
 
 from cofitune_ray.training.prompt import format_prompt
@@ -97,7 +96,7 @@ def fingerprint(paths: list[str]) -> str:
 class TokenizedData:
     """Training sequences and how many had to be truncated to fit."""
 
-    dataset: datasets.Dataset  # columns: input_ids, labels
+    dataset: list[dict[str, list[int]]]  # rows {input_ids, labels}: a map-style dataset for DataLoader
     truncated: int
     lost_all_labels: int  # sequences whose response was cut away entirely
 
@@ -118,7 +117,7 @@ def tokenize_for_training(
     examples: list[Example], tokenizer, template: str, max_seq_length: int, loss_on: str = "response"
 ) -> TokenizedData:
     """Token ids and labels; labels mask the prompt unless loss_on == "sequence"."""
-    rows = {"input_ids": [], "labels": []}
+    rows = []
     truncated = lost = 0
     for example in examples:
         prompt_ids, response_ids = encode_example(tokenizer, template, example)
@@ -131,9 +130,8 @@ def tokenize_for_training(
             if all(label == IGNORE_INDEX for label in labels):
                 lost += 1
                 continue
-        rows["input_ids"].append(ids)
-        rows["labels"].append(labels)
-    return TokenizedData(datasets.Dataset.from_dict(rows), truncated, lost)
+        rows.append({"input_ids": ids, "labels": labels})
+    return TokenizedData(rows, truncated, lost)
 
 
 def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
