@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cofitune_ray.config import Config
-from cofitune_ray.training.data import DataError, read_jsonl
+from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet
 from cofitune_ray.training.importance_job import importance_data
 from cofitune_ray.training.model import Architecture, ModelError, load_tokenizer, read_architecture
@@ -23,13 +23,31 @@ class PreflightError(ValueError):
 
 @dataclass
 class Preflight:
-    """What the checks found, for the start-up summary."""
+    """What the checks found, for the start-up lines."""
 
     architecture: Architecture
     space: SearchSpace
     train_examples: int
-    eval_examples: dict[str, int]
+    eval_examples: dict[str, int]  # examples per evaluation set: the Spec set first, then the Vers sets
     uses_softmask: bool
+    truncated: int  # training sequences longer than data.max_seq_length
+    left_out: int  # of those, sequences with no response token left (not trained on)
+    max_seq_length: int
+
+    def lines(self) -> list[str]:
+        """What the search will run on, in words, and a warning when training sequences do not fit."""
+        arch = self.architecture
+        (spec_name, spec_size), *vers = self.eval_examples.items()
+        lines = [f"preflight ok: {arch.model_type} with {arch.num_layers} layers; "
+                 f"{self.train_examples} training examples; "
+                 f"Spec set {spec_name} ({spec_size} examples); "
+                 f"Vers sets {', '.join(f'{name} ({size})' for name, size in vers)}; "
+                 f"{len(self.space.reachable_nodes())} reachable nodes"]
+        if self.truncated:
+            lines.append(f"warning: {self.truncated} of {self.train_examples} training sequences are longer than "
+                         f"data.max_seq_length ({self.max_seq_length} tokens) and are truncated; "
+                         f"{self.left_out} of them keep no response token and are left out")
+        return lines
 
 
 def preflight(config: Config) -> Preflight:
@@ -40,7 +58,7 @@ def preflight(config: Config) -> Preflight:
         raise PreflightError(f"search.space: {exc}") from None
     try:
         arch = read_architecture(config.model.path)
-        load_tokenizer(config.model.tokenizer or config.model.path)
+        tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     except (ModelError, OSError) as exc:
         raise PreflightError(str(exc)) from None
     problems = []
@@ -64,7 +82,9 @@ def preflight(config: Config) -> Preflight:
                 read_jsonl(path)
     except DataError as exc:
         problems.append(str(exc))
-        train, uses_softmask = [], False
     if problems:
         raise PreflightError("\n".join(problems))
-    return Preflight(arch, space, len(train), counts, uses_softmask)
+    d = config.data
+    fitted = tokenize_for_training(train, tokenizer, d.prompt_template, d.max_seq_length, d.loss_on)
+    return Preflight(arch, space, len(train), counts, uses_softmask, fitted.truncated, fitted.lost_all_labels,
+                     d.max_seq_length)

@@ -148,9 +148,8 @@ def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunCo
 def run_search(config: Config, resume: bool = False, address: str | None = None, dashboard: bool = False) -> Path:
     """Run (or resume) the whole search; return the run directory."""
     checked = preflight(config)
-    print(f"[cofitune] preflight ok: {checked.architecture.model_type} with {checked.architecture.num_layers} layers, "
-          f"{checked.train_examples} training examples, eval sets {checked.eval_examples}, "
-          f"{len(checked.space.reachable_nodes())} reachable nodes", flush=True)
+    for line in checked.lines():
+        print(f"[cofitune] {line}", flush=True)
     run_dir = run_directory(config, resume)
     if (run_dir / SUMMARY_FILE).is_file():
         print("[cofitune] this run has already finished; its summary:", flush=True)

@@ -119,9 +119,6 @@ def run_training(config, part, model, tokenizer, softmask, report, rank, world_s
     """The training loop of one node; `report(model, step, epoch, train_loss)` is called at each evaluation point."""
     data = tokenize_for_training(read_jsonl(config.data.speciality_train), tokenizer, config.data.prompt_template,
                                  config.data.max_seq_length, config.data.loss_on)
-    if rank == 0 and data.truncated:
-        print(f"[cofitune] {data.truncated} training sequences truncated to {config.data.max_seq_length} tokens"
-              f" ({data.lost_all_labels} dropped: no response token left)")
     sampler = DistributedSampler(data.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
     loader = DataLoader(data.dataset, batch_size=config.train.batch_size, sampler=sampler,
                         collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id))

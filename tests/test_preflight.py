@@ -1,0 +1,33 @@
+"""What preflight tells the user before any Ray work: the run in words, and training data that does not fit."""
+
+import pytest
+
+from cofitune_ray.config import load_config
+from cofitune_ray.preflight import preflight
+from tiny import make_world, write_config, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), layers=4)
+
+
+def test_the_preflight_line_reads_as_words(tmp_path, world):
+    checked = preflight(load_config(write_config(tmp_path / "run.yaml", world)))
+    reachable = len(checked.space.reachable_nodes())
+    assert checked.lines() == [
+        "preflight ok: llama with 4 layers; 32 training examples; Spec set reverse (8 examples); "
+        f"Vers sets upper (8); {reachable} reachable nodes"
+    ]
+    assert checked.truncated == 0
+
+
+def test_training_sequences_that_do_not_fit_are_announced(tmp_path, world):
+    rows = [{"instruction": "rev", "input": "ab", "output": "b" * 60},  # truncated in the response: kept
+            {"instruction": "rev", "input": "ab", "output": "ba"},  # fits
+            {"instruction": "x" * 60, "input": "", "output": "y"}]  # truncated inside the prompt: left out
+    world = {**world, "data": {**world["data"], "speciality_train": str(write_jsonl(tmp_path / "t.jsonl", rows))}}
+    checked = preflight(load_config(write_config(tmp_path / "run.yaml", world)))
+    assert (checked.truncated, checked.left_out) == (2, 1)
+    assert checked.lines()[1] == ("warning: 2 of 3 training sequences are longer than data.max_seq_length (32 tokens) "
+                                  "and are truncated; 1 of them keep no response token and are left out")
