@@ -1,7 +1,7 @@
 """`python -m cofitune_ray.search`: run a CoFiTune search (no arguments: the offline toy demo).
 
     python -m cofitune_ray.search [--config FILE] [--search-space FILE] [--resume]
-                                  [--address ADDR] [--dashboard] [key=value ...]
+                                  [--address ADDR] [--dashboard] [--verbose] [key=value ...]
 
 Order of work: config and preflight checks (no Ray yet), connect to Ray, evaluate the base model
 (cached), compute importance if any node soft-masks (cached), run the Tune search, write results.
@@ -21,6 +21,7 @@ import yaml
 from ray import tune
 
 from cofitune_ray.config import PROJECT_ROOT, Config, ConfigError, load_config
+from cofitune_ray.console import console_output, log_locations_line
 from cofitune_ray.training.data import DataError
 from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.core.node import BASE_PART
@@ -33,7 +34,8 @@ from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
 from cofitune_ray.core.space import SearchSpace
 from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.core.tree import SelectionPolicy
-from cofitune_ray.tuning.trial import RunContext, node_trial
+from cofitune_ray.tuning.status_table import TrialStatusTable
+from cofitune_ray.tuning.trial import RunContext, node_trial, trial_name
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
 TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
@@ -50,6 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="continue the run named in the config (starts it if it does not exist yet)")
     parser.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'; default: $RAY_ADDRESS or a new local one)")
     parser.add_argument("--dashboard", action="store_true", help="start the local cluster with the Ray dashboard")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's worker and Ray Train logs and INFO records here too (default: only in log files)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.lr=1e-4")
     return parser.parse_args(argv)
 
@@ -76,20 +80,24 @@ def run_directory(config: Config, resume: bool) -> Path:
     return run_dir
 
 
-def connect(address: str | None, dashboard: bool) -> None:
-    """Join the given cluster, or start a local one (with the dashboard when asked)."""
+def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
+    """Join the given cluster, or start a local one (with the dashboard when asked); returns Ray's session directory.
+
+    Ray's workers' output reaches this terminal only when `verbose` (see `console.py`).
+    """
     address = address or os.environ.get("RAY_ADDRESS")
     # Train runs show in the dashboard; without one, the tracking only logs that it cannot query state.
     env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if (address or dashboard) else {}
     os.environ.update(env)
     if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env})
+        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
     else:
         # address="local": always a new cluster of our own, never one found running on the machine
         context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                           **({"dashboard_port": 8265} if dashboard else {}))
+                           log_to_driver=verbose, **({"dashboard_port": 8265} if dashboard else {}))
     if context.dashboard_url:
         print(f"[cofitune] Ray dashboard: http://{context.dashboard_url}", flush=True)
+    return context.address_info.get("session_dir")
 
 
 def base_result(config: Config, run_dir: Path) -> dict:
@@ -135,17 +143,21 @@ def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunCo
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
-                                    max_concurrent_trials=s.max_concurrent_trials),
+                                    max_concurrent_trials=s.max_concurrent_trials,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=str(run_dir),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             callbacks=[SearchProgress(searcher, str(run_dir), config.name)],
+            verbose=1,  # the legacy engine's "status updates only": the table below and nothing else
+            progress_reporter=TrialStatusTable(),
         ),
     )
 
 
-def run_search(config: Config, resume: bool = False, address: str | None = None, dashboard: bool = False) -> Path:
+def run_search(config: Config, resume: bool = False, address: str | None = None, dashboard: bool = False,
+               verbose: bool = False) -> Path:
     """Run (or resume) the whole search; return the run directory."""
     checked = preflight(config)
     for line in checked.lines():
@@ -156,17 +168,19 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
         print(summary_text(json.loads((run_dir / SUMMARY_FILE).read_text())))
         return run_dir
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    connect(address, dashboard)
-    base = base_result(config, run_dir)
-    importance = None
-    if checked.uses_softmask:
-        importance, computed = ensure_importance(config, Path(config.storage_path))
-        print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
-              flush=True)
-    context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
-    make_tuner(config, checked, run_dir, context, resume).fit()
-    tree = latest_saved_tree(run_dir / EXPERIMENT)
-    summary = write_results(config, tree, run_dir)
+    with console_output(run_dir, verbose) as log_dir:
+        session_dir = connect(address, dashboard, verbose)
+        print(log_locations_line(log_dir, session_dir, verbose), flush=True)
+        base = base_result(config, run_dir)
+        importance = None
+        if checked.uses_softmask:
+            importance, computed = ensure_importance(config, Path(config.storage_path))
+            print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
+                  flush=True)
+        context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
+        make_tuner(config, checked, run_dir, context, resume).fit()
+        tree = latest_saved_tree(run_dir / EXPERIMENT)
+        summary = write_results(config, tree, run_dir)
     print(summary_text(summary), flush=True)
     return run_dir
 
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = load_run_config(args)
-        run_search(config, resume=args.resume, address=args.address, dashboard=args.dashboard)
+        run_search(config, resume=args.resume, address=args.address, dashboard=args.dashboard, verbose=args.verbose)
     except (ConfigError, PreflightError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

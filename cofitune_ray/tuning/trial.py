@@ -59,6 +59,15 @@ def replay(result: NodeResult) -> None:
     tune.report({**result.metrics, **final_result(result), "replayed": True})
 
 
+def trial_name(trial) -> str:
+    """A Tune trial's name and directory (`TuneConfig(trial_name_creator=..., trial_dirname_creator=...)`).
+
+    The trial's run of a node (`run_id`, once a node runs several learning rates), or the node, e.g. `n3`:
+    unique within a search, so `tune/n3/` is that trial's directory.
+    """
+    return trial.config.get("run_id") or trial.config["node_id"]
+
+
 def node_trial(trial_config: dict, run: RunContext) -> None:
     """Tune trainable: train and score the node in `trial_config` (or replay its saved result)."""
     part = ModelPart.from_dict(trial_config["part"])

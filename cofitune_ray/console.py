@@ -1,0 +1,80 @@
+"""What the terminal shows during a search, and where everything else goes.
+
+The terminal gets the search's own lines (`[cofitune] ...`, printed by this driver), Tune's status
+table (`tuning/status_table.py`), the warnings and errors of this driver (Ray, Tune, the project)
+and the summary. Everything else goes to log files:
+
+- Ray's worker processes (Tune trials, Ray Train controllers and workers, Ray Train's helper
+  actors): Ray writes their stdout and stderr to its session log directory (`worker-*.out|err`,
+  Ray Train's own logs under `train/`). `ray.init(log_to_driver=False)` keeps them there instead
+  of copying every line here: Ray Train's INFO lines (worker group start, each report with its
+  metric dict), the `PlacementGroupCleaner`'s "Failed to query Ray Train Controller actor state"
+  warning (once a second per node: it polls the state API, which only a cluster with a dashboard
+  serves), the core worker's note on `PreemptionWatcher`'s constructor arguments, and library
+  progress bars. A trial that fails still reaches the terminal through the driver: Tune logs its
+  error and the search's node line says `failed`.
+- this driver's Ray and Tune log records at INFO and above: `<run dir>/logs/driver.log`.
+- transformers' progress bars while the driver loads and saves the best model: switched off.
+
+`verbose=True` keeps Ray's defaults on the terminal (every worker line, INFO records, progress
+bars); the log files are written either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from transformers.utils import logging as transformers_logging
+
+LOG_DIR = "logs"
+DRIVER_LOG = "driver.log"
+# Tune's `progress_reporter` (our status table) is honoured by its legacy output engine only.
+TUNE_OUTPUT_ENGINE = {"RAY_AIR_NEW_OUTPUT": "0"}
+
+
+@contextmanager
+def console_output(run_dir: Path, verbose: bool) -> Iterator[Path]:
+    """Route this driver's output for one search, as the module docstring says; yields the log folder.
+
+    Undone on exit (handler, levels, progress bars, environment), so a second search in the same
+    process starts from Python's and Ray's defaults again.
+    """
+    log_dir = run_dir / LOG_DIR
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ray_logger = logging.getLogger("ray")  # configured by `import ray`: one handler to stderr
+    terminal_levels = {handler: handler.level for handler in ray_logger.handlers}
+    driver_log = logging.FileHandler(log_dir / DRIVER_LOG)
+    driver_log.setLevel(logging.INFO)  # ray.init gives it Ray's own format, as it does the terminal's handler
+    bars = transformers_logging.is_progress_bar_enabled()
+    saved_env = {key: os.environ.get(key) for key in TUNE_OUTPUT_ENGINE}
+    os.environ.update(TUNE_OUTPUT_ENGINE)
+    if not verbose:
+        for handler in terminal_levels:
+            handler.setLevel(logging.WARNING)
+        transformers_logging.disable_progress_bar()
+    ray_logger.addHandler(driver_log)
+    try:
+        yield log_dir
+    finally:
+        ray_logger.removeHandler(driver_log)
+        driver_log.close()
+        for handler, level in terminal_levels.items():
+            handler.setLevel(level)
+        if bars:
+            transformers_logging.enable_progress_bar()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def log_locations_line(log_dir: Path, ray_session_dir: str | None, verbose: bool) -> str:
+    """The start-up line that says where the logs are."""
+    ray_logs = f"{ray_session_dir}/logs" if ray_session_dir else "the Ray cluster's session log directory"
+    shown = "also shown here (--verbose)" if verbose else "not shown here (--verbose shows them)"
+    return f"[cofitune] logs: Ray's workers and Ray Train in {ray_logs}, this driver's in {log_dir / DRIVER_LOG}; {shown}"

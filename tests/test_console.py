@@ -1,0 +1,124 @@
+"""The console: what a search prints, and where the rest goes.
+
+Without Ray: the driver's log routing. With Ray (marker `ray`): the smoke search through the CLI,
+its whole stdout+stderr checked against the line budget and the patterns that must not be there,
+and `--verbose` bringing Ray's worker logs back.
+"""
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray  # noqa: F401  (configures the "ray" logger, as it is in the CLI)
+from transformers.utils import logging as transformers_logging
+
+from cofitune_ray.console import DRIVER_LOG, TUNE_OUTPUT_ENGINE, console_output, log_locations_line
+from cofitune_ray.core.tree import ENDED, SearchTree
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "smoke.yaml"
+LINE_BUDGET = 150
+NOISE = ["LOAD_GLOBAL", "RETURN_VALUE", "Failed to query", "TrainingReport(", "'spec/", "9223372036854775807",
+         "node_trial_"]
+
+
+@pytest.fixture
+def terminal():
+    """A stand-in for Ray's terminal handler on the "ray" logger (Ray's own writes to the stderr of import time)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger("ray").addHandler(handler)
+    yield stream
+    logging.getLogger("ray").removeHandler(handler)
+
+
+def test_driver_info_goes_to_the_log_file_warnings_to_both(tmp_path, terminal):
+    tune_logger = logging.getLogger("ray.tune.test_console")
+    with console_output(tmp_path, verbose=False) as log_dir:
+        assert os.environ.items() >= TUNE_OUTPUT_ENGINE.items()
+        assert not transformers_logging.is_progress_bar_enabled()
+        tune_logger.info("an INFO record")
+        tune_logger.warning("a WARNING record")
+    assert "a WARNING record" in terminal.getvalue() and "an INFO record" not in terminal.getvalue()
+    written = (log_dir / DRIVER_LOG).read_text()
+    assert log_dir == tmp_path / "logs" and "an INFO record" in written and "a WARNING record" in written
+    assert transformers_logging.is_progress_bar_enabled()  # all restored on exit
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+    tune_logger.info("after the search")
+    assert "after the search" in terminal.getvalue() and "after the search" not in (log_dir / DRIVER_LOG).read_text()
+
+
+def test_verbose_keeps_info_on_the_terminal(tmp_path, terminal):
+    with console_output(tmp_path, verbose=True):
+        logging.getLogger("ray.tune.test_console").info("an INFO record")
+        assert transformers_logging.is_progress_bar_enabled()
+    assert "an INFO record" in terminal.getvalue()
+    assert "an INFO record" in (tmp_path / "logs" / DRIVER_LOG).read_text()
+
+
+def test_log_locations_line(tmp_path):
+    line = log_locations_line(tmp_path / "logs", "/tmp/ray/session_1", verbose=False)
+    assert line == (f"[cofitune] logs: Ray's workers and Ray Train in /tmp/ray/session_1/logs, this driver's in "
+                    f"{tmp_path}/logs/driver.log; not shown here (--verbose shows them)")
+
+
+def run_cli(storage: Path, address: str, *extra: str) -> list[str]:
+    """Every line the smoke search prints (stdout and stderr); `extra`: options, then key=value overrides."""
+    command = [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), "--address", address, *extra,
+               f"storage_path={storage}"]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-5000:]
+    return done.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def smoke_output(ray_cluster, tmp_path_factory):
+    """(storage, run directory, every line the smoke search printed) for the default console."""
+    storage = tmp_path_factory.mktemp("storage")
+    lines = run_cli(storage, ray_cluster.get_runtime_context().gcs_address)
+    return storage, storage / "smoke", lines
+
+
+@pytest.mark.ray
+def test_the_default_console_is_the_search_own_lines(smoke_output):
+    _, run_dir, lines = smoke_output
+    text = "\n".join(lines)
+    assert len(lines) < LINE_BUDGET, text
+    for pattern in NOISE:
+        assert pattern not in text, pattern
+    own = [line for line in lines if line.startswith("[cofitune] ")]
+    assert own[0].startswith("[cofitune] preflight ok: llama with 8 layers; 2000 training examples; Spec set cipher")
+    assert any(line.startswith("[cofitune] logs: ") and str(run_dir / "logs" / DRIVER_LOG) in line for line in own)
+    assert "[cofitune] evaluating the base model" in own
+    assert any(line.startswith("[cofitune] importance computed: ") for line in own)
+    tree = SearchTree.from_json((run_dir / "tree.json").read_text())
+    for depth in range(tree.depth + 1):
+        assert any(line.startswith(f"[cofitune] level {depth}: running ") for line in own), depth
+    ended = [n for n in tree.nodes.values() if n.status in ENDED]
+    assert ended and all(any(line.startswith(f"[cofitune] node {n.id} ") for line in own) for n in ended)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert any(line.startswith("CoFiTune search done") for line in lines)
+    assert any(line.startswith("Winner ") for line in lines) and summary["best"]["id"] in tree.nodes
+    assert lines[-1] == f"Results: {run_dir}"
+    names = {m.group(1) for line in lines for m in [re.match(r"^  (\S+)\s+(RUNNING|PAUSED)\s", line)] if m}
+    assert names and all(re.fullmatch(r"n\d+", name) for name in names), names
+    assert {p.name for p in (run_dir / "tune").iterdir() if p.is_dir()} == {n.id for n in tree.nodes.values() if n.trial_id}
+    assert "Started a local Ray instance" not in text  # INFO: in the driver's log file
+    assert "Wrote the latest version of all result files" in (run_dir / "logs" / DRIVER_LOG).read_text()
+
+
+@pytest.mark.ray
+def test_verbose_shows_ray_logs(smoke_output, ray_cluster):
+    storage, _, _ = smoke_output  # the same storage: importance is reused from its cache
+    lines = run_cli(storage, ray_cluster.get_runtime_context().gcs_address, "--verbose", "name=verbose",
+                    "search.max_trials=1")
+    text = "\n".join(lines)
+    assert "(RayTrainWorker pid=" in text and "(TrainController pid=" in text
+    assert "TrainingReport(" in text  # Ray Train's per-report INFO line, with its metric dict
+    assert lines[-1] == f"Results: {storage / 'verbose'}"
