@@ -40,6 +40,7 @@ def test_rows_are_the_trials_in_flight_with_step_and_scores_only():
 
 def test_printed_when_a_row_changed_at_most_once_per_interval(capsys):
     table = TrialStatusTable(interval_s=0)
+    assert not table.should_report([trial("n1")])  # nothing in flight yet
     trials = [trial("n1", Trial.RUNNING)]
     assert table.should_report(trials)
     table.report(trials, done=False)

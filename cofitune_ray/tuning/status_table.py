@@ -5,8 +5,8 @@ columns here) and whose header counts `num_samples=-1` as 9223372036854775807 tr
 shows a trial's name (its node, see `tuning.trial.trial_name`), status, training step and the
 scores of its latest evaluation point. Ended trials leave the table: the search's own progress
 line says how each node ended. Tune polls `should_report` after every event; the table is printed
-when a row changed, at most once per `interval_s`, so a long run prints a few tables, not one per
-event.
+when a trial is in flight and a row changed (a trial started, reported an evaluation point or
+ended), at most once per `interval_s`: a bounded number of tables however slow the machine.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def errored_lines(trials: list[Trial]) -> list[str]:
 class TrialStatusTable(tune.ProgressReporter):
     """The console's Tune reporter (`tune.RunConfig(progress_reporter=...)`, legacy output engine)."""
 
-    def __init__(self, interval_s: float = 30.0):
+    def __init__(self, interval_s: float = 60.0):
         self.interval_s = interval_s
         self._start = time.time()
         self._shown: list[list[str]] | None = None  # the rows last printed
@@ -72,7 +72,8 @@ class TrialStatusTable(tune.ProgressReporter):
     def should_report(self, trials: list[Trial], done: bool = False) -> bool:
         if done:
             return True
-        return table_rows(trials) != self._shown and time.monotonic() - self._shown_at >= self.interval_s
+        rows = table_rows(trials)  # none while a level waits for its trials to start: nothing to show
+        return bool(rows) and rows != self._shown and time.monotonic() - self._shown_at >= self.interval_s
 
     def report(self, trials: list[Trial], done: bool, *sys_info: str) -> None:
         if done:  # the search's summary follows; only errors need saying here
