@@ -19,7 +19,7 @@ import ray  # noqa: F401  (configures the "ray" logger, as it is in the CLI)
 from transformers.utils import logging as transformers_logging
 
 from cofitune_ray.console import DRIVER_LOG, TUNE_OUTPUT_ENGINE, console_output, log_locations_line
-from cofitune_ray.core.tree import ENDED, SearchTree
+from cofitune_ray.core.tree import SearchTree
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -99,18 +99,20 @@ def test_the_default_console_is_the_search_own_lines(smoke_output):
     assert any(line.startswith("[cofitune] importance computed: ") for line in own)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for depth in range(tree.depth + 1):
-        assert any(line.startswith(f"[cofitune] level {depth}: running ") for line in own), depth
-    ended = [n for n in tree.nodes.values() if n.status in ENDED]
-    assert ended and all(any(line.startswith(f"[cofitune] node {n.id} ") for line in own) for n in ended)
+        assert any(line.startswith(f"[cofitune] level {depth} (") for line in own), depth
+    started = [n for n in tree.nodes.values() if any(run.trial_id for run in n.runs)]
+    assert started and all(any(line.startswith(f"[cofitune] {n.id} ") for line in own) for n in started)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert any(line.startswith("CoFiTune search done") for line in lines)
-    assert any(line.startswith("Winner ") for line in lines) and summary["best"]["id"] in tree.nodes
+    assert any(line.startswith("Answer: ") for line in lines) and summary["best"]["id"] in tree.nodes
     assert lines[-1] == f"Results: {run_dir}"
     names = {m.group(1) for line in lines for m in [re.match(r"^  (\S+)\s+(RUNNING|PAUSED)\s", line)] if m}
-    assert names and all(re.fullmatch(r"n\d+", name) for name in names), names
-    assert {p.name for p in (run_dir / "tune").iterdir() if p.is_dir()} == {n.id for n in tree.nodes.values() if n.trial_id}
-    assert "Started a local Ray instance" not in text  # INFO: in the driver's log file
-    assert "Wrote the latest version of all result files" in (run_dir / "logs" / DRIVER_LOG).read_text()
+    assert names and all(re.fullmatch(r"n\d+(-lr\S+)?", name) for name in names), names
+    runs = {run.id for n in tree.nodes.values() for run in n.runs if run.trial_id}
+    assert {p.name for p in (run_dir / "tune").iterdir() if p.is_dir()} == runs
+    driver_log = (run_dir / "logs" / DRIVER_LOG).read_text()
+    for info in ("Connecting to existing Ray cluster", "Wrote the latest version of all result files"):
+        assert info not in text and info in driver_log, info  # Ray's and Tune's INFO records: in the log file
 
 
 @pytest.mark.ray

@@ -3,7 +3,7 @@
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
-from cofitune_ray.tuning.status_table import TrialStatusTable, errored_lines, render, table_rows
+from cofitune_ray.tuning.status_table import TrialStatusTable, errored_lines, render, table_columns, table_rows
 from cofitune_ray.tuning.trial import trial_name
 
 
@@ -18,17 +18,18 @@ def trial(node_id: str, status: str = Trial.PENDING, result: dict | None = None,
 RESULT = {"step": 10, "spec": 0.5, "vers": 0.25, "uni": 0.375, "spec/cipher/score": 0.5, "train_loss": 1.2}
 
 
-def test_trials_are_named_after_their_node_or_run():
+def test_trials_are_named_after_their_run_or_node():
+    assert str(trial("n3", run_id="n3-lr0.0001")) == "n3-lr0.0001"
     assert str(trial("n3")) == "n3"
-    assert str(trial("n3", run_id="n3-lr1e-04")) == "n3-lr1e-04"
 
 
-def test_rows_are_the_trials_in_flight_with_step_and_scores_only():
+def test_rows_are_the_trials_in_flight_with_step_and_the_objective_scores_only():
     trials = [trial("n0", Trial.TERMINATED, RESULT), trial("n1", Trial.RUNNING, RESULT), trial("n2", Trial.RUNNING),
               trial("n3")]
-    assert table_rows(trials) == [["n1", "RUNNING", "10", "0.500", "0.250", "0.375"],
-                                  ["n2", "RUNNING", "-", "-", "-", "-"]]
-    text = render(trials, elapsed_s=75)
+    uni = table_columns("uni")
+    assert table_rows(trials, uni) == [["n1", "RUNNING", "10", "0.500", "0.250", "0.375"],
+                                       ["n2", "RUNNING", "-", "-", "-", "-"]]
+    text = render(trials, uni, elapsed_s=75)
     assert text.splitlines() == [
         "Tune: 2 running, 1 pending, 1 terminated (1m15s)",
         "  trial  status   step   Spec   Vers    Uni",
@@ -36,10 +37,15 @@ def test_rows_are_the_trials_in_flight_with_step_and_scores_only():
         "  n2     RUNNING     -      -      -      -",
     ]
     assert "cipher" not in text and "1.2" not in text and "9223372036854775807" not in text
+    assert render(trials, table_columns("spec_floor"), elapsed_s=5).splitlines()[1:] == [
+        "  trial  status   step   Spec   Vers",
+        "  n1     RUNNING    10  0.500  0.250",
+        "  n2     RUNNING     -      -      -",
+    ]
 
 
 def test_printed_when_a_row_changed_at_most_once_per_interval(capsys):
-    table = TrialStatusTable(interval_s=0)
+    table = TrialStatusTable("spec_floor", interval_s=0)
     assert not table.should_report([trial("n1")])  # nothing in flight yet
     trials = [trial("n1", Trial.RUNNING)]
     assert table.should_report(trials)
@@ -49,7 +55,7 @@ def test_printed_when_a_row_changed_at_most_once_per_interval(capsys):
     assert table.should_report(trials)
     table.report(trials, done=False)
     assert capsys.readouterr().out.count("Tune: 1 running") == 2
-    slow = TrialStatusTable(interval_s=3600)
+    slow = TrialStatusTable("spec_floor", interval_s=3600)
     slow.report(trials, done=False)
     trials.append(trial("n2", Trial.RUNNING))
     assert not slow.should_report(trials)  # changed, but within the interval
@@ -61,5 +67,5 @@ def test_the_last_report_names_only_errored_trials(tmp_path, capsys):
     failed = trial("n2", Trial.ERROR)
     failed.storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="tune", trial_dir_name="n2")
     assert errored_lines([ok, failed]) == [f"Tune: trial n2 errored; its error file is in {tmp_path}/tune/n2"]
-    TrialStatusTable().report([ok], done=True)
+    TrialStatusTable("spec_floor").report([ok], done=True)
     assert capsys.readouterr().out == ""

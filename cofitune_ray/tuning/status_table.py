@@ -2,8 +2,9 @@
 
 Replaces Tune's default reporter, whose table carries every reported metric (about 60 per-set
 columns here) and whose header counts `num_samples=-1` as 9223372036854775807 trials. This table
-shows a trial's name (its node, see `tuning.trial.trial_name`), status, training step and the
-scores of its latest evaluation point. Ended trials leave the table: the search's own progress
+shows a trial's name (its run of a node, see `tuning.trial.trial_name`), status, training step
+and the scores of its latest evaluation point that the objective ranks by: Spec and Vers, and Uni
+under `search.objective: uni`. Ended trials leave the table: the search's own progress
 line says how each node ended. Tune polls `should_report` after every event; the table is printed
 when a trial is in flight and a row changed (a trial started, reported an evaluation point or
 ended), at most once per `interval_s`: a bounded number of tables however slow the machine.
@@ -16,8 +17,12 @@ import time
 from ray import tune
 from ray.tune.experiment import Trial
 
-COLUMNS = {"step": "step", "spec": "Spec", "vers": "Vers", "uni": "Uni"}  # result key -> header
 IN_FLIGHT = (Trial.RUNNING, Trial.PAUSED)
+
+
+def table_columns(objective: str) -> dict[str, str]:
+    """Result key -> header: the step, Spec and Vers, and Uni when the objective is `uni`."""
+    return {"step": "step", "spec": "Spec", "vers": "Vers", **({"uni": "Uni"} if objective == "uni" else {})}
 
 
 def _cell(value) -> str:
@@ -26,9 +31,9 @@ def _cell(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def table_rows(trials: list[Trial]) -> list[list[str]]:
-    """One row per trial in flight: name, status, then the COLUMNS of its latest result."""
-    return [[str(t), t.status] + [_cell(t.run_metadata.last_result.get(key)) for key in COLUMNS]
+def table_rows(trials: list[Trial], columns: dict[str, str]) -> list[list[str]]:
+    """One row per trial in flight: name, status, then the `columns` of its latest result."""
+    return [[str(t), t.status] + [_cell(t.run_metadata.last_result.get(key)) for key in columns]
             for t in trials if t.status in IN_FLIGHT]
 
 
@@ -39,13 +44,13 @@ def status_counts(trials: list[Trial]) -> str:
     return "Tune: " + ", ".join(f"{n} {status.lower()}" for status, n in counts if n)
 
 
-def render(trials: list[Trial], elapsed_s: float) -> str:
+def render(trials: list[Trial], columns: dict[str, str], elapsed_s: float) -> str:
     """The status block: the counts and elapsed time, then the table of trials in flight (if any)."""
     minutes, seconds = divmod(int(elapsed_s), 60)
     lines = [f"{status_counts(trials)} ({minutes}m{seconds:02d}s)"]
-    rows = table_rows(trials)
+    rows = table_rows(trials, columns)
     if rows:
-        table = [["trial", "status", *COLUMNS.values()], *rows]
+        table = [["trial", "status", *columns.values()], *rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines += ["  " + "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
                                    enumerate(zip(row, widths))) for row in table]
@@ -60,7 +65,8 @@ def errored_lines(trials: list[Trial]) -> list[str]:
 class TrialStatusTable(tune.ProgressReporter):
     """The console's Tune reporter (`tune.RunConfig(progress_reporter=...)`, legacy output engine)."""
 
-    def __init__(self, interval_s: float = 60.0):
+    def __init__(self, objective: str, interval_s: float = 60.0):
+        self.columns = table_columns(objective)
         self.interval_s = interval_s
         self._start = time.time()
         self._shown: list[list[str]] | None = None  # the rows last printed
@@ -72,14 +78,14 @@ class TrialStatusTable(tune.ProgressReporter):
     def should_report(self, trials: list[Trial], done: bool = False) -> bool:
         if done:
             return True
-        rows = table_rows(trials)  # none while a level waits for its trials to start: nothing to show
+        rows = table_rows(trials, self.columns)  # none while a level waits for its trials to start: nothing to show
         return bool(rows) and rows != self._shown and time.monotonic() - self._shown_at >= self.interval_s
 
     def report(self, trials: list[Trial], done: bool, *sys_info: str) -> None:
         if done:  # the search's summary follows; only errors need saying here
             lines = errored_lines(trials)
         else:
-            lines = [render(trials, time.time() - self._start)]
-            self._shown, self._shown_at = table_rows(trials), time.monotonic()
+            lines = [render(trials, self.columns, time.time() - self._start)]
+            self._shown, self._shown_at = table_rows(trials, self.columns), time.monotonic()
         if lines:
             print("\n".join(lines), flush=True)
