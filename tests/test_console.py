@@ -72,7 +72,7 @@ def run_cli(storage: Path, address: str, *extra: str) -> list[str]:
     """Every line the smoke search prints (stdout and stderr); `extra`: options, then key=value overrides."""
     command = [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), "--address", address, *extra,
                f"storage_path={storage}"]
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=2300)
     assert done.returncode == 0, done.stdout[-5000:]
     return done.stdout.splitlines()
 
@@ -86,6 +86,7 @@ def smoke_output(ray_cluster, tmp_path_factory):
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(2400)  # a whole smoke search: minutes, and several times that on a loaded shared machine
 def test_the_default_console_is_the_search_own_lines(smoke_output):
     _, run_dir, lines = smoke_output
     text = "\n".join(lines)

@@ -44,21 +44,27 @@ def test_rows_are_the_trials_in_flight_with_step_and_the_objective_scores_only()
     ]
 
 
-def test_printed_when_a_row_changed_at_most_once_per_interval(capsys):
+def test_printed_when_a_trial_in_flight_reached_a_new_evaluation_point_at_most_once_per_interval(capsys):
     table = TrialStatusTable("spec_floor", interval_s=0)
-    assert not table.should_report([trial("n1")])  # nothing in flight yet
-    trials = [trial("n1", Trial.RUNNING)]
-    assert table.should_report(trials)
-    table.report(trials, done=False)
-    assert not table.should_report(trials)  # nothing changed
+    trials = [trial("n1-lr0.001", Trial.PENDING)]
+    assert not table.should_report(trials)  # nothing in flight
+    trials[0].set_status(Trial.RUNNING)
+    assert not table.should_report(trials)  # started, no evaluation point yet (its level line said it starts)
     trials[0].run_metadata.last_result = RESULT
     assert table.should_report(trials)
     table.report(trials, done=False)
-    assert capsys.readouterr().out.count("Tune: 1 running") == 2
+    assert not table.should_report(trials)  # nothing new
+    trials.append(trial("n1-lr0.003", Trial.RUNNING))
+    assert not table.should_report(trials)
+    trials[0].run_metadata.last_result = {**RESULT, "step": 20}
+    assert table.should_report(trials)
+    table.report(trials, done=False)
+    printed = capsys.readouterr().out
+    assert printed.count("Tune: ") == 2 and "n1-lr0.003  RUNNING     -" in printed
     slow = TrialStatusTable("spec_floor", interval_s=3600)
     slow.report(trials, done=False)
-    trials.append(trial("n2", Trial.RUNNING))
-    assert not slow.should_report(trials)  # changed, but within the interval
+    trials[1].run_metadata.last_result = RESULT
+    assert not slow.should_report(trials)  # new, but within the interval
     assert slow.should_report(trials, done=True)
 
 

@@ -5,9 +5,9 @@ columns here) and whose header counts `num_samples=-1` as 9223372036854775807 tr
 shows a trial's name (its run of a node, see `tuning.trial.trial_name`), status, training step
 and the scores of its latest evaluation point that the objective ranks by: Spec and Vers, and Uni
 under `search.objective: uni`. Ended trials leave the table: the search's own progress
-line says how each node ended. Tune polls `should_report` after every event; the table is printed
-when a trial is in flight and a row changed (a trial started, reported an evaluation point or
-ended), at most once per `interval_s`: a bounded number of tables however slow the machine.
+line says how each node ended, and the level line which trials start. Tune polls `should_report`
+after every event; the table is printed when a trial in flight reported a new evaluation point, at
+most once per `interval_s`: never more tables than evaluation points, and fewer on a long run.
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ def render(trials: list[Trial], columns: dict[str, str], elapsed_s: float) -> st
     return "\n".join(lines)
 
 
+def evaluation_progress(trials: list[Trial]) -> tuple[tuple[str, int], ...]:
+    """(name, step) of every trial in flight that reported an evaluation point: what a new table would add."""
+    return tuple((str(t), t.run_metadata.last_result["step"]) for t in trials
+                 if t.status in IN_FLIGHT and "step" in t.run_metadata.last_result)
+
+
 def errored_lines(trials: list[Trial]) -> list[str]:
     """One line per errored trial with its directory (Tune keeps the traceback there, in error.txt)."""
     return [f"Tune: trial {t} errored; its error file is in {t.path}" for t in trials if t.status == Trial.ERROR]
@@ -69,7 +75,7 @@ class TrialStatusTable(tune.ProgressReporter):
         self.columns = table_columns(objective)
         self.interval_s = interval_s
         self._start = time.time()
-        self._shown: list[list[str]] | None = None  # the rows last printed
+        self._shown: tuple[tuple[str, int], ...] = ()  # the evaluation progress last printed
         self._shown_at = float("-inf")
 
     def setup(self, start_time: float | None = None, **kwargs) -> None:
@@ -78,14 +84,14 @@ class TrialStatusTable(tune.ProgressReporter):
     def should_report(self, trials: list[Trial], done: bool = False) -> bool:
         if done:
             return True
-        rows = table_rows(trials, self.columns)  # none while a level waits for its trials to start: nothing to show
-        return bool(rows) and rows != self._shown and time.monotonic() - self._shown_at >= self.interval_s
+        progress = evaluation_progress(trials)
+        return bool(progress) and progress != self._shown and time.monotonic() - self._shown_at >= self.interval_s
 
     def report(self, trials: list[Trial], done: bool, *sys_info: str) -> None:
         if done:  # the search's summary follows; only errors need saying here
             lines = errored_lines(trials)
         else:
             lines = [render(trials, self.columns, time.time() - self._start)]
-            self._shown, self._shown_at = table_rows(trials, self.columns), time.monotonic()
+            self._shown, self._shown_at = evaluation_progress(trials), time.monotonic()
         if lines:
             print("\n".join(lines), flush=True)
