@@ -8,11 +8,10 @@ and the summary. Everything else goes to log files:
   actors): Ray writes their stdout and stderr to its session log directory (`worker-*.out|err`,
   Ray Train's own logs under `train/`). `ray.init(log_to_driver=False)` keeps them there instead
   of copying every line here: Ray Train's INFO lines (worker group start, each report with its
-  metric dict), the `PlacementGroupCleaner`'s "Failed to query Ray Train Controller actor state"
-  warning (once a second per node: it polls the state API, which only a cluster with a dashboard
-  serves), the core worker's note on `PreemptionWatcher`'s constructor arguments, and library
-  progress bars. A trial that fails still reaches the terminal through the driver: Tune logs its
-  error and the search's node line says `failed`.
+  metric dict), the core worker's note on `PreemptionWatcher`'s constructor arguments, library
+  progress bars. (Ray Train's "Failed to query Ray Train Controller actor state" warnings are gone
+  at their cause: `cluster.py`.) A trial that fails still reaches the terminal through the driver:
+  Tune logs its error and the search's node line says `failed`.
 - this driver's Ray and Tune log records at INFO and above: `<run dir>/logs/driver.log`.
 - transformers' progress bars while the driver loads and saves the best model: switched off.
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import ray
 import yaml
 from ray import tune
 
@@ -30,6 +28,7 @@ from cofitune_ray.config import (
     selection_policy,
     stop_rules,
 )
+from cofitune_ray.cluster import connect
 from cofitune_ray.console import console_output, log_locations_line
 from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.core.optuna_order import OptunaOrder
@@ -60,7 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run named in the config (starts it if it does not exist yet)")
     parser.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'; default: $RAY_ADDRESS or a new local one)")
-    parser.add_argument("--dashboard", action="store_true", help="start the local cluster with the Ray dashboard")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="the local dashboard on its usual port 8265, with Ray Train runs tracked on it")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's worker and Ray Train logs and INFO records here too (default: only in log files)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.lr=1e-4")
@@ -87,26 +87,6 @@ def run_directory(config: Config, resume: bool) -> Path:
         run_dir = run_dir.with_name(f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
-    """Join the given cluster, or start a local one (with the dashboard when asked); returns Ray's session directory.
-
-    Ray's workers' output reaches this terminal only when `verbose` (see `console.py`).
-    """
-    address = address or os.environ.get("RAY_ADDRESS")
-    # Train runs show in the dashboard; without one, the tracking only logs that it cannot query state.
-    env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if (address or dashboard) else {}
-    os.environ.update(env)
-    if address:
-        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
-    else:
-        # address="local": always a new cluster of our own, never one found running on the machine
-        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                           log_to_driver=verbose, **({"dashboard_port": 8265} if dashboard else {}))
-    if context.dashboard_url:
-        print(f"[cofitune] Ray dashboard: http://{context.dashboard_url}", flush=True)
-    return context.address_info.get("session_dir")
 
 
 def base_result(config: Config, run_dir: Path) -> dict:

@@ -1,0 +1,70 @@
+"""The Ray cluster a search runs on: a local one of its own, or a running one it joins.
+
+Ray Train needs the cluster's state API. When Tune stops a trial (a learning-rate run that lost,
+a pruned node), it kills the trial's process, and with it the run's TrainController; the run's
+worker placement group lives as long as the job, holding its CPUs, until Ray Train's
+`PlacementGroupCleaner` sees through the state API that the controller is gone and removes it.
+Without that, every stopped run keeps its CPUs and a small cluster soon has none left for the next
+run: the search waits forever (seen on `configs/smoke.yaml`, 2 CPUs, after two stopped runs). The
+state API is served by the dashboard process, and the cleaner finds it from the environment: with
+several Ray clusters on one machine it otherwise gives up ("Found multiple active Ray instances"),
+and with no dashboard it warns once a second ("Failed to query Ray Train Controller actor state").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+
+# Read by Ray's state API client (the cleaner's) before any address lookup.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def local_cluster_options(dashboard_port: int | None = None, env_vars: dict | None = None) -> dict:
+    """`ray.init(address="local", ...)` arguments for a cluster on which Ray Train frees stopped runs.
+
+    The dashboard on 127.0.0.1 at `dashboard_port` (default: a free port), and its address in every
+    worker's environment, next to `env_vars`.
+    """
+    port = dashboard_port or _free_port()
+    return {
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": port,
+        "runtime_env": {"env_vars": {**(env_vars or {}), API_SERVER_ENV: f"http://127.0.0.1:{port}"}},
+    }
+
+
+def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
+    """Join the given cluster, or start a local one; returns Ray's session directory.
+
+    `dashboard`: the local dashboard on its usual port 8265, Ray Train runs tracked on it. Ray's
+    workers' output reaches this terminal only when `verbose` (see `console.py`).
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Train runs show in the dashboard; without one, the tracking only logs that it cannot query state.
+    env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if (address or dashboard) else {}
+    os.environ.update(env)
+    if address:
+        if address != "auto" and "://" not in address:
+            env["RAY_ADDRESS"] = address  # the cleaner's state API lookup starts from this cluster
+        context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose)
+    else:
+        # address="local": always a new cluster of our own, never one found running on the machine
+        context = ray.init(address="local", log_to_driver=verbose,
+                           **local_cluster_options(8265 if dashboard else None, env))
+    if context.dashboard_url:
+        print(f"[cofitune] Ray dashboard: http://{context.dashboard_url}", flush=True)
+    else:
+        print("[cofitune] warning: this Ray cluster runs no dashboard, so Ray Train cannot free the CPUs of "
+              "the runs Tune stops and the search may wait for them forever; start its head with the "
+              "dashboard (`ray start --head --include-dashboard=true`)", flush=True)
+    return context.address_info.get("session_dir")

@@ -1,0 +1,47 @@
+"""A stopped trial's Ray Train run gives its CPUs back (on the session cluster, set up as the CLI's own)."""
+
+import sys
+import time
+
+import pytest
+import ray.cloudpickle
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from cofitune_ray.cluster import API_SERVER_ENV, local_cluster_options
+
+pytestmark = pytest.mark.ray
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+
+
+def endless_training(config):
+    step = 0
+    while True:  # only Tune's stop ends it
+        step += 1
+        ray.train.report({"step": step})
+        time.sleep(0.5)
+
+
+def trial(config):
+    TorchTrainer(endless_training, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+                 run_config=ray.train.RunConfig(name=f"train-{tune.get_context().get_trial_id()}",
+                                                storage_path=config["storage"], callbacks=[TuneReportCallback()])).fit()
+
+
+def test_local_cluster_options_name_the_dashboard_for_every_worker():
+    options = local_cluster_options(8300, {"A": "1"})
+    assert options["include_dashboard"] and options["dashboard_port"] == 8300
+    assert options["runtime_env"]["env_vars"] == {"A": "1", API_SERVER_ENV: "http://127.0.0.1:8300"}
+
+
+def test_a_stopped_trial_frees_its_train_workers_cpus(ray_cluster, tmp_path):
+    total = ray_cluster.cluster_resources()["CPU"]
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 0.5}), param_space={"storage": str(tmp_path)},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), stop={"training_iteration": 2}))
+    assert not tuner.fit().errors
+    deadline = time.time() + 120  # the cleaner polls every second; a loaded machine is slow
+    while ray_cluster.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(1)
+    assert ray_cluster.available_resources().get("CPU", 0) == total  # no placement group left behind
