@@ -9,6 +9,9 @@ peak of live tensor bytes over those steps (`training.memory.measure_peak`: coun
 TorchDispatchMode on CPU, `torch.cuda.max_memory_allocated` on CUDA). Next to it, the plan's
 estimate (`plan.estimate`) for the same model, node and settings, and their ratio.
 
+On CUDA the cases use a 125M-parameter model (batch 8 x 512, bf16), large enough that the cuBLAS
+and attention workspaces `max_memory_allocated` also counts (a few MB) are small against its peak.
+
 Strategies: `single` (one process: what a DDP worker holds apart from DDP's buckets), `ddp`
 (2 processes, DistributedDataParallel as Ray Train's prepare_model makes it) and `fsdp`
 (2 processes, `fully_shard` per decoder layer and on the root). Distributed cases use gloo on CPU,
@@ -48,6 +51,7 @@ SIZES = {
     "S": dict(layers=4, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=512),
     "M": dict(layers=8, hidden=128, intermediate=344, heads=8, kv_heads=4, vocab=1024),
     "L": dict(layers=8, hidden=256, intermediate=688, heads=8, kv_heads=8, vocab=2048),
+    "125M": dict(layers=12, hidden=768, intermediate=2048, heads=12, kv_heads=12, vocab=32000),  # GPU cases
 }
 NODES = {
     "full SFT": ModelPart(kind="full"),
@@ -83,13 +87,24 @@ class Case:
         return f"{self.size} {self.node}, {self.batch}x{self.seq}{extra}"
 
 
-CASES = [Case(size, node) for size in SIZES for node in NODES] + [
+CPU_CASES = [Case(size, node) for size in ("S", "M", "L") for node in NODES] + [
     Case("M", "full SFT", checkpointing=True),
     Case("M", "FFN (25%,50%]", checkpointing=True),
     Case("M", "full SFT", bf16=True),
     Case("M", "FFN (25%,50%]", bf16=True),
     Case("L", "full SFT", batch=1, seq=256),
 ]
+# On a GPU a model large enough that cuBLAS and attention workspaces (a few MB) are small against its peak.
+CUDA_CASES = [Case("125M", node, batch=8, seq=512, bf16=True) for node in NODES] + [
+    Case("125M", "full SFT", batch=8, seq=512, bf16=True, checkpointing=True),
+    Case("125M", "FFN (25%,50%]", batch=8, seq=512),
+]
+
+
+def cases(device: str) -> list[Case]:
+    """The device's cases, filtered by --only (which reaches the worker processes as MEMORY_PLAN_ONLY)."""
+    only = os.environ.get("MEMORY_PLAN_ONLY")
+    return [case for case in (CUDA_CASES if device == "cuda" else CPU_CASES) if not only or only in case.describe()]
 
 
 def build_world(root: Path, size: dict) -> Path:
@@ -164,12 +179,6 @@ def planned(config_path: Path, case: Case, strategy: str, world_size: int, devic
     return estimate(read_model_shape(config.model.path), NODES[case.node], work, "fsdp" if strategy == "fsdp" else "ddp")
 
 
-def selected(cases: list[Case]) -> list[Case]:
-    """The cases --only names (passed to the worker processes in MEMORY_PLAN_ONLY)."""
-    only = os.environ.get("MEMORY_PLAN_ONLY")
-    return [case for case in cases if not only or only in case.describe()]
-
-
 def runnable(case: Case, strategy: str) -> bool:
     # Soft-masking sharded rows is the FSDP worker's job (issue 12, item 2); bf16 autocast is DDP's path.
     return not (strategy == "fsdp" and NODES[case.node].softmask)
@@ -183,8 +192,7 @@ def _worker(rank: int, world_size: int, strategy: str, worlds: dict, device_type
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world_size)
     results = {}
-    CASES[:] = selected(CASES)
-    for index, case in enumerate(CASES):
+    for index, case in enumerate(cases(device_type)):
         if runnable(case, strategy):
             results[index] = measure(Path(worlds[case.size]), case, strategy, rank, world_size, device)
     dist.destroy_process_group()
@@ -195,7 +203,8 @@ def run_strategy(strategy: str, worlds: dict[str, Path], device: str) -> dict[in
     """Measured peak per case index: the largest over the ranks."""
     if strategy == "single":
         dev = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
-        return {i: measure(worlds[c.size], c, "ddp", 0, 1, dev) for i, c in enumerate(CASES) if runnable(c, strategy)}
+        return {i: measure(worlds[c.size], c, "ddp", 0, 1, dev) for i, c in enumerate(cases(device))
+                if runnable(c, strategy)}
     with tempfile.TemporaryDirectory() as out, socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -215,13 +224,13 @@ def main() -> None:
     os.environ["MEMORY_PLAN_THREADS"] = str(args.threads)
     if args.only:
         os.environ["MEMORY_PLAN_ONLY"] = args.only
-        CASES[:] = selected(CASES)
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and torch.cuda.device_count() < (2 if set(args.strategies) - {"single"} else 1):
         sys.exit("the distributed cases need 2 CUDA devices: run with --strategies single")
     with tempfile.TemporaryDirectory(prefix="memplan") as tmp:
-        worlds = {name: build_world(Path(tmp, name), size) for name, size in SIZES.items()}
-        for name, size in SIZES.items():
+        sizes = sorted({case.size for case in cases(args.device)}, key=list(SIZES).index)
+        worlds = {name: build_world(Path(tmp, name), SIZES[name]) for name in sizes}
+        for name, size in ((n, SIZES[n]) for n in sizes):
             params = read_model_shape(str(Path(tmp, name, "model"))).count()
             print(f"{name}: {size}, {params / 1e6:.2f}M parameters")
         print(f"{STEPS} optimizer steps per case, float32 weights, AdamW, torch threads {args.threads}, {args.device}")
@@ -230,7 +239,7 @@ def main() -> None:
         for strategy in args.strategies:
             measured = run_strategy(strategy, worlds, args.device)
             workers = 1 if strategy == "single" else 2
-            for index, case in enumerate(CASES):
+            for index, case in enumerate(cases(args.device)):
                 if index not in measured:
                     continue
                 plan = planned(worlds[case.size], case, strategy, workers, args.device)
