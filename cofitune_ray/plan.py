@@ -49,6 +49,7 @@ import dataclasses
 import functools
 import math
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-space", help="search-space YAML (overrides search.space)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.batch_size=4")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = list(args.overrides) + ([f"search.space={args.search_space}"] if args.search_space else [])
+    overrides = list(args.overrides) + ([f"search.space={Path(args.search_space).resolve()}"] if args.search_space else [])
     try:
         config = load_config(args.config, overrides)
         space = load_search_space(config.search.space)
@@ -528,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = MemoryPlan.build(shape, space.reachable_nodes(), Workload.from_config(config))
     print(plan.table())
-    if config.scaling.strategy == "auto" and plan.choice() is None:
+    strategy = config.scaling.strategy
+    if plan.choice() is None or (strategy in STRATEGIES and not plan.fits(strategy)):
         print(f"  {plan.advice()}")
     return 0
 
