@@ -13,8 +13,9 @@ during a training step, term by term:
                backward; under FSDP, the gathered root module (embeddings, final norm, lm_head:
                FSDP keeps the root unsharded from forward to backward) and the gathered decoder
                layers (2 on GPU, where the next layer's all-gather is prefetched; 1 on CPU).
-  gradients    one per trained parameter, in its dtype (FSDP: this GPU's shard). DDP over 2+
-               workers also keeps a flat bucket copy of them for the all-reduce, all the time.
+  gradients    one per trained parameter, in its dtype (FSDP: this GPU's shard, plus in a layer's
+               backward its unsharded gradients and reduce-scatter buffer). DDP over 2+ workers
+               also keeps a flat bucket copy of them for the all-reduce, all the time.
   optimizer    AdamW's two moments per trained parameter, in the parameter's dtype (torch keeps
                them so: a float32 model has float32 moments and its weights are the master copy;
                a bfloat16 model has bfloat16 moments and no master copy). FSDP: this GPU's shard.
@@ -22,19 +23,19 @@ during a training step, term by term:
                it save nothing), per token of the micro-batch: `_decoder_layer` lists each saved
                tensor. With activation checkpointing: each layer's input, plus one layer
                recomputed in backward.
-  transient    the largest short-lived set: at the start of backward the loss's two float32
-               vocabulary-sized gradients per token; in the optimizer step AdamW's temporary
-               (one trained-size buffer with the GPU's foreach kernels, two of the largest
-               trained tensor on CPU) and, in soft-mask `update` mode, the copy of the masked
-               parameters taken before the step.
+  transient    the short-lived set of the moment: at the start of backward the loss's two float32
+               vocabulary-sized gradients per token; in a layer's backward its MLP's gradient
+               workspace; in the optimizer step AdamW's temporary (one trained-size buffer with
+               the GPU's foreach kernels, two of the largest trained tensor on CPU) and, in
+               soft-mask `update` mode, the copy of the masked parameters taken before the step.
 
-Two moments of a step can be the peak: the start of backward (weights and working copies,
-optimizer, activations, loss gradients; no parameter gradients yet, they are freed at every
-`zero_grad`) and the optimizer step (weights, gradients, optimizer, step temporaries; no
-activations). The plan reports the larger. Batches are padded to their longest sequence; the
-plan assumes `data.max_seq_length` tokens and, for batches of 2 or more, padding: attention then
-saves a float mask per layer and the repeated key/value heads (transformers uses grouped-query
-attention inside SDPA only without a mask).
+The peak is the fullest moment of the step: in the backward pass (its start, with every saved
+tensor and no parameter gradient yet, since `zero_grad` frees them; after lm_head; then each layer
+top-down, where the gradients above it exist and the saved tensors below it remain) or in the
+optimizer step (weights, gradients, optimizer, step temporaries; no activations). Batches are
+padded to their longest sequence; the plan assumes `data.max_seq_length` tokens and, for batches of
+2 or more, padding: attention then saves a float mask per layer and the repeated key/value heads
+(transformers uses grouped-query attention inside SDPA only without a mask).
 
 `auto` picks DDP when every node fits `scaling.gpu_memory_gb` less a 15% margin (the CUDA context,
 NCCL buffers and allocator fragmentation are not tensor bytes), else FSDP when every node fits that
@@ -49,8 +50,8 @@ import dataclasses
 import functools
 import math
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
@@ -148,8 +149,8 @@ class MemoryEstimate:
     part: ModelPart
     strategy: str
     trained_params: int
-    backward: dict[str, float]  # the terms alive at the start of backward
-    step: dict[str, float]  # the terms alive in the optimizer step
+    backward: dict[str, float]  # the terms at the backward pass's fullest moment
+    step: dict[str, float]  # the terms in the optimizer step
 
     @property
     def peak_phase(self) -> str:
@@ -185,6 +186,7 @@ def estimate(shape: ModelShape, part: ModelPart, work: Workload, strategy: str) 
     tokens, vocab = work.batch_size * work.seq_len, shape.vocab_size
 
     stored = shape.count() * wb / shards
+    layer_sizes = [shape.count(f"model.layers.{i}.") for i in range(arch.num_layers)]
     layer_trained = [sum(shape.parameters[n] for n in names if n.startswith(f"model.layers.{i}."))
                      for i in range(arch.num_layers)]
     layer_grads = [n * wb / shards for n in layer_trained]
@@ -194,10 +196,9 @@ def estimate(shape: ModelShape, part: ModelPart, work: Workload, strategy: str) 
         # backward ends with the reduce-scatter of its trained gradients: unsharded in the gathered
         # dtype, reduced in float32 under bf16.
         gathered_bytes = 2 if work.bf16 else wb
-        layer_size = max(shape.count(f"model.layers.{i}.") for i in range(arch.num_layers))
-        root = shape.count() - sum(shape.count(f"model.layers.{i}.") for i in range(arch.num_layers))
-        start_gathered = (root + (2 if work.on_gpu else 1) * layer_size) * gathered_bytes
-        layer_gathered = (root + 2 * layer_size) * gathered_bytes
+        root = shape.count() - sum(layer_sizes)
+        start_gathered = (root + (2 if work.on_gpu else 1) * max(layer_sizes)) * gathered_bytes
+        layer_gathered = (root + 2 * max(layer_sizes)) * gathered_bytes
         reduce_scatter = [n * (gathered_bytes + (4 if work.bf16 else wb)) for n in layer_trained]
     else:
         start_gathered = layer_gathered = 0.0
@@ -206,8 +207,11 @@ def estimate(shape: ModelShape, part: ModelPart, work: Workload, strategy: str) 
     optimizer = 2 * trained * wb / shards
 
     graph = _graph(shape, part, work, fsdp)
-    tail_grads = (trained - sum(shape.count(f"model.layers.{i}.") for i in range(arch.num_layers))) * wb / shards \
-        if part.kind == "full" else 0.0  # lm_head and final norm (the embeddings' comes last, in the step's total)
+    # Full SFT's gradients of lm_head and the final norm come first in backward, the embeddings' last
+    # (unless lm_head is the embeddings, tied).
+    tail = shape.count("lm_head.") + shape.count("model.norm.") if "lm_head.weight" in shape.parameters \
+        else shape.count() - sum(layer_sizes)
+    tail_grads = tail * wb / shards if part.kind == "full" else 0.0
     ac = work.activation_checkpointing
     kept = [layer.checkpoint if ac else layer.saved for layer in graph.layers]
     if ac and work.batch_size > 1:
