@@ -4,7 +4,7 @@
 
 Each case trains one node of a LLaMA-architecture model built from a config (random weights, the
 toy world's character tokenizer, random text) for 4 optimizer steps with the product's own loop
-(`training.worker.run_training`: forward, backward, clipping, AdamW, soft-mask) and measures the
+(`training.worker.training_points`: forward, backward, clipping, AdamW, soft-mask) and measures the
 peak of live tensor bytes over those steps (`training.memory.measure_peak`: counted by a
 TorchDispatchMode on CPU, `torch.cuda.max_memory_allocated` on CUDA). Next to it, the plan's
 estimate (`plan.estimate`) for the same model, node and settings, and their ratio.
@@ -45,7 +45,7 @@ from cofitune_ray.toyworld.tokenizer import save_tokenizer
 from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
 from cofitune_ray.training.softmask import Importance, SoftMask
-from cofitune_ray.training.worker import run_training
+from cofitune_ray.training.worker import training_points
 
 SIZES = {
     "S": dict(layers=4, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=512),
@@ -168,7 +168,8 @@ def measure(config_path: Path, case: Case, strategy: str, rank: int, world_size:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
     with measure_peak(device, model) as peak:
-        run_training(config, part, model, tokenizer, softmask, lambda *args: None, rank, world_size, device)
+        for _ in training_points(config, config.train.lr, model, tokenizer, softmask, rank, world_size, device):
+            pass  # the evaluation points: nothing to evaluate here
     return peak.bytes
 
 

@@ -18,7 +18,7 @@ from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, read_architecture
 from cofitune_ray.training.model import trainable_parameter_names
-from cofitune_ray.training.worker import run_training
+from cofitune_ray.training.worker import training_points
 from tiny import make_world, write_config, write_jsonl
 
 HAND = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -96,8 +96,9 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(tmp_path, part):
     arch = Architecture.from_config(model.config)
     freeze_all_but(model, trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]))
     with measure_peak(torch.device("cpu"), model) as peak:
-        run_training(config, part, model, load_tokenizer(config.model.path), None, lambda *args: None, 0, 1,
-                     torch.device("cpu"))
+        for _ in training_points(config, config.train.lr, model, load_tokenizer(config.model.path), None, 0, 1,
+                                 torch.device("cpu")):
+            pass
     planned = estimate(ModelShape.from_model_config(model.config), part, Workload.from_config(config), "ddp")
     assert peak.bytes > 0
     assert 0.75 < planned.peak / peak.bytes < 1.25, (planned.breakdown(), peak.bytes)

@@ -1,7 +1,7 @@
 """Measured peak memory of training: what the memory plan (`cofitune_ray/plan.py`) is checked against.
 
     with measure_peak(device, model) as peak:
-        run_training(...)
+        for _ in training_points(...): pass
     peak.bytes
 
 On CUDA it is `torch.cuda.max_memory_allocated`: the caching allocator's count of the bytes held
