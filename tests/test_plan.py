@@ -194,3 +194,17 @@ def test_plan_of_70b_full_sft_needs_sharding():
     plan = MemoryPlan.build(shape, [ModelPart(kind="full")], work)
     assert plan.largest("ddp").peak > 4 * 80e9  # weights + gradients + AdamW alone: 8 bytes x 69B
     assert plan.choice() is None or plan.choice() == "fsdp"
+
+
+def test_search_stops_before_ray_when_auto_finds_nothing_fits(tmp_path, world, capsys, monkeypatch):
+    import cofitune_ray.search
+
+    def connect(*args, **kwargs):
+        raise AssertionError("the search connected to Ray before reporting the memory plan")
+
+    monkeypatch.setattr(cofitune_ray.search, "connect", connect)
+    config = write_config(tmp_path / "run.yaml", world)
+    code = cofitune_ray.search.main(["--config", str(config), "scaling.strategy=auto", "scaling.gpu_memory_gb=1e-6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "scaling.strategy: auto: memory plan: nothing fits" in err
+    assert "leave out of the search space the nodes that do not fit under FSDP: full SFT" in err
