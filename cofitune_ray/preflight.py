@@ -1,7 +1,8 @@
 """Everything that can be checked before any Ray or GPU time is spent.
 
-Reads the model's config (not its weights), the tokenizer, every data file line by line, and
-resolves every node the search space can reach against the model's depth and modules.
+Reads the model's config (not its weights), the tokenizer, every data file line by line,
+resolves every node the search space can reach against the model's depth and modules, and makes
+the memory plan (`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cofitune_ray.config import Config, objective
+from cofitune_ray.plan import MemoryPlan, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet
 from cofitune_ray.training.importance_job import importance_data
@@ -30,6 +32,7 @@ class Preflight:
     train_examples: int
     eval_examples: dict[str, int]  # examples per evaluation set: the Spec set first, then the Vers sets
     uses_softmask: bool
+    memory: MemoryPlan
     truncated: int  # training sequences longer than data.max_seq_length
     left_out: int  # of those, sequences with no response token left (not trained on)
     max_seq_length: int
@@ -88,7 +91,10 @@ def preflight(config: Config) -> Preflight:
         problems.append(str(exc))
     if problems:
         raise PreflightError("\n".join(problems))
+    memory = memory_plan(config, arch, space)
+    if config.scaling.strategy == "auto" and memory.choice() is None:
+        raise PreflightError(f"scaling.strategy: auto: memory plan: {memory.verdict()}; {memory.advice()}")
     d = config.data
     fitted = tokenize_for_training(train, tokenizer, d.prompt_template, d.max_seq_length, d.loss_on)
-    return Preflight(arch, space, len(train), counts, uses_softmask, fitted.truncated, fitted.lost_all_labels,
-                     d.max_seq_length)
+    return Preflight(arch, space, len(train), counts, uses_softmask, memory, truncated=fitted.truncated,
+                     left_out=fitted.lost_all_labels, max_seq_length=d.max_seq_length)

@@ -142,7 +142,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
                verbose: bool = False) -> Path:
     """Run (or resume) the whole search; return the run directory."""
     checked = preflight(config)
-    for line in checked.lines():
+    for line in checked.lines() + checked.memory.summary(config.scaling.strategy).splitlines():
         print(f"[cofitune] {line}", flush=True)
     run_dir = run_directory(config, resume)
     if (run_dir / SUMMARY_FILE).is_file():
