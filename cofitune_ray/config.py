@@ -204,7 +204,12 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> N
             target = _child(target, part, ".".join(parents[: i + 1]), "command line")
         _child(target, leaf, key, "command line")  # the key must exist
         hint = typing.get_type_hints(type(target))[leaf]
-        value = _build(hint, yaml.compose(raw) if raw.strip() else None, "command line", key)
+        try:
+            node = yaml.compose(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"command line: {key}: the value {raw!r} is not valid YAML ({problem})") from None
+        value = _build(hint, node, "command line", key)
         setattr(target, leaf, value)
 
 

@@ -1,7 +1,8 @@
 """Everything that can be checked before any Ray or GPU time is spent.
 
-Reads the model's config (not its weights), the tokenizer, every data file line by line, and
-resolves every node the search space can reach against the model's depth and modules.
+Reads the model's config (and checks that its weight files exist, without loading them), the
+tokenizer, every data file line by line, and resolves every node the search space can reach
+against the model's depth and modules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from cofitune_ray.config import Config
 from cofitune_ray.training.data import DataError, read_jsonl
 from cofitune_ray.training.evaluate import EvalSet
 from cofitune_ray.training.importance_job import importance_data
-from cofitune_ray.training.model import Architecture, ModelError, load_tokenizer, read_architecture
+from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
 from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 
@@ -40,6 +41,7 @@ def preflight(config: Config) -> Preflight:
         raise PreflightError(f"search.space: {exc}") from None
     try:
         arch = read_architecture(config.model.path)
+        check_weights(config.model.path)
         load_tokenizer(config.model.tokenizer or config.model.path)
     except (ModelError, OSError) as exc:
         raise PreflightError(str(exc)) from None

@@ -1,7 +1,13 @@
-"""Bad input stops the CLI with an error naming the file, line or key, before any Ray work."""
+"""Bad input stops the CLI with an error naming the file, line or key, before any Ray work.
+
+Every case checks the whole contract: exit code 2, the message names what to fix, no traceback,
+no Ray connection, and nothing created in `storage_path`.
+"""
 
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import cofitune_ray.search
@@ -30,8 +36,13 @@ def _run(tmp_path, world, capsys, mutate=None, overrides=()):
     if mutate:
         mutate(data)
     config = write_config(tmp_path / "run.yaml", data)
+    storage = Path(data["storage_path"])
+    before = sorted(storage.rglob("*")) if storage.exists() else None
     code = main(["--config", str(config), *overrides])
-    return code, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (sorted(storage.rglob("*")) if storage.exists() else None) == before, "storage_path was changed"
+    return code, err
 
 
 def test_malformed_jsonl_line(tmp_path, world, capsys):
@@ -77,3 +88,32 @@ def test_missing_model_path(tmp_path, world, capsys):
 def test_unknown_config_key(tmp_path, world, capsys):
     code, err = _run(tmp_path, world, capsys, lambda d: d["train"].update(learning_rate=1.0))
     assert code == 2 and "run.yaml:" in err and "unknown key 'train.learning_rate'" in err
+
+
+def test_prompt_template_without_input(tmp_path, world, capsys):
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(prompt_template="Q: {instruction}\nA: "))
+    assert code == 2 and "run.yaml: data.prompt_template:" in err and "'{input}'" in err
+
+
+def test_override_value_that_is_not_yaml(tmp_path, world, capsys):
+    code, err = _run(tmp_path, world, capsys, overrides=["train.betas=[0.9,"])
+    assert code == 2 and "command line: train.betas: the value '[0.9,' is not valid YAML" in err
+
+
+def test_model_directory_without_weights(tmp_path, world, capsys):
+    weightless = tmp_path / "weightless"
+    shutil.copytree(world["model"]["path"], weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert (weightless / "config.json").is_file() and (weightless / "tokenizer.json").is_file()
+    code, err = _run(tmp_path, world, capsys, lambda d: d["model"].update(path=str(weightless)))
+    assert code == 2 and "model.path" in err and str(weightless) in err and "no weights" in err
+
+
+def test_sharded_model_with_a_missing_shard(tmp_path, world, capsys):
+    sharded = tmp_path / "sharded"
+    shutil.copytree(world["model"]["path"], sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors",
+                                            "model.norm.weight": "model-00002-of-00002.safetensors"}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    code, err = _run(tmp_path, world, capsys, lambda d: d["model"].update(path=str(sharded)))
+    assert code == 2 and "model.safetensors.index.json" in err and "model-00002-of-00002.safetensors" in err

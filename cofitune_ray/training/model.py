@@ -6,6 +6,7 @@ Supported families share the decoder layout `model.layers.{i}.self_attn.{q,k,v,o
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,33 @@ def read_architecture(model_path: str) -> Architecture:
     except (OSError, ValueError) as exc:
         raise ModelError(f"model.path: cannot read a Hugging Face config from {model_path!r}: {exc}") from None
     return Architecture.from_config(config)
+
+
+#: The weight files `from_pretrained` looks for in a local directory, in its order of preference.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_weights(model_path: str) -> str:
+    """The weight file a local model directory would load from; ModelError when it has none.
+
+    A sharded checkpoint's index must name shards that are all present. A hub id is not checked here.
+    """
+    directory = Path(model_path)
+    if not directory.is_dir():
+        return ""
+    found = next((name for name in WEIGHT_FILES if (directory / name).is_file()), None)
+    if found is None:
+        raise ModelError(f"model.path: {model_path!r} has a config but no weights "
+                         f"(none of {', '.join(WEIGHT_FILES)})")
+    if found.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads((directory / found).read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise ModelError(f"model.path: {directory / found}: not a weight index with a 'weight_map' ({exc})") from None
+        missing = [shard for shard in shards if not (directory / shard).is_file()]
+        if missing:
+            raise ModelError(f"model.path: {directory / found} names weight shards that are missing: {', '.join(missing)}")
+    return found
 
 
 def _looks_like_hub_id(path: str) -> bool:
