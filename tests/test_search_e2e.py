@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.training.checkpoint import read_delta
@@ -24,6 +25,7 @@ from cofitune_ray.config import load_config
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.core.tree import ENDED, SearchTree
+from tool_rules import axolotl_selects
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +83,8 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
 def test_every_output_is_written(resumed_run):
     run_dir, output, _, _ = resumed_run
     for name in ("tree.json", "pareto.csv", "best_node.yaml", "best_model/config.json", "best_model/tokenizer.json",
-                 "report.md", "report.html", "pareto.png", "curves.png", "summary.json"):
+                 "report.md", "report.html", "pareto.png", "curves.png", "summary.json", "recipes/axolotl.yaml",
+                 "recipes/README.md"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
@@ -103,6 +106,9 @@ def test_best_model_is_base_plus_delta(resumed_run):
     delta = read_delta(best.checkpoint) if best.part.trains else {}
     for name, value in merged.state_dict().items():
         assert torch.equal(value, delta.get(name, base[name])), name
+    names = [n for n, _ in merged.named_parameters()]
+    patterns = yaml.safe_load((run_dir / "recipes" / "axolotl.yaml").read_text())["unfrozen_parameters"]
+    assert axolotl_selects(patterns, names) == set(delta)
 
 
 def test_report_agrees_with_tree_json(resumed_run):

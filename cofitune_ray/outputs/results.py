@@ -1,7 +1,8 @@
 """The files a finished search leaves in its run directory, and the summary printed last.
 
 tree.json (every node), pareto.csv, best_node.yaml, best_model/ (a standard HF directory),
-report.md / report.html / pareto.png / curves.png, and summary.json (which marks the run done).
+recipes/ (the winner for axolotl and LLaMA-Factory), report.md / report.html / pareto.png /
+curves.png, and summary.json (which marks the run done).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 import yaml
 
 from cofitune_ray.config import Config
+from cofitune_ray.training.checkpoint import delta_names
 from cofitune_ray.training.export import export_merged
-from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.training.model import load_model, load_tokenizer, parameter_names
+from cofitune_ray.outputs.recipes import write_recipes
 from cofitune_ray.outputs.report import write_report
 from cofitune_ray.core.tree import SearchTree
 
@@ -43,6 +46,16 @@ def export_best_model(config: Config, tree: SearchTree, out_dir: Path) -> Path |
         load_tokenizer(tokenizer).save_pretrained(out_dir)
         return out_dir
     return export_merged(config.model.path, best.checkpoint, out_dir, tokenizer, config.model.dtype)
+
+
+def export_recipes(config: Config, tree: SearchTree, out_dir: Path) -> Path | None:
+    """The winner's recipes for axolotl and LLaMA-Factory (`outputs/recipes.py`), when it trained something."""
+    best = tree.best()
+    if best is None or not best.part.trains or not best.checkpoint:
+        return None
+    lr = best.part.lr or config.train.lr
+    write_recipes(out_dir, best.part, delta_names(best.checkpoint), parameter_names(config.model.path), lr, config)
+    return out_dir
 
 
 def summarise(tree: SearchTree, run_dir: Path) -> dict:
@@ -83,8 +96,10 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
                      "scores": _node_summary(best), "checkpoint": best.checkpoint}
         (run_dir / "best_node.yaml").write_text(yaml.safe_dump(best_node, sort_keys=False))
     export_best_model(config, tree, run_dir / "best_model")
+    recipes = export_recipes(config, tree, run_dir / "recipes")
     write_report(tree, run_dir)
     summary = summarise(tree, run_dir)
+    summary["recipes"] = str(recipes) if recipes else None
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -104,6 +119,7 @@ def summary_text(summary: dict) -> str:
                          f"  ({s['trained_params'] or 0:,} trained parameters)")
     lines.append("Pareto front: " + "; ".join(summary["pareto"]))
     run_dir = Path(summary["run_dir"])
-    lines.append(f"Report: {run_dir / 'report.md'}  Best model: {run_dir / 'best_model'}")
+    lines.append(f"Report: {run_dir / 'report.md'}  Best model: {run_dir / 'best_model'}"
+                 + (f"  Recipes: {summary['recipes']}" if summary.get("recipes") else ""))
     lines.append(f"Results: {run_dir}")
     return "\n".join(lines)

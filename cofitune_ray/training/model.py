@@ -128,6 +128,14 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> int:
     return count
 
 
+def parameter_names(model_path: str) -> list[str]:
+    """The model's parameter names in model order, from its config alone (built on the meta device: no weights)."""
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [name for name, _ in model.named_parameters()]
+
+
 def load_model(model_path: str, dtype: str = "float32") -> torch.nn.Module:
     """Load a causal LM from a local directory in the given dtype."""
     read_architecture(model_path)  # a clear error for unsupported families before loading weights
