@@ -1,8 +1,8 @@
 """Everything that can be checked before any Ray or GPU time is spent.
 
 Reads the model's config (and checks that its weight files exist, without loading them), the
-tokenizer, every data file line by line, and resolves every node the search space can reach
-against the model's depth and modules.
+tokenizer, every data file line by line, builds every lm-eval task with its data, and resolves
+every node the search space can reach against the model's depth and modules.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from cofitune_ray.config import Config
 from cofitune_ray.training.data import DataError, read_jsonl
-from cofitune_ray.training.evaluate import EvalSet
+from cofitune_ray.training.evaluate import EvalSet, versatility_set
+from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.importance_job import importance_data
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
 from cofitune_ray.core.node import NodeError
@@ -54,14 +55,18 @@ def preflight(config: Config) -> Preflight:
     counts: dict[str, int] = {}
     try:
         train = read_jsonl(config.data.speciality_train)
-        limit = config.data.max_eval_examples
         spec_eval = config.data.speciality_eval
-        for name, path, metric in [(spec_eval.name or "speciality", spec_eval.path, spec_eval.metric)] + [
-            (v.name, v.path, v.metric) for v in config.data.versatility
-        ]:
-            counts[name] = len(EvalSet.load(name, path, metric, limit).examples)
+        spec_name = spec_eval.name or "speciality"
+        counts[spec_name] = len(EvalSet.load(spec_name, spec_eval.path, spec_eval.metric,
+                                             config.data.max_eval_examples).examples)
+        for i, entry in enumerate(config.data.versatility):
+            chosen = versatility_set(config, i)
+            counts[entry.name] = chosen.load() if isinstance(chosen, HarnessTask) else len(chosen.examples)
         uses_softmask = any(s.softmask for s in space.reachable_nodes())
-        if uses_softmask:
+        if uses_softmask and not importance_data(config):
+            problems.append("importance.data: soft-masking nodes need general JSONL data to compute importance on, "
+                            "and every versatility set is an lm-eval task")
+        elif uses_softmask:
             for path in importance_data(config):
                 read_jsonl(path)
     except DataError as exc:

@@ -7,13 +7,14 @@ no Ray connection, and nothing created in `storage_path`.
 import copy
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import cofitune_ray.search
 
 from cofitune_ray.search import main
-from tiny import make_world, write_config
+from tiny import make_world, write_config, write_lm_eval_task
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,32 @@ def test_sharded_model_with_a_missing_shard(tmp_path, world, capsys):
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     code, err = _run(tmp_path, world, capsys, lambda d: d["model"].update(path=str(sharded)))
     assert code == 2 and "model.safetensors.index.json" in err and "model-00002-of-00002.safetensors" in err
+
+
+def test_lm_eval_set_without_lm_eval_installed(tmp_path, world, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # what `import lm_eval` sees where it is not installed
+    entry = {"name": "arc", "lm_eval": {"task": "arc_easy", "limit": 100}}
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"]["versatility"].append(entry))
+    assert code == 2 and "data.versatility[1].lm_eval: needs lm-evaluation-harness" in err
+    assert "pip install 'cofitune-ray[lmeval]'" in err
+
+
+def test_versatility_set_with_both_a_file_and_an_lm_eval_task(tmp_path, world, capsys):
+    code, err = _run(tmp_path, world, capsys,
+                     lambda d: d["data"]["versatility"][0].update(lm_eval={"task": "arc_easy"}))
+    assert code == 2 and "data.versatility[0]: give either path (a JSONL file) or lm_eval (a task), not both" in err
+
+
+def test_unknown_lm_eval_task_in_a_local_folder(tmp_path, world, capsys):
+    write_lm_eval_task(tmp_path / "tasks", "toy_upper", Path(world["data"]["versatility"][0]["path"]))
+    entry = {"name": "upper-lm", "lm_eval": {"task": "toy_uper", "include_path": str(tmp_path / "tasks")}}
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"]["versatility"].append(entry))
+    assert code == 2 and "data.versatility[1].lm_eval.task: 'toy_uper' is not a task lm-evaluation-harness knows" in err
+
+
+
+def test_soft_masking_without_jsonl_general_data(tmp_path, world, capsys):
+    write_lm_eval_task(tmp_path / "tasks", "toy_upper", Path(world["data"]["versatility"][0]["path"]))
+    only_lm_eval = [{"name": "upper-lm", "lm_eval": {"task": "toy_upper", "include_path": str(tmp_path / "tasks")}}]
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(versatility=only_lm_eval))  # paper space soft-masks
+    assert code == 2 and "importance.data: soft-masking nodes need general JSONL data" in err

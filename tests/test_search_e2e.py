@@ -1,8 +1,10 @@
 """End to end: `python -m cofitune_ray.search --config configs/smoke.yaml` with real Ray Train trials.
 
-The driver is killed after the first trained node has finished; `--resume` completes the search.
-Then: every output exists, no finished node was trained twice, best_model/ is base + delta, and
-the report agrees with tree.json. A second test kills a Ray Train worker in the middle of a trial.
+One versatility set is given as a local lm-evaluation-harness task (the toy `upper` set through a
+task YAML). The driver is killed after the first trained node has finished; `--resume` completes
+the search. Then: every output exists, no finished node was trained twice, best_model/ is base +
+delta, the lm-eval set is scored at every evaluation point and joins Vers, and the report agrees
+with tree.json. A second test kills a Ray Train worker in the middle of a trial.
 """
 
 import json
@@ -25,6 +27,7 @@ from cofitune_ray.config import load_config
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.core.tree import ENDED, SearchTree
+from tiny import write_lm_eval_task
 from tool_rules import axolotl_selects
 
 pytestmark = pytest.mark.ray
@@ -33,9 +36,23 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] node (n\d+) (?!base model|full SFT).* -> finished$")
 
 
-def cli(storage: Path, address: str, *extra: str) -> list[str]:
+TOY_DATA = REPO / "assets" / "toyworld" / "seed-0" / "data"
+LM_EVAL_SET = "upper-lm"
+
+
+@pytest.fixture(scope="module")
+def versatility(tmp_path_factory) -> str:
+    """The smoke config's versatility sets with `upper` replaced by the same data as a local lm-eval task."""
+    tasks = tmp_path_factory.mktemp("lm_eval_tasks")
+    write_lm_eval_task(tasks, "toy_upper", TOY_DATA / "upper" / "eval.jsonl", max_gen_toks=8)
+    sets = [{"name": n, "path": str(TOY_DATA / n / "eval.jsonl")} for n in ("copy", "reverse")]
+    sets.append({"name": LM_EVAL_SET, "lm_eval": {"task": "toy_upper", "include_path": str(tasks)}})
+    return "data.versatility=" + json.dumps(sets)
+
+
+def cli(storage: Path, address: str, versatility: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), f"storage_path={storage}",
-            "--address", address, *extra]
+            versatility, "--address", address, *extra]
 
 
 def attempts(run_dir: Path) -> dict[str, int]:
@@ -43,11 +60,11 @@ def attempts(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def resumed_run(ray_cluster, tmp_path_factory):
+def resumed_run(ray_cluster, tmp_path_factory, versatility):
     """(run_dir, resume output, nodes finished before the kill, attempts before the kill)."""
     storage = tmp_path_factory.mktemp("storage")
     address = ray_cluster.get_runtime_context().gcs_address
-    first = subprocess.Popen(cli(storage, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(cli(storage, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finished_before = []
     for line in first.stdout:
         match = FINISHED_TRAINED_NODE.match(line.strip())
@@ -59,7 +76,7 @@ def resumed_run(ray_cluster, tmp_path_factory):
     assert finished_before, "the first run ended before any trained node finished"
     run_dir = storage / "smoke"
     before = attempts(run_dir)
-    resumed = subprocess.run(cli(storage, address, "--resume"), capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run(cli(storage, address, versatility, "--resume"), capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return run_dir, resumed.stdout, finished_before, before
 
@@ -111,6 +128,19 @@ def test_best_model_is_base_plus_delta(resumed_run):
     assert axolotl_selects(patterns, names) == set(delta)
 
 
+def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_run):
+    run_dir, _, _, _ = resumed_run
+    base = json.loads((run_dir / "base_result.json").read_text())["metrics"]
+    points = [base] + [json.loads(line) for h in (run_dir / "nodes").glob("node-n*/history.jsonl")
+                       for line in h.read_text().splitlines()]
+    assert len(points) > 3
+    for point in points:
+        sets = [point[f"vers/{name}/score"] for name in ("copy", "reverse", LM_EVAL_SET)]
+        assert point[f"vers/{LM_EVAL_SET}/exact_match,none"] == sets[2]
+        assert point["vers"] == pytest.approx(sum(sets) / 3)
+    assert base[f"vers/{LM_EVAL_SET}/score"] > 0.5  # the toy base model knows `upper`
+
+
 def test_report_agrees_with_tree_json(resumed_run):
     run_dir, _, _, _ = resumed_run
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
@@ -130,11 +160,11 @@ def _train_worker_pids() -> list[int]:
     return [int(line.split()[0]) for line in listing.splitlines() if "RayTrainWorker" in line]
 
 
-def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path):
+def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path, versatility):
     clean_run_dir = resumed_run[0]
     clean_winner = SearchTree.from_json((clean_run_dir / "tree.json").read_text()).best().part.key()
     address = ray_cluster.get_runtime_context().gcs_address
-    search = subprocess.Popen(cli(tmp_path, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    search = subprocess.Popen(cli(tmp_path, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
     reader.start()
