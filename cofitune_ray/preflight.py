@@ -15,6 +15,7 @@ from cofitune_ray.training.evaluate import EvalSet, versatility_set
 from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.importance_job import importance_data
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
+from cofitune_ray.training.spectrum import safetensors_files
 from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 
@@ -48,10 +49,17 @@ def preflight(config: Config) -> Preflight:
         raise PreflightError(str(exc)) from None
     problems = []
     for spec in space.reachable_nodes():
+        if spec.kind == "snr":  # its layers come from the base weights, once Ray is up (training/spectrum.py)
+            continue
         try:
             spec.layer_indices(arch.num_layers)
         except NodeError as exc:
             problems.append(f"{config.search.space}: node {spec.key()}: {exc}")
+    if any(part.kind == "snr" for part in space.references):
+        try:
+            safetensors_files(config.model.path)
+        except ModelError as exc:
+            problems.append(str(exc))
     counts: dict[str, int] = {}
     try:
         train = read_jsonl(config.data.speciality_train)

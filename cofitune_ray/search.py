@@ -3,8 +3,9 @@
     python -m cofitune_ray.search [--config FILE] [--search-space FILE] [--resume]
                                   [--address ADDR] [--dashboard] [key=value ...]
 
-Order of work: config and preflight checks (no Ray yet), connect to Ray, evaluate the base model
-(cached), compute importance if any node soft-masks (cached), run the Tune search, write results.
+Order of work: config and preflight checks (no Ray yet), connect to Ray, choose the Spectrum
+references' modules (cached), evaluate the base model (cached), compute importance if any node
+soft-masks (cached), run the Tune search, write results.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from cofitune_ray.training.data import DataError
 from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.spectrum import ensure_scores, with_selections
 from cofitune_ray.tuning.optuna_searcher import LearningRateTuner, OptunaNodeSearcher, candidate_space
-from cofitune_ray.preflight import Preflight, PreflightError, preflight
+from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.tuning.progress import SearchProgress
 from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
 from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
@@ -122,14 +124,14 @@ def make_searcher(config: Config, space: SearchSpace) -> TreeSearcher:
     return searcher
 
 
-def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
+def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
     """A new Tuner for the search, or the interrupted one restored from the run directory."""
     trainable = tune.with_resources(tune.with_parameters(node_trial, run=context), {"cpu": config.scaling.trial_cpus})
     experiment = run_dir / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(experiment)):
         print(f"[cofitune] resuming the search in {experiment}", flush=True)
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
-    searcher = make_searcher(config, checked.space)
+    searcher = make_searcher(config, space)
     s = config.search
     scheduler = PromisingChildScheduler(searcher, StopRules(s.vers_margin, s.uni_margin, s.min_evals))
     return tune.Tuner(
@@ -158,6 +160,11 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
         return run_dir
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     connect(address, dashboard)
+    space = checked.space
+    if any(part.kind == "snr" for part in space.references):
+        scores, computed = ensure_scores(config, Path(config.storage_path))
+        space = with_selections(space, scores)
+        print(f"[cofitune] Spectrum's SNR scores {'computed' if computed else 'reused from cache'}", flush=True)
     base = base_result(config, run_dir)
     importance = None
     if checked.uses_softmask:
@@ -165,7 +172,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
         print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
               flush=True)
     context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
-    make_tuner(config, checked, run_dir, context, resume).fit()
+    make_tuner(config, space, run_dir, context, resume).fit()
     tree = latest_saved_tree(run_dir / EXPERIMENT)
     summary = write_results(config, tree, run_dir)
     print(summary_text(summary), flush=True)

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
 import cofitune_ray.search
 
 from cofitune_ray.search import main
@@ -140,6 +143,16 @@ def test_unknown_lm_eval_task_in_a_local_folder(tmp_path, world, capsys):
     code, err = _run(tmp_path, world, capsys, lambda d: d["data"]["versatility"].append(entry))
     assert code == 2 and "data.versatility[1].lm_eval.task: 'toy_uper' is not a task lm-evaluation-harness knows" in err
 
+
+def test_spectrum_reference_needs_safetensors_weights(tmp_path, world, capsys):
+    binary = tmp_path / "binary"
+    shutil.copytree(world["model"]["path"], binary, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(load_file(str(Path(world["model"]["path"]) / "model.safetensors")), binary / "pytorch_model.bin")
+    space = tmp_path / "space.yaml"
+    space.write_text("strategy: grid\nreferences: [base, {snr: 50}]\ngrid:\n  - {layer_ranges: [[0, 0.5]]}\n")
+    code, err = _run(tmp_path, world, capsys, lambda d: d["model"].update(path=str(binary)),
+                     overrides=[f"search.space={space}"])
+    assert code == 2 and "model.path: an snr reference reads the base weights from safetensors files" in err
 
 
 def test_soft_masking_without_jsonl_general_data(tmp_path, world, capsys):

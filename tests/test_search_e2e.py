@@ -1,10 +1,11 @@
 """End to end: `python -m cofitune_ray.search --config configs/smoke.yaml` with real Ray Train trials.
 
 One versatility set is given as a local lm-evaluation-harness task (the toy `upper` set through a
-task YAML). The driver is killed after the first trained node has finished; `--resume` completes
-the search. Then: every output exists, no finished node was trained twice, best_model/ is base +
-delta, the lm-eval set is scored at every evaluation point and joins Vers, and the report agrees
-with tree.json. A second test kills a Ray Train worker in the middle of a trial.
+task YAML), and the smoke space has a Spectrum reference (`{snr: 50}`). The driver is killed after
+the first trained node has finished; `--resume` completes the search. Then: every output exists, no
+finished node was trained twice, best_model/ is base + delta, the lm-eval set is scored at every
+evaluation point and joins Vers, the Spectrum node trains its selection, and the report agrees with
+tree.json. A second test kills a Ray Train worker in the middle of a trial.
 """
 
 import json
@@ -27,6 +28,7 @@ from cofitune_ray.config import load_config
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.core.tree import ENDED, SearchTree
+from cofitune_ray.training.spectrum import snr_part
 from tiny import write_lm_eval_task
 from tool_rules import axolotl_selects
 
@@ -106,7 +108,7 @@ def test_every_output_is_written(resumed_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert summary["best"]["id"] == tree.best().id and "Winner" in output
-    assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full"]
+    assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full", "snr"]
     assert len(tree.at_depth(1)) == 2 and {c.depth for c in tree.at_depth(2)} <= {2}
     for node in tree.nodes.values():
         if node.status == "finished":
@@ -139,6 +141,23 @@ def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_run):
         assert point[f"vers/{LM_EVAL_SET}/exact_match,none"] == sets[2]
         assert point["vers"] == pytest.approx(sum(sets) / 3)
     assert base[f"vers/{LM_EVAL_SET}/score"] > 0.5  # the toy base model knows `upper`
+
+
+def test_spectrum_reference_trains_its_selection(resumed_run):
+    run_dir, output, _, _ = resumed_run
+    assert "Spectrum's SNR scores reused from cache" in output  # computed by the first driver, before the kill
+    tree = SearchTree.from_json((run_dir / "tree.json").read_text())
+    (node,) = [n for n in tree.at_depth(0) if n.part.kind == "snr"]
+    config = load_config(SMOKE)
+    assert node.status == "finished" and node.part == snr_part(config.model.path, 50)  # the Ray task's = local
+    selection = dict(node.part.selection)
+    assert all(len(layers) == 4 for layers in selection.values()) and len(selection) == 7  # half of 8 layers
+    blocks = {m: "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn" for m in selection}
+    assert set(read_delta(node.checkpoint)) == {f"model.layers.{i}.{blocks[m]}.{m}.weight"
+                                                for m, layers in selection.items() for i in layers}
+    report = (run_dir / "report.md").read_text()
+    for module, layers in selection.items():
+        assert f"| {node.id} Spectrum top 50% | {module} | {', '.join(map(str, layers))} |" in report
 
 
 def test_report_agrees_with_tree_json(resumed_run):

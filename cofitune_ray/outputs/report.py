@@ -195,6 +195,7 @@ def build_report(tree: SearchTree, title: str) -> list:
         Paragraph(verdict(tree)),
         Heading(2, "Search tree"),
         Preformatted(tree_drawing(tree)),
+        *spectrum_blocks(tree),
         Heading(2, "Ranking"),
         Paragraph("Finished nodes with a score, best first: Uni, then fewer trained parameters."),
         ranking_table(tree),
@@ -270,6 +271,18 @@ def _marks(tree: SearchTree, node: TreeNode) -> str:
     if node in tree.pareto_front():
         marks.append("Pareto")
     return "".join(f" [{m}]" for m in marks)
+
+
+def spectrum_blocks(tree: SearchTree) -> list:
+    """What each Spectrum (snr) reference trains, per module type; nothing when the space has none."""
+    rows = [(f"{n.id} {n.part.describe()}", module, ", ".join(map(str, layers)))
+            for n in tree.at_depth(0) if n.part.kind == "snr" for module, layers in n.part.selection or ()]
+    if not rows:
+        return []
+    return [Heading(2, "Spectrum reference"),
+            Paragraph("The layers each Spectrum node trains per module type: the top share by signal-to-noise ratio "
+                      "of the base weights (Marchenko-Pastur noise edge), chosen before any training."),
+            Table(("Node", "Module", "Layers"), rows)]
 
 
 def ranking_table(tree: SearchTree) -> Table:

@@ -6,6 +6,7 @@ Supported families share the decoder layout `model.layers.{i}.self_attn.{q,k,v,o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,16 @@ def check_weights(model_path: str) -> str:
     return found
 
 
+def weights_fingerprint(model_path: str) -> str:
+    """A short hash of a model directory's config and safetensors files (names and sizes): what a
+    computation cached on storage (importance, Spectrum's scores) was made from."""
+    directory = Path(model_path)
+    weights = sorted(directory.glob("*.safetensors"))
+    return hashlib.sha256(
+        (directory / "config.json").read_bytes() + b"".join(str(w.stat().st_size).encode() + w.name.encode() for w in weights)
+    ).hexdigest()[:16]
+
+
 def _looks_like_hub_id(path: str) -> bool:
     # "org/name" with no leading "." or "/": a hub id, which only a machine with hub access can load.
     return path.count("/") == 1 and not path.startswith((".", "/", "~"))
@@ -107,9 +118,7 @@ def trainable_parameter_names(arch: Architecture, part: ModelPart, parameter_nam
     """
     if part.kind == "full":
         return list(parameter_names)
-    prefixes = tuple(
-        arch.module_prefix(layer, module) for layer in part.layer_indices(arch.num_layers) for module in part.modules
-    )
+    prefixes = tuple(arch.module_prefix(layer, module) for layer, module in part.trained_modules(arch.num_layers))
     selected = [name for name in parameter_names if name.startswith(prefixes)]
     missing = [p for p in prefixes if not any(n.startswith(p) for n in selected)]
     if missing:

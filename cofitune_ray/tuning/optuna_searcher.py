@@ -28,6 +28,8 @@ Wiring: `searcher = OptunaNodeSearcher(space, max_trials=...)` (or a `TreeSearch
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.samplers import TPESampler
@@ -35,7 +37,7 @@ from optuna.trial import create_trial
 from ray.tune.search import Searcher
 
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.core.space import REFERENCE_NODES, SearchSpace, parse_search_space
+from cofitune_ray.core.space import SearchSpace, parse_search_space
 from cofitune_ray.tuning.searcher import TreeSearcher
 from cofitune_ray.core.tree import SearchTree, SelectionPolicy, TreeNode
 
@@ -63,7 +65,6 @@ def node_params(spec: ModelPart) -> dict[str, str]:
 
 def candidate_space(space: SearchSpace) -> SearchSpace:
     """A grid space of every node `space` can reach, with the same references: Optuna's candidates."""
-    names = {node.key(): name for name, node in REFERENCE_NODES.items()}
     grid = [
         {
             **({"layer_ranges": [list(n.layer_range)]} if n.layers is None else {"layers": [list(n.layers)]}),
@@ -74,8 +75,10 @@ def candidate_space(space: SearchSpace) -> SearchSpace:
         for n in space.reachable_nodes()
         if n not in space.references
     ]
-    data = {"strategy": "grid", "references": [names[r.key()] for r in space.references], "grid": grid}
-    return parse_search_space(data, source=f"{space.source} (every reachable node)")
+    data = {"strategy": "grid", "references": space.data.get("references", ["base", "full"]), "grid": grid}
+    # The references themselves are kept: an snr reference may already carry its selection.
+    return replace(parse_search_space(data, source=f"{space.source} (every reachable node)"),
+                   references=space.references)
 
 
 def closest_node(pending: list[TreeNode], proposal: dict[str, str]) -> TreeNode:
