@@ -35,7 +35,7 @@ from tool_rules import axolotl_selects
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
-FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] node (n\d+) (?!base model|full SFT).* -> finished$")
+FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] (n\d+) (?!base model|full SFT).* -> finished\b")
 
 
 TOY_DATA = REPO / "assets" / "toyworld" / "seed-0" / "data"
@@ -58,6 +58,7 @@ def cli(storage: Path, address: str, versatility: str, *extra: str) -> list[str]
 
 
 def attempts(run_dir: Path) -> dict[str, int]:
+    """Training starts per run directory (`node-<run id>`)."""
     return {p.parent.name: len(p.read_text().splitlines()) for p in (run_dir / "nodes").glob(f"*/{ATTEMPTS_FILE}")}
 
 
@@ -90,29 +91,36 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
     after = attempts(run_dir)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for node_id in finished_before:
-        assert after[f"node-{node_id}"] == 1 == before[f"node-{node_id}"]
+        runs = [r for r in before if r.startswith(f"node-{node_id}-lr")]
+        assert runs and all(after[r] == 1 == before[r] for r in runs)
     assert all(n.status in ENDED for n in tree.nodes.values())
-    trained = [n for n in tree.nodes.values() if n.status == "finished" and n.part.trains]
-    assert trained and all(after[f"node-{n.id}"] in (1, 2) for n in trained)  # 2 only if it ran during the kill
-    # Tune ran each node once, across both drivers: no trial of a finished node was repeated.
-    trial_ids = [n.trial_id for n in tree.nodes.values() if n.trial_id]
-    assert len(trial_ids) == len(set(trial_ids)) == sum(n.status != "not_expanded" for n in tree.nodes.values())
+    started = [r for n in tree.nodes.values() if n.part.trains for r in n.runs if r.status != "not_expanded"]
+    assert started and all(after[f"node-{r.id}"] in (1, 2) for r in started)  # 2 only if it ran during the kill
+    # Tune ran each run once, across both drivers: no trial of a finished run was repeated.
+    trial_ids = [r.trial_id for n in tree.nodes.values() for r in n.runs if r.trial_id]
+    assert len(trial_ids) == len(set(trial_ids)) == len(started) + 1  # and the base model's
 
 
 def test_every_output_is_written(resumed_run):
     run_dir, output, _, _ = resumed_run
     for name in ("tree.json", "pareto.csv", "best_node.yaml", "best_model/config.json", "best_model/tokenizer.json",
-                 "report.md", "report.html", "pareto.png", "curves.png", "summary.json", "recipes/axolotl.yaml",
-                 "recipes/README.md"):
+                 "report.md", "report.html", "pareto.png", "curves.png", "summary.json"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
-    assert summary["best"]["id"] == tree.best().id and "Winner" in output
+    assert summary["best"]["id"] == tree.best().id and "Winner" in output and "Answer: " in output
     assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full", "snr"]
     assert len(tree.at_depth(1)) == 2 and {c.depth for c in tree.at_depth(2)} <= {2}
     for node in tree.nodes.values():
         if node.status == "finished":
-            assert node.history and node.final["train_steps"] >= 0 and node.trained_params is not None
+            assert tree.best_point(node) is not None and node.trained_params is not None
+            assert node.cost()["trials"] == len(node.runs)
+    # only each node's best point keeps its checkpoint once the search has ended
+    for node in tree.nodes.values():
+        kept = [path for run in node.runs for path in run.checkpoints.values()]
+        best = tree.best_point(node)
+        assert kept == ([best.checkpoint] if best and best.checkpoint else [])
+        assert all(Path(path, "delta.safetensors").is_file() for path in kept)
 
 
 def test_best_model_is_base_plus_delta(resumed_run):
@@ -122,25 +130,34 @@ def test_best_model_is_base_plus_delta(resumed_run):
     config = load_config(SMOKE)
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "best_model")
     base = load_model(config.model.path).state_dict()
-    delta = read_delta(best.checkpoint) if best.part.trains else {}
+    delta = read_delta(tree.best_point(best).checkpoint) if best.part.trains else {}
     for name, value in merged.state_dict().items():
         assert torch.equal(value, delta.get(name, base[name])), name
-    names = [n for n, _ in merged.named_parameters()]
-    patterns = yaml.safe_load((run_dir / "recipes" / "axolotl.yaml").read_text())["unfrozen_parameters"]
-    assert axolotl_selects(patterns, names) == set(delta)
+    assert (run_dir / "recipes").is_dir() == best.part.trains  # no recipe when the answer is the base model
+    if best.part.trains:
+        names = [n for n, _ in merged.named_parameters()]
+        recipe = yaml.safe_load((run_dir / "recipes" / "axolotl.yaml").read_text())
+        assert axolotl_selects(recipe["unfrozen_parameters"], names) == set(delta)
+        assert recipe["learning_rate"] == (tree.best_point(best).run.lr or config.train.lr)
 
 
 def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_run):
     run_dir, _, _, _ = resumed_run
-    base = json.loads((run_dir / "base_result.json").read_text())["metrics"]
-    points = [base] + [json.loads(line) for h in (run_dir / "nodes").glob("node-n*/history.jsonl")
-                       for line in h.read_text().splitlines()]
+    tree = SearchTree.from_json((run_dir / "tree.json").read_text())
+    points = [p for n in tree.nodes.values() for r in n.runs for p in r.history]
     assert len(points) > 3
     for point in points:
-        sets = [point[f"vers/{name}/score"] for name in ("copy", "reverse", LM_EVAL_SET)]
-        assert point[f"vers/{LM_EVAL_SET}/exact_match,none"] == sets[2]
-        assert point["vers"] == pytest.approx(sum(sets) / 3)
-    assert base[f"vers/{LM_EVAL_SET}/score"] > 0.5  # the toy base model knows `upper`
+        sets = point["set_scores"]
+        assert set(sets) == {"speciality", "copy", "reverse", LM_EVAL_SET}
+        assert point["vers"] == pytest.approx((sets["copy"] + sets["reverse"] + sets[LM_EVAL_SET]) / 3)
+    base = tree.best_point(tree.node("n0")).point["set_scores"]
+    assert base[LM_EVAL_SET] > 0.5  # the toy base model knows `upper`
+    report = (run_dir / "report.md").read_text().split("## Scores per set", 1)[1].split("## ", 1)[0]
+    assert f"| Node | speciality | copy | reverse | {LM_EVAL_SET} |" in report
+    for node in tree.ranking():
+        sets = tree.best_point(node).point["set_scores"]
+        assert (f"| {node.id} {node.part.describe()} | " + " | ".join(
+            f"{sets[n]:.3f}" for n in ("speciality", "copy", "reverse", LM_EVAL_SET)) + " |") in report
 
 
 def test_spectrum_reference_trains_its_selection(resumed_run):
@@ -153,7 +170,7 @@ def test_spectrum_reference_trains_its_selection(resumed_run):
     selection = dict(node.part.selection)
     assert all(len(layers) == 4 for layers in selection.values()) and len(selection) == 7  # half of 8 layers
     blocks = {m: "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn" for m in selection}
-    assert set(read_delta(node.checkpoint)) == {f"model.layers.{i}.{blocks[m]}.{m}.weight"
+    assert set(read_delta(tree.best_point(node).checkpoint)) == {f"model.layers.{i}.{blocks[m]}.{m}.weight"
                                                 for m, layers in selection.items() for i in layers}
     report = (run_dir / "report.md").read_text()
     for module, layers in selection.items():

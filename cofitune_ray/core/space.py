@@ -40,7 +40,7 @@ Pure Python (PyYAML, no torch, no Ray). Every validation error names the file an
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -157,6 +157,25 @@ class SearchSpace:
         if self.strategy == "grid":
             return None, list(self.grid_nodes)
         return self.expand(self.root, -1)
+
+    def as_grid(self) -> "SearchSpace":
+        """A grid space of every node this space can reach, with the same references (grid and Optuna searches)."""
+        if self.strategy == "grid":
+            return self
+        grid = [
+            {
+                **({"layer_ranges": [list(n.layer_range)]} if n.layers is None else {"layers": [list(n.layers)]}),
+                "modules": [list(n.modules)],
+                "softmask": [n.softmask],
+                "lr": [n.lr],
+            }
+            for n in self.reachable_nodes()
+            if n not in self.references
+        ]
+        data = {"strategy": "grid", "references": self.data.get("references", ["base", "full"]), "grid": grid}
+        # The references themselves are kept: an snr reference may already carry its selection.
+        return replace(parse_search_space(data, source=f"{self.source} (every reachable node)"),
+                       references=self.references)
 
     def reachable_nodes(self) -> list[ModelPart]:
         """Every node some branch of the search could train, references first, without duplicates."""
