@@ -135,6 +135,9 @@ def test_snr_reference_in_any_search_space():
     resolved = with_selections(space, scores)
     assert [dict(p.selection)["q_proj"] for p in resolved.references[1:]] == [(1,), (1, 2)]
     assert SearchTree(resolved).node("n1").part.selection == resolved.references[1].selection
+    tree_space = parse_search_space({"references": [{"snr": 50}], "levels": [{"softmask": [False, True]}]})
+    flat = with_selections(tree_space, scores).as_grid()  # grid and Optuna searches keep the chosen selection
+    assert flat.strategy == "grid" and dict(flat.references[0].selection)["q_proj"] == (1, 2)
 
 
 @pytest.mark.parametrize("reference,message", [
