@@ -46,6 +46,7 @@ class HarnessTask:
     @classmethod
     def from_config(cls, name: str, config: LmEvalTaskConfig, tokenizer_path: str, default_limit: int | None,
                     key: str) -> "HarnessTask":
+        """The set a config entry names; `default_limit` (data.max_eval_examples) applies when it gives no limit."""
         return cls(name, config, tokenizer_path, config.limit or default_limit, key)
 
     def load(self) -> int:
@@ -70,7 +71,8 @@ class HarnessTask:
                 loaded = manager.load([task])
             except Exception as exc:  # lm-eval and datasets raise many kinds; the message names the cause
                 raise DataError(f"{self.key}.task: cannot load lm-eval task {task!r}: {exc}") from None
-        built = loaded.get("groups", {}).get(task) or loaded["tasks"].get(task)
+        built = loaded.get("groups", {}).get(task)
+        built = loaded["tasks"].get(task) if built is None else built
         if built is None:
             raise DataError(f"{self.key}.task: {task!r} is a tag of several tasks; name one task or group")
         leaves = list(loaded["tasks"].values())
