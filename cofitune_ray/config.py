@@ -86,6 +86,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     softmask_mode: str = "update"  # update | grad (see docs/softmask.md)
     bf16: str = "auto"  # auto (on with GPUs) | on | off
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward: less memory, ~1/3 more compute
 
 
 @dataclass
@@ -115,11 +116,13 @@ class ImportanceConfig:
 class WorkerScaling:
     """Ray Train workers for each node."""
 
+    strategy: str = "ddp"  # ddp (a full model copy per worker) | fsdp (sharded by rows) | auto (the memory plan picks)
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     trial_cpus: float = 0.5  # the Tune trial driver itself
+    gpu_memory_gb: float = 80.0  # memory of one GPU (of one worker process with use_gpu false): the memory plan's budget
 
 
 @dataclass
@@ -174,6 +177,7 @@ _CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.softmask_mode": ("update", "grad"),
     "train.bf16": ("auto", "on", "off"),
+    "scaling.strategy": ("ddp", "fsdp", "auto"),
     "search.strategy": ("tree", "grid", "optuna"),
 }
 _METRICS = ("auto", "exact_match", "loglik", "choice")
@@ -418,6 +422,7 @@ def validate(config: Config) -> None:
     need(sc.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be positive")
     need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be positive")
     need(sc.trial_cpus > 0, "scaling.trial_cpus", "must be positive")
+    need(sc.gpu_memory_gb > 0, "scaling.gpu_memory_gb", "must be positive")
     s = config.search
     need(s.max_concurrent_trials >= 1, "search.max_concurrent_trials", "must be at least 1")
     need(s.max_failures >= 0, "search.max_failures", "must be >= 0")

@@ -1,8 +1,9 @@
 """Everything that can be checked before any Ray or GPU time is spent.
 
 Reads the model's config (and checks that its weight files exist, without loading them), the
-tokenizer, every data file line by line, builds every lm-eval task with its data, and resolves
-every node the search space can reach against the model's depth and modules.
+tokenizer, every data file line by line, builds every lm-eval task with its data, resolves every
+node the search space can reach against the model's depth and modules, and makes the memory plan
+(`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cofitune_ray.config import Config, objective
+from cofitune_ray.plan import MemoryPlan, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl
 from cofitune_ray.training.evaluate import EvalSet, versatility_set
 from cofitune_ray.training.harness import HarnessTask
@@ -33,6 +35,7 @@ class Preflight:
     train_examples: int
     eval_examples: dict[str, int]
     uses_softmask: bool
+    memory: MemoryPlan
 
 
 def preflight(config: Config) -> Preflight:
@@ -59,7 +62,12 @@ def preflight(config: Config) -> Preflight:
             spec.layer_indices(arch.num_layers)
         except NodeError as exc:
             problems.append(f"{config.search.space}: node {spec.key()}: {exc}")
-    if any(part.kind == "snr" for part in space.references):
+    spectrum = [part for part in space.references if part.kind == "snr"]
+    for part in spectrum:
+        if part.snr_layer_count(arch.num_layers) == 0:
+            problems.append(f"{config.search.space}: references: {{snr: {part.top_percent:g}}} selects no layer of a "
+                            f"{arch.num_layers}-layer model (floor({arch.num_layers} x {part.top_percent:g}%) = 0)")
+    if spectrum:
         try:
             safetensors_files(config.model.path)
         except ModelError as exc:
@@ -86,4 +94,7 @@ def preflight(config: Config) -> Preflight:
         train, uses_softmask = [], False
     if problems:
         raise PreflightError("\n".join(problems))
-    return Preflight(arch, space, len(train), counts, uses_softmask)
+    memory = memory_plan(config, arch, space)
+    if config.scaling.strategy == "auto" and memory.choice() is None:
+        raise PreflightError(f"scaling.strategy: auto: memory plan: {memory.verdict()}; {memory.advice()}")
+    return Preflight(arch, space, len(train), counts, uses_softmask, memory)

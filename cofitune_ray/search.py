@@ -155,6 +155,8 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     print(f"[cofitune] preflight ok: {checked.architecture.model_type} with {checked.architecture.num_layers} layers, "
           f"{checked.train_examples} training examples, eval sets {checked.eval_examples}, "
           f"{len(checked.space.reachable_nodes())} reachable nodes", flush=True)
+    for line in checked.memory.summary(config.scaling.strategy).splitlines():
+        print(f"[cofitune] {line}", flush=True)
     run_dir = run_directory(config, resume)
     if (run_dir / SUMMARY_FILE).is_file():
         print("[cofitune] this run has already finished; its summary:", flush=True)

@@ -1,4 +1,5 @@
-"""The prepared GPU check: one node on CUDA (bf16, nccl), the importance job, and the step-time ratios.
+"""The prepared GPU check: one node on CUDA (bf16, nccl), the importance job, the step-time ratios
+and the memory plan against torch.cuda.max_memory_allocated.
 
     bash scripts/gpu_check.sh            # on a machine with at least one NVIDIA GPU, < 8 minutes
     python scripts/gpu_check.py --cpu    # the same steps on a small model on CPU (checks the script)
@@ -10,6 +11,8 @@ toy world's tokenizer and data, then runs, on a fresh local Ray cluster:
   3. one soft-masked node, FFN up+down in (25%, 50%], as a Ray Train DDP run with bf16 autocast,
   4. an lm-evaluation-harness generation task on the model on the GPU and on the CPU,
   5. benchmarks/node_step_time.py on the same model size in bf16,
+  6. benchmarks/memory_plan.py --device cuda: the plan's estimate vs the measured peak of nodes of
+     the same model size (DDP and FSDP cases with 2 GPUs or more; skipped on CPU),
 and prints every figure. The output belongs in docs/gpu.md.
 """
 
@@ -142,6 +145,22 @@ def main() -> None:
         bench += ["--device", "cuda", "--dtype", "bfloat16", "--seq", "512", "--batch", "8", "--steps", "20"]
     print("$ " + " ".join(bench[1:]), flush=True)
     subprocess.run(bench, check=True)
+    memory_plan_check(gpus)
+
+
+def memory_plan_check(gpus: int) -> None:
+    """The memory plan's estimate vs torch.cuda.max_memory_allocated for nodes' training steps."""
+    if gpus == 0:
+        print("memory plan vs torch.cuda.max_memory_allocated: skipped: no CUDA device; on CPU the same "
+              "comparison is benchmarks/memory_plan.py (its output is in docs/benchmarks.md)", flush=True)
+        return
+    strategies = ["single"] + (["ddp", "fsdp"] if gpus >= 2 else [])
+    if gpus < 2:
+        print("memory plan: the DDP and FSDP cases need 2 GPUs: only the single-process cases run", flush=True)
+    command = [sys.executable, str(ROOT / "benchmarks" / "memory_plan.py"), "--device", "cuda",
+               "--strategies", *strategies]
+    print("$ " + " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,10 @@ def test_soft_masking_without_jsonl_general_data(tmp_path, world, capsys):
     only_lm_eval = [{"name": "upper-lm", "lm_eval": {"task": "toy_upper", "include_path": str(tmp_path / "tasks")}}]
     code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(versatility=only_lm_eval))  # paper space soft-masks
     assert code == 2 and "importance.data: soft-masking nodes need general JSONL data" in err
+
+
+def test_spectrum_reference_that_selects_no_layer(tmp_path, world, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("strategy: grid\nreferences: [base, {snr: 10}]\ngrid:\n  - {layer_ranges: [[0, 0.5]]}\n")
+    code, err = _run(tmp_path, world, capsys, overrides=[f"search.space={space}"])
+    assert code == 2 and f"{space}: references: {{snr: 10}} selects no layer of a 4-layer model" in err

@@ -1,7 +1,8 @@
 """The k8s/ manifests, rendered and validated the way a Kubernetes API server would see them.
 
 Rendering: a small Python Kustomize for exactly the subset k8s/ uses (resources, JSON 6902
-patches with a target, images, configMapGenerator without name hash). Anything else in a
+patches with a target, images, configMapGenerator without name hash, creating a ConfigMap or
+merging files into one from the resources). Anything else in a
 kustomization is an error, never ignored; where `kubectl kustomize` or `kustomize` is on PATH a
 test checks that both renderings are identical.
 
@@ -36,7 +37,8 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
-OVERLAYS = ("cpu-smoke", "gpu")
+OVERLAYS = ("cpu-smoke", "gpu", "gpu-fsdp")
+GPU_OVERLAYS = ("gpu", "gpu-fsdp")
 K8S_VERSION = "1.37.0"  # schemas shipped with kubernetes-validate
 IMAGE_APP_DIR = "/home/ray/cofitune"  # where the Dockerfile puts this repository
 
@@ -74,7 +76,7 @@ def render(directory: Path) -> list[dict]:
         else:
             raise KustomizeError(f"{kfile}: resource {entry!r} not found")
 
-    resources.extend(_generate_config_maps(directory, spec))
+    _generate_config_maps(directory, spec, resources)
     _check_unique(resources, kfile)
 
     for patch in spec.get("patches", []):
@@ -104,7 +106,9 @@ def _inside(directory: Path, relative: str, kfile: Path) -> Path:
     return path
 
 
-def _generate_config_maps(directory: Path, spec: dict) -> list[dict]:
+def _generate_config_maps(directory: Path, spec: dict, resources: list[dict]) -> None:
+    """Add each generated ConfigMap to `resources`, or with `behavior: merge` merge its data and labels
+    into the ConfigMap of that name already there."""
     generators = spec.get("configMapGenerator", [])
     options = spec.get("generatorOptions", {})
     kfile = directory / "kustomization.yaml"
@@ -112,10 +116,11 @@ def _generate_config_maps(directory: Path, spec: dict) -> list[dict]:
         raise KustomizeError(f"{kfile}: unsupported generatorOptions {sorted(set(options))}")
     if generators and options.get("disableNameSuffixHash") is not True:
         raise KustomizeError(f"{kfile}: the renderer does not compute name hashes; set disableNameSuffixHash: true")
-    out = []
     for gen in generators:
-        if set(gen) - {"name", "files", "literals"}:
+        if set(gen) - {"name", "files", "literals", "behavior"}:
             raise KustomizeError(f"{kfile}: unsupported configMapGenerator keys {sorted(set(gen))}")
+        if gen.get("behavior", "create") not in ("create", "merge"):
+            raise KustomizeError(f"{kfile}: configMapGenerator behavior {gen['behavior']!r} is not implemented")
         data: dict[str, str] = {}
         for item in gen.get("files", []):
             key, sep, rel = item.partition("=")
@@ -127,11 +132,17 @@ def _generate_config_maps(directory: Path, spec: dict) -> list[dict]:
             if not sep:
                 raise KustomizeError(f"{kfile}: literal {item!r} is not key=value")
             data[key] = value
+        if gen.get("behavior") == "merge":
+            existing = [r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"] == gen["name"]]
+            if not existing:
+                raise KustomizeError(f"{kfile}: no ConfigMap {gen['name']!r} in the resources to merge into")
+            existing[0]["data"].update(data)
+            existing[0]["metadata"].setdefault("labels", {}).update(options.get("labels", {}))
+            continue
         metadata: dict[str, Any] = {"name": gen["name"]}
         if options.get("labels"):
             metadata["labels"] = dict(options["labels"])
-        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
-    return out
+        resources.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
 
 
 def _apply_patch(directory: Path, kfile: Path, patch: dict, resources: list[dict]) -> None:
@@ -510,13 +521,18 @@ def test_overlays_render_the_expected_objects(rendered):
     for name, resources in rendered.items():
         kinds = sorted(r["kind"] for r in resources)
         expected = ["PersistentVolumeClaim", "PodMonitor", "RayJob", "Service"]
-        if name == "gpu":
+        if name in GPU_OVERLAYS:
             expected.append("ConfigMap")
         assert kinds == sorted(expected), name
-    assert one(rendered["cpu-smoke"], "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    assert one(rendered["gpu"], "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "500Gi"
-    assert one(rendered["cpu-smoke"], "RayJob")["metadata"]["name"] == "cofitune-smoke"
-    assert len(gpu_groups(one(rendered["gpu"], "RayJob"))) == 1
+    storage = {name: one(rendered[name], "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"]
+               for name in OVERLAYS}
+    assert storage == {"cpu-smoke": "5Gi", "gpu": "500Gi", "gpu-fsdp": "2Ti"}
+    names = {name: one(rendered[name], "RayJob")["metadata"]["name"] for name in OVERLAYS}
+    assert names == {"cpu-smoke": "cofitune-smoke", "gpu": "cofitune-search", "gpu-fsdp": "cofitune-fsdp"}
+    for name in GPU_OVERLAYS:
+        assert len(gpu_groups(one(rendered[name], "RayJob"))) == 1
+    # gpu-fsdp merges its config into the gpu overlay's ConfigMap
+    assert sorted(one(rendered["gpu-fsdp"], "ConfigMap")["data"]) == ["search-fsdp.yaml", "search.yaml"]
 
 
 def _external_kustomize() -> list[str] | None:
@@ -750,8 +766,9 @@ def test_autoscaling_cluster_shape(overlay, rendered):
         assert group["idleTimeoutSeconds"] > 0, group["groupName"]
 
 
-def test_gpu_group_scales_from_zero(rendered):
-    (group,) = gpu_groups(one(rendered["gpu"], "RayJob"))
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_gpu_group_scales_from_zero(overlay, rendered):
+    (group,) = gpu_groups(one(rendered[overlay], "RayJob"))
     assert group["minReplicas"] == 0
     assert group["replicas"] == 0
     assert group["maxReplicas"] >= 1
@@ -797,8 +814,8 @@ def test_entrypoint_config_parses_with_the_project_loader(overlay, rendered, tmp
         assert (REPO / config.search.space[len(IMAGE_APP_DIR) + 1 :]).is_file(), config.search.space
     if args["search_space"] and args["search_space"].startswith(IMAGE_APP_DIR + "/"):
         assert (REPO / args["search_space"][len(IMAGE_APP_DIR) + 1 :]).is_file()
-    if overlay == "gpu":
-        assert args["config"] == "/config/search.yaml"
+    if overlay in GPU_OVERLAYS:
+        assert args["config"] == {"gpu": "/config/search.yaml", "gpu-fsdp": "/config/search-fsdp.yaml"}[overlay]
         assert config.scaling.use_gpu is True
 
 
@@ -847,6 +864,63 @@ def test_cluster_can_run_the_configured_concurrency(overlay, rendered, tmp_path)
         assert demand <= cpu_group["maxReplicas"] * per_pod(cpu_group, "cpu"), (demand, cpu_group["maxReplicas"])
 
 
+def _entrypoint_config(resources: list[dict], tmp_path: Path):
+    from cofitune_ray.config import load_config
+
+    rayjob = one(resources, "RayJob")
+    args = parse_entrypoint(rayjob["spec"]["entrypoint"])
+    return load_config(config_file(resources, rayjob, args["config"], tmp_path), args["overrides"])
+
+
+def _gpu_pod(rayjob: dict) -> tuple[dict, dict]:
+    (group,) = gpu_groups(rayjob)
+    return group, group["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_an_fsdp_trial_fills_whole_pods(rendered, tmp_path):
+    """An FSDP trial's shards share one pod (all-gathers over NVLink), and a pod holds whole trials."""
+    config = _entrypoint_config(rendered["gpu-fsdp"], tmp_path)
+    sc = config.scaling
+    assert sc.strategy == "fsdp" and sc.gpus_per_worker == 1
+    group, limits = _gpu_pod(one(rendered["gpu-fsdp"], "RayJob"))
+    gpus = int(limits["nvidia.com/gpu"])
+    assert gpus >= 4  # the multi-GPU shape for 33B-70B
+    trial_gpus = sc.num_workers * sc.gpus_per_worker
+    assert trial_gpus <= gpus and gpus % trial_gpus == 0, (trial_gpus, gpus)
+    workers_per_pod = gpus // sc.gpus_per_worker
+    assert workers_per_pod * sc.cpus_per_worker <= quantity(limits["cpu"])
+    assert group["maxReplicas"] * gpus // trial_gpus == config.search.max_concurrent_trials
+
+
+# The gpu-fsdp overlay's model, whose public config values the memory plan's table uses.
+FSDP_MODEL = ("/mnt/cofitune/models/llama-30b", "LLaMA 33B")
+
+
+def test_the_memory_plan_fits_the_fsdp_overlay(rendered, tmp_path):
+    """The plan for the shipped 33B config: every reachable node fits the configured strategy on the
+    configured GPUs, and the pod's host memory holds every worker's copy of the model at load."""
+    import json
+
+    from transformers import LlamaConfig
+
+    from cofitune_ray.core.space import load_search_space
+    from cofitune_ray.plan import MemoryPlan, ModelShape, Workload
+
+    config = _entrypoint_config(rendered["gpu-fsdp"], tmp_path)
+    path, name = FSDP_MODEL
+    assert config.model.path == path
+    shapes = json.loads((REPO / "benchmarks" / "llama2_shapes.json").read_text())["models"]
+    shape = ModelShape.from_model_config(LlamaConfig(**shapes[name]["config"]))
+    space = load_search_space(REPO / config.search.space[len(IMAGE_APP_DIR) + 1 :])
+    plan = MemoryPlan.build(shape, space.reachable_nodes(), Workload.from_config(config))
+    assert plan.choice() == config.scaling.strategy, plan.table()
+    assert not plan.fits("ddp")  # the reason this overlay exists
+    _, limits = _gpu_pod(one(rendered["gpu-fsdp"], "RayJob"))
+    workers_per_pod = int(limits["nvidia.com/gpu"]) // config.scaling.gpus_per_worker
+    model_bytes = shape.count() * {"bfloat16": 2, "float16": 2, "float32": 4}[config.model.dtype]
+    assert quantity(limits["memory"]) >= 1.25 * workers_per_pod * model_bytes
+
+
 def test_image_matches_the_pinned_ray_version(rendered):
     installed = Version(ray.__version__)
     req = pinned_ray()
@@ -867,8 +941,8 @@ def test_image_matches_the_pinned_ray_version(rendered):
                 assert match, f"{overlay}/{name}: image tag {tag!r} is not ray<version>-py3XX-<cpu|cuXXX>"
                 assert Version(match.group(1)) == installed and Version(match.group(1)) in req.specifier
                 assert match.group(2) == ("cpu" if overlay == "cpu-smoke" else match.group(2))
-                if overlay == "gpu":
-                    assert match.group(2).startswith("cu"), f"{name}: the gpu overlay needs the CUDA image"
+                if overlay in GPU_OVERLAYS:
+                    assert match.group(2).startswith("cu"), f"{name}: the {overlay} overlay needs the CUDA image"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

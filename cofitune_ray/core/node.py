@@ -112,6 +112,10 @@ class ModelPart:
             )
         return list(range(start, stop))
 
+    def snr_layer_count(self, num_layers: int) -> int:
+        """How many layers of each module type an snr node trains: floor(num_layers * top_percent / 100)."""
+        return math.floor(num_layers * self.top_percent / 100 + 1e-9)
+
     def trained_modules(self, num_layers: int) -> list[tuple[int, str]]:
         """The (layer, projection) pairs a partial or snr node trains, by layer then module order."""
         if self.kind == "snr":

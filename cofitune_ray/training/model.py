@@ -58,15 +58,21 @@ class Architecture:
         return f"model.layers.{layer}.{block}.{module}."
 
 
-def read_architecture(model_path: str) -> Architecture:
-    """The architecture of a local model directory, read from its config only (no weights)."""
+def read_model_config(model_path: str) -> PretrainedConfig:
+    """The Hugging Face config of a local model directory of a supported family (no weights are read)."""
     if not Path(model_path).is_dir() and not _looks_like_hub_id(model_path):
         raise ModelError(f"model.path: {model_path!r} is not a directory")
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"model.path: cannot read a Hugging Face config from {model_path!r}: {exc}") from None
-    return Architecture.from_config(config)
+    Architecture.from_config(config)  # a clear error for an unsupported family
+    return config
+
+
+def read_architecture(model_path: str) -> Architecture:
+    """The architecture of a local model directory, read from its config only (no weights)."""
+    return Architecture.from_config(read_model_config(model_path))
 
 
 #: The weight files `from_pretrained` looks for in a local directory, in its order of preference.

@@ -85,7 +85,7 @@ def select(scores: dict[str, list[float]], top_percent: float) -> tuple[tuple[st
     selection = []
     for module in ALL_MODULES:
         values = scores[module]
-        count = math.floor(len(values) * top_percent / 100 + 1e-9)
+        count = ModelPart(kind="snr", top_percent=top_percent).snr_layer_count(len(values))
         ranked = sorted(range(len(values)), key=lambda i: (-values[i], i))
         selection.append((module, tuple(sorted(ranked[:count]))))
     return tuple(selection)

@@ -152,7 +152,8 @@ def training_points(config, lr: float, model, tokenizer, softmask, rank, world_s
             # DDP all-reduces gradients only on the micro-batch that ends an optimizer step.
             sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync, autocast:
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss / t.grad_accum_steps
+                # use_cache=False: a KV cache would hold every layer's keys and values to the end of the forward.
+                loss = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).loss / t.grad_accum_steps
                 loss.backward()
             running_loss += loss.item() * t.grad_accum_steps
             loss_count += 1
