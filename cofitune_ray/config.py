@@ -8,6 +8,7 @@ Overrides on the command line use the same dotted keys: `train.lr=1e-4`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -37,12 +38,23 @@ class ModelConfig:
 
 
 @dataclass
+class LmEvalTaskConfig:
+    """A task of lm-evaluation-harness used as a versatility set (training/harness.py)."""
+
+    task: str = ""  # a task or group lm-eval knows: `arc_easy`, `hellaswag`, `mmlu`, or one in include_path
+    include_path: str | None = None  # a folder of task YAMLs (local data: `dataset_path: json`)
+    limit: int | None = None  # documents per task; null = data.max_eval_examples (null there: all)
+    metric: str | None = None  # `acc`, `acc_norm`, `exact_match,strict-match`, ...; null = the task's first
+
+
+@dataclass
 class EvalSetConfig:
-    """One evaluation set: a JSONL file and the metric that scores it."""
+    """One evaluation set: a JSONL file and the metric that scores it, or (versatility only) an lm-eval task."""
 
     name: str = ""
     path: str = ""
-    metric: str = "auto"  # auto | exact_match | loglik | choice
+    metric: str = "auto"  # auto | exact_match | loglik | choice (JSONL sets)
+    lm_eval: LmEvalTaskConfig | None = None  # instead of path: the set is this lm-eval task
 
 
 @dataclass
@@ -212,7 +224,12 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> N
             target = _child(target, part, ".".join(parents[: i + 1]), "command line")
         _child(target, leaf, key, "command line")  # the key must exist
         hint = typing.get_type_hints(type(target))[leaf]
-        value = _build(hint, yaml.compose(raw) if raw.strip() else None, "command line", key)
+        try:
+            node = yaml.compose(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"command line: {key}: the value {raw!r} is not valid YAML ({problem})") from None
+        value = _build(hint, node, "command line", key)
         setattr(target, leaf, value)
 
 
@@ -323,6 +340,8 @@ def _resolve_paths(config: Config, base: Path) -> None:
     config.data.speciality_eval.path = resolve(config.data.speciality_eval.path)
     for item in config.data.versatility:
         item.path = resolve(item.path)
+        if item.lm_eval is not None:
+            item.lm_eval.include_path = resolve(item.lm_eval.include_path)
     config.importance.data = [resolve(p) for p in config.importance.data]
     config.search.space = resolve(config.search.space)
     if not Path(config.search.space).exists() and (PROJECT_ROOT / config.search.space).exists():
@@ -348,9 +367,23 @@ def validate(config: Config) -> None:
     need(bool(config.data.speciality_eval.path), "data.speciality_eval.path", "a JSONL file is required")
     need(bool(config.data.versatility), "data.versatility", "at least one versatility eval set is required")
     sets = [config.data.speciality_eval, *config.data.versatility]
+    need(config.data.speciality_eval.lm_eval is None, "data.speciality_eval.lm_eval",
+         "only versatility sets may be lm-eval tasks (the speciality set is your JSONL data)")
     for i, item in enumerate(config.data.versatility):
-        need(bool(item.path), f"data.versatility[{i}].path", "a JSONL file is required")
-        need(bool(item.name), f"data.versatility[{i}].name", "a name is required")
+        key = f"data.versatility[{i}]"
+        need(bool(item.name), f"{key}.name", "a name is required")
+        task = item.lm_eval
+        if task is None:
+            need(bool(item.path), f"{key}.path", "a JSONL file (or an lm_eval task) is required")
+            continue
+        need(not item.path, key, "give either path (a JSONL file) or lm_eval (a task), not both")
+        need(item.metric == "auto", f"{key}.metric", "applies to JSONL sets; an lm-eval set names its metric in lm_eval.metric")
+        need(bool(task.task), f"{key}.lm_eval.task", "a task name is required, e.g. arc_easy")
+        need(task.limit is None or task.limit >= 1, f"{key}.lm_eval.limit", "must be at least 1 or null")
+        need(task.include_path is None or Path(task.include_path).is_dir(), f"{key}.lm_eval.include_path",
+             f"{task.include_path!r} is not a folder")
+        need(importlib.util.find_spec("lm_eval") is not None, f"{key}.lm_eval",
+             "needs lm-evaluation-harness, which is not installed: pip install 'cofitune-ray[lmeval]'")
     names = [s.name for s in config.data.versatility]
     need(len(set(names)) == len(names), "data.versatility", f"set names must be unique, got {names}")
     for s in sets:

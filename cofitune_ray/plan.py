@@ -170,6 +170,16 @@ class MemoryEstimate:
         return f"{parts} = {_size(self.peak)} (peak in the {self.peak_phase})"
 
 
+def _plannable(part: ModelPart, num_layers: int) -> ModelPart:
+    """`part`, or for an snr node whose layers are not chosen yet (they come from the base weights once Ray
+    is up) a bound: the same number of layers per module type, the lowest ones, so that autograd keeps
+    activations from layer 0 up. Its trained parameters are exact, its activations the most it can need."""
+    if part.kind != "snr" or part.selection is not None:
+        return part
+    lowest = tuple(range(part.snr_layer_count(num_layers)))
+    return part.with_(selection=tuple((module, lowest) for module in ALL_MODULES))
+
+
 def estimate(shape: ModelShape, part: ModelPart, work: Workload, strategy: str) -> MemoryEstimate:
     """The memory estimate of one GPU while `part` trains under `strategy` ("ddp" or "fsdp")."""
     if strategy not in STRATEGIES:
@@ -290,11 +300,13 @@ def _graph(shape: ModelShape, part: ModelPart, work: Workload, fsdp: bool) -> _G
     compute = 2 if work.bf16 else wb
     residual = 4 if autocast else compute
     full = part.kind == "full"
-    band = set(part.layer_indices(arch.num_layers))
+    trained_in: dict[int, set[str]] = {}
+    for layer, module in [] if full else part.trained_modules(arch.num_layers):
+        trained_in.setdefault(layer, set()).add(module)
     grad = full  # whether the residual stream entering the layer needs a gradient
     layers = []
     for layer in range(arch.num_layers):
-        modules = set(ALL_MODULES) if full else set(part.modules) if layer in band else set()
+        modules = set(ALL_MODULES) if full else trained_in.get(layer, set())
         in_graph = grad or bool(modules)
         saved, trained_copies, frozen_copies, grad = _decoder_layer(
             shape, layer, modules, full, grad, compute, residual, autocast, work)
@@ -387,7 +399,7 @@ class MemoryPlan:
 
     @classmethod
     def build(cls, shape: ModelShape, nodes: list[ModelPart], work: Workload) -> "MemoryPlan":
-        trained = [n for n in nodes if n.trains]
+        trained = [_plannable(n, shape.architecture.num_layers) for n in nodes if n.trains]
         return cls(shape, work, {s: [estimate(shape, n, work, s) for n in trained] for s in STRATEGIES})
 
     def largest(self, strategy: str) -> MemoryEstimate:

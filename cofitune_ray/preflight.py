@@ -1,8 +1,9 @@
 """Everything that can be checked before any Ray or GPU time is spent.
 
-Reads the model's config (not its weights), the tokenizer, every data file line by line,
-resolves every node the search space can reach against the model's depth and modules, and makes
-the memory plan (`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error.
+Reads the model's config (and checks that its weight files exist, without loading them), the
+tokenizer, every data file line by line, builds every lm-eval task with its data, resolves every
+node the search space can reach against the model's depth and modules, and makes the memory plan
+(`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from cofitune_ray.config import Config, objective
 from cofitune_ray.plan import MemoryPlan, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
-from cofitune_ray.training.evaluate import EvalSet
+from cofitune_ray.training.evaluate import EvalSet, versatility_set
+from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.importance_job import importance_data
-from cofitune_ray.training.model import Architecture, ModelError, load_tokenizer, read_architecture
+from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
+from cofitune_ray.training.spectrum import safetensors_files
 from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 
@@ -61,6 +64,7 @@ def preflight(config: Config) -> Preflight:
         raise PreflightError(f"search.space: {exc}") from None
     try:
         arch = read_architecture(config.model.path)
+        check_weights(config.model.path)
         tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     except (ModelError, OSError) as exc:
         raise PreflightError(str(exc)) from None
@@ -70,21 +74,37 @@ def preflight(config: Config) -> Preflight:
                         f"{config.search.space} has no 'full' reference; add `full` to its references or set "
                         f"search.objective: uni")
     for spec in space.reachable_nodes():
+        if spec.kind == "snr":  # its layers come from the base weights, once Ray is up (training/spectrum.py)
+            continue
         try:
             spec.layer_indices(arch.num_layers)
         except NodeError as exc:
             problems.append(f"{config.search.space}: node {spec.key()}: {exc}")
+    spectrum = [part for part in space.references if part.kind == "snr"]
+    for part in spectrum:
+        if part.snr_layer_count(arch.num_layers) == 0:
+            problems.append(f"{config.search.space}: references: {{snr: {part.top_percent:g}}} selects no layer of a "
+                            f"{arch.num_layers}-layer model (floor({arch.num_layers} x {part.top_percent:g}%) = 0)")
+    if spectrum:
+        try:
+            safetensors_files(config.model.path)
+        except ModelError as exc:
+            problems.append(str(exc))
     counts: dict[str, int] = {}
     try:
         train = read_jsonl(config.data.speciality_train)
-        limit = config.data.max_eval_examples
         spec_eval = config.data.speciality_eval
-        for name, path, metric in [(spec_eval.name or "speciality", spec_eval.path, spec_eval.metric)] + [
-            (v.name, v.path, v.metric) for v in config.data.versatility
-        ]:
-            counts[name] = len(EvalSet.load(name, path, metric, limit).examples)
+        spec_name = spec_eval.name or "speciality"
+        counts[spec_name] = len(EvalSet.load(spec_name, spec_eval.path, spec_eval.metric,
+                                             config.data.max_eval_examples).examples)
+        for i, entry in enumerate(config.data.versatility):
+            chosen = versatility_set(config, i)
+            counts[entry.name] = chosen.load() if isinstance(chosen, HarnessTask) else len(chosen.examples)
         uses_softmask = any(s.softmask for s in space.reachable_nodes())
-        if uses_softmask:
+        if uses_softmask and not importance_data(config):
+            problems.append("importance.data: soft-masking nodes need general JSONL data to compute importance on, "
+                            "and every versatility set is an lm-eval task")
+        elif uses_softmask:
             for path in importance_data(config):
                 read_jsonl(path)
     except DataError as exc:

@@ -3,8 +3,9 @@
     python -m cofitune_ray.search [--config FILE] [--search-space FILE] [--resume]
                                   [--address ADDR] [--dashboard] [--verbose] [key=value ...]
 
-Order of work: config and preflight checks (no Ray yet), connect to Ray, evaluate the base model
-(cached), compute importance if any node soft-masks (cached), run the Tune search, write results.
+Order of work: config and preflight checks (no Ray yet), connect to Ray, choose the Spectrum
+references' modules (cached), evaluate the base model (cached), compute importance if any node
+soft-masks (cached), run the Tune search, write results.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from cofitune_ray.core.optuna_order import OptunaOrder
 from cofitune_ray.core.space import SearchSpace
 from cofitune_ray.core.tree import SearchTree
 from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
-from cofitune_ray.preflight import Preflight, PreflightError, preflight
+from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.training.data import DataError
 from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.spectrum import ensure_scores, with_selections
 from cofitune_ray.tuning.progress import SearchProgress
 from cofitune_ray.tuning.scheduler import PromisingChildScheduler
 from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
@@ -112,14 +114,14 @@ def make_searcher(config: Config, space: SearchSpace) -> TreeSearcher:
     return TreeSearcher(tree, order)
 
 
-def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
+def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
     """A new Tuner for the search, or the interrupted one restored from the run directory."""
     trainable = tune.with_resources(tune.with_parameters(node_trial, run=context), {"cpu": config.scaling.trial_cpus})
     experiment = run_dir / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(experiment)):
         print(f"[cofitune] resuming the search in {experiment}", flush=True)
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
-    searcher = make_searcher(config, checked.space)
+    searcher = make_searcher(config, space)
     s = config.search
     scheduler = PromisingChildScheduler(searcher, stop_rules(config))
     return tune.Tuner(
@@ -153,6 +155,11 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     with console_output(run_dir, verbose) as log_dir:
         session_dir = connect(address, dashboard, verbose)
         print(log_locations_line(log_dir, session_dir, verbose), flush=True)
+        space = checked.space
+        if any(part.kind == "snr" for part in space.references):
+            scores, computed = ensure_scores(config, Path(config.storage_path))
+            space = with_selections(space, scores)
+            print(f"[cofitune] Spectrum's SNR scores {'computed' if computed else 'reused from cache'}", flush=True)
         base = base_result(config, run_dir)
         importance = None
         if checked.uses_softmask:
@@ -160,7 +167,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
             print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
                   flush=True)
         context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
-        make_tuner(config, checked, run_dir, context, resume).fit()
+        make_tuner(config, space, run_dir, context, resume).fit()
         tree = latest_saved_tree(run_dir / EXPERIMENT)
         summary = write_results(config, tree, run_dir)
     print(summary_text(summary), flush=True)

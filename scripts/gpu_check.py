@@ -7,9 +7,11 @@ and the memory plan against torch.cuda.max_memory_allocated.
 Builds a LLaMA-architecture model of about 125M parameters from a config (no download) with the
 toy world's tokenizer and data, then runs, on a fresh local Ray cluster:
   1. the importance job (Ray Train, one worker per GPU),
-  2. one soft-masked node, FFN up+down in (25%, 50%], as a Ray Train DDP run with bf16 autocast,
-  3. benchmarks/node_step_time.py on the same model size in bf16,
-  4. benchmarks/memory_plan.py --device cuda: the plan's estimate vs the measured peak of nodes of
+  2. Spectrum's SNR scores as a Ray task on a GPU, compared with the same scores on the CPU,
+  3. one soft-masked node, FFN up+down in (25%, 50%], as a Ray Train DDP run with bf16 autocast,
+  4. an lm-evaluation-harness generation task on the model on the GPU and on the CPU,
+  5. benchmarks/node_step_time.py on the same model size in bf16,
+  6. benchmarks/memory_plan.py --device cuda: the plan's estimate vs the measured peak of nodes of
      the same model size (DDP and FSDP cases with 2 GPUs or more; skipped on CPU),
 and prints every figure. The output belongs in docs/gpu.md.
 """
@@ -28,8 +30,11 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.config import load_config
+from cofitune_ray.config import LmEvalTaskConfig, load_config
+from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.importance_job import ensure_importance
+from cofitune_ray.training.model import load_model
+from cofitune_ray.training.spectrum import ensure_scores, module_scores, select
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.runner import run_node
 from cofitune_ray.toyworld.data import write_toy_data
@@ -75,6 +80,25 @@ def build_world(root: Path, size: dict) -> Path:
     return path
 
 
+def check_lm_eval(config, root: Path) -> None:
+    """A local lm-eval generation task over the first versatility file, on the model on each device."""
+    task_dir = root / "lm_eval_tasks"
+    task_dir.mkdir(exist_ok=True)
+    (task_dir / "check_gen.yaml").write_text(yaml.safe_dump({
+        "task": "check_gen", "dataset_path": "json", "test_split": "test", "output_type": "generate_until",
+        "dataset_kwargs": {"data_files": {"test": config.data.versatility[0].path}},
+        "doc_to_text": "{{instruction}}:{{input}}=", "doc_to_target": "{{output}}", "target_delimiter": "",
+        "generation_kwargs": {"until": ["\n"], "max_gen_toks": 12, "do_sample": False},
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}))
+    for device in (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]:
+        task = HarnessTask.from_config("check", LmEvalTaskConfig(task="check_gen", include_path=str(task_dir), limit=64),
+                                       config.model.path, None, "lm_eval")
+        started = time.time()
+        scores = task.score(load_model(config.model.path).to(device), batch_size=config.eval.batch_size)
+        print(f"lm-eval generation task on {device}: exact match {scores['score']:.3f} over "
+              f"{scores['documents']:.0f} documents in {time.time() - started:.1f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="small model on CPU (to check the script itself)")
@@ -94,6 +118,15 @@ def main() -> None:
     started = time.time()
     importance, _ = ensure_importance(config, root / "runs")
     print(f"importance job: {time.time() - started:.1f} s -> {importance.directory}", flush=True)
+    started = time.time()
+    scores, _ = ensure_scores(config, root / "runs")
+    on_task = time.time() - started
+    started = time.time()
+    on_cpu = module_scores(config.model.path, "cpu")
+    largest = max(abs(a - b) / max(abs(b), 1e-12) for m in scores for a, b in zip(scores[m], on_cpu[m]))
+    print(f"Spectrum scores: Ray task ({'cuda' if config.scaling.use_gpu else 'cpu'}) {on_task:.1f} s, CPU "
+          f"{time.time() - started:.1f} s, largest relative difference {largest:.1e}, top-25% selections equal: "
+          f"{select(scores, 25) == select(on_cpu, 25)}", flush=True)
     node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
     result = run_node(config, node, "gpu-check-node", root / "runs" / "nodes", importance=importance)
     backend = "nccl" if config.scaling.use_gpu else "gloo"
@@ -104,6 +137,7 @@ def main() -> None:
         print(f"  step {point['step']:>3}: Spec {point['spec']:.3f} Vers {point['vers']:.3f} Uni {point['uni']:.3f} "
               f"train_loss {point['train_loss']:.3f} rank_checksum_spread {point['rank_checksum_spread']}", flush=True)
     ray.shutdown()
+    check_lm_eval(config, root)
     bench = [sys.executable, str(ROOT / "benchmarks" / "node_step_time.py"), "--layers", str(size["layers"]),
              "--hidden", str(size["hidden"]), "--intermediate", str(size["intermediate"]), "--heads", str(size["heads"]),
              "--vocab", str(size["vocab"])]

@@ -3,7 +3,7 @@
 # and keeps its output in ${OUT:-.}/gpu_check.txt. One command, under 8 minutes on one GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python -c "import cofitune_ray, ray, transformers" 2>/dev/null; then
-  python -m pip install --quiet -e .
+if ! python -c "import cofitune_ray, ray, transformers, lm_eval" 2>/dev/null; then
+  python -m pip install --quiet -e ".[lmeval]"
 fi
 python scripts/gpu_check.py "$@" 2>&1 | tee "${OUT:-.}/gpu_check.txt"

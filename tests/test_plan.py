@@ -208,3 +208,17 @@ def test_search_stops_before_ray_when_auto_finds_nothing_fits(tmp_path, world, c
     err = capsys.readouterr().err
     assert code == 2 and "scaling.strategy: auto: memory plan: nothing fits" in err
     assert "leave out of the search space the nodes that do not fit under FSDP: full SFT" in err
+
+
+def test_spectrum_node_is_planned_before_its_layers_are_chosen():
+    shape = ModelShape.from_model_config(LlamaConfig(**{**HAND.to_dict(), "num_hidden_layers": 8}))
+    unchosen = ModelPart(kind="snr", top_percent=25)
+    plan = MemoryPlan.build(shape, [unchosen], _work())
+    (bound,) = plan.estimates["ddp"]
+    chosen = unchosen.with_(selection=(("q_proj", (5, 6)), ("up_proj", (3, 7)), ("down_proj", (4, 6)),
+                                       ("k_proj", (6, 7)), ("v_proj", (2, 5)), ("o_proj", (6, 7)), ("gate_proj", (3, 4))))
+    exact = estimate(shape, chosen, _work(), "ddp")
+    assert bound.trained_params == exact.trained_params == 2 * (4 * 64 + 3 * 128)  # 2 of 8 layers per type
+    assert bound.peak >= exact.peak  # the bound keeps activations from layer 0 up
+    lowest = ModelPart(layers=(0, 1))  # every projection of layers 0 and 1: what the bound trains
+    assert bound.peak == estimate(shape, lowest, _work(), "ddp").peak

@@ -209,3 +209,28 @@ def test_report_before_any_node_ran(tmp_path):
     assert "No node has ended with a score, so there is no answer yet." in md
     assert_png(paths["pareto"], min_kb=2)
     assert_png(paths["curves"], min_kb=2)
+
+
+class PerSetExecutor(TableExecutor):
+    """The table, with each point's Spec as the speciality set's score and its Vers split over two sets."""
+
+    def run(self, node, run):
+        for result in super().run(node, run):
+            if "eval_index" in result:
+                v = result["vers"]
+                result = {**result, "spec/score": result["spec"], "vers/copy/score": v - 0.05,
+                          "vers/arc-easy/score": v + 0.05}
+            yield result
+
+
+def test_scores_per_set_at_each_node_s_best_point(tmp_path):
+    tree = SearchTree(load_search_space(SPACES / "smoke.yaml"), objective=Objective("uni"))
+    drive(tree, PerSetExecutor({}, default=(0.5, 0.4)), RULES)
+    markdown = write_report(tree, tmp_path)["markdown"].read_text()
+    section = markdown.split("## Scores per set", 1)[1].split("## ", 1)[0]
+    assert "| Node | speciality | copy | arc-easy |" in section
+    for node in tree.ranking():
+        best = tree.best_point(node).point
+        row = (f"| {node.id} {node.part.describe()} | {fmt_score(best['spec'])} | {fmt_score(best['vers'] - 0.05)} | "
+               f"{fmt_score(best['vers'] + 0.05)} |")
+        assert row in section

@@ -48,6 +48,7 @@ def test_best_node_yaml_names_the_answer_and_its_point(tmp_path, monkeypatch):
 
     tree = searched()
     monkeypatch.setattr(results, "export_best_model", lambda config, tree, out: None)  # no model files in a table search
+    monkeypatch.setattr(results, "export_recipes", lambda config, tree, out: None)
     monkeypatch.setattr(results, "write_report", lambda tree, run_dir: None)
     results.write_results(None, tree, tmp_path)
     best = yaml.safe_load((tmp_path / "best_node.yaml").read_text())

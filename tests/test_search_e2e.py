@@ -1,8 +1,11 @@
 """End to end: `python -m cofitune_ray.search --config configs/smoke.yaml` with real Ray Train trials.
 
-The driver is killed after the first trained node has finished; `--resume` completes the search.
-Then: every output exists, no finished node was trained twice, best_model/ is base + delta, and
-the report agrees with tree.json. A second test kills a Ray Train worker in the middle of a trial.
+One versatility set is given as a local lm-evaluation-harness task (the toy `upper` set through a
+task YAML), and the smoke space has a Spectrum reference (`{snr: 50}`). The driver is killed after
+the first trained node has finished; `--resume` completes the search. Then: every output exists, no
+finished node was trained twice, best_model/ is base + delta, the lm-eval set is scored at every
+evaluation point and joins Vers, the Spectrum node trains its selection, and the report agrees with
+tree.json. A second test kills a Ray Train worker in the middle of a trial.
 """
 
 import json
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.training.checkpoint import read_delta
@@ -24,6 +28,9 @@ from cofitune_ray.config import load_config
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.core.tree import ENDED, SearchTree
+from cofitune_ray.training.spectrum import snr_part
+from tiny import write_lm_eval_task
+from tool_rules import axolotl_selects
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -31,9 +38,23 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] (n\d+) (?!base model|full SFT).* -> finished\b")
 
 
-def cli(storage: Path, address: str, *extra: str) -> list[str]:
+TOY_DATA = REPO / "assets" / "toyworld" / "seed-0" / "data"
+LM_EVAL_SET = "upper-lm"
+
+
+@pytest.fixture(scope="module")
+def versatility(tmp_path_factory) -> str:
+    """The smoke config's versatility sets with `upper` replaced by the same data as a local lm-eval task."""
+    tasks = tmp_path_factory.mktemp("lm_eval_tasks")
+    write_lm_eval_task(tasks, "toy_upper", TOY_DATA / "upper" / "eval.jsonl", max_gen_toks=8)
+    sets = [{"name": n, "path": str(TOY_DATA / n / "eval.jsonl")} for n in ("copy", "reverse")]
+    sets.append({"name": LM_EVAL_SET, "lm_eval": {"task": "toy_upper", "include_path": str(tasks)}})
+    return "data.versatility=" + json.dumps(sets)
+
+
+def cli(storage: Path, address: str, versatility: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), f"storage_path={storage}",
-            "--address", address, *extra]
+            versatility, "--address", address, *extra]
 
 
 def attempts(run_dir: Path) -> dict[str, int]:
@@ -42,11 +63,11 @@ def attempts(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def resumed_run(ray_cluster, tmp_path_factory):
+def resumed_run(ray_cluster, tmp_path_factory, versatility):
     """(run_dir, resume output, nodes finished before the kill, attempts before the kill)."""
     storage = tmp_path_factory.mktemp("storage")
     address = ray_cluster.get_runtime_context().gcs_address
-    first = subprocess.Popen(cli(storage, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(cli(storage, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finished_before = []
     for line in first.stdout:
         match = FINISHED_TRAINED_NODE.match(line.strip())
@@ -58,7 +79,7 @@ def resumed_run(ray_cluster, tmp_path_factory):
     assert finished_before, "the first run ended before any trained node finished"
     run_dir = storage / "smoke"
     before = attempts(run_dir)
-    resumed = subprocess.run(cli(storage, address, "--resume"), capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run(cli(storage, address, versatility, "--resume"), capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return run_dir, resumed.stdout, finished_before, before
 
@@ -88,7 +109,7 @@ def test_every_output_is_written(resumed_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert summary["best"]["id"] == tree.best().id and "Winner" in output and "Answer: " in output
-    assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full"]
+    assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full", "snr"]
     assert len(tree.at_depth(1)) == 2 and {c.depth for c in tree.at_depth(2)} <= {2}
     for node in tree.nodes.values():
         if node.status == "finished":
@@ -112,6 +133,48 @@ def test_best_model_is_base_plus_delta(resumed_run):
     delta = read_delta(tree.best_point(best).checkpoint) if best.part.trains else {}
     for name, value in merged.state_dict().items():
         assert torch.equal(value, delta.get(name, base[name])), name
+    assert (run_dir / "recipes").is_dir() == best.part.trains  # no recipe when the answer is the base model
+    if best.part.trains:
+        names = [n for n, _ in merged.named_parameters()]
+        recipe = yaml.safe_load((run_dir / "recipes" / "axolotl.yaml").read_text())
+        assert axolotl_selects(recipe["unfrozen_parameters"], names) == set(delta)
+        assert recipe["learning_rate"] == (tree.best_point(best).run.lr or config.train.lr)
+
+
+def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_run):
+    run_dir, _, _, _ = resumed_run
+    tree = SearchTree.from_json((run_dir / "tree.json").read_text())
+    points = [p for n in tree.nodes.values() for r in n.runs for p in r.history]
+    assert len(points) > 3
+    for point in points:
+        sets = point["set_scores"]
+        assert set(sets) == {"speciality", "copy", "reverse", LM_EVAL_SET}
+        assert point["vers"] == pytest.approx((sets["copy"] + sets["reverse"] + sets[LM_EVAL_SET]) / 3)
+    base = tree.best_point(tree.node("n0")).point["set_scores"]
+    assert base[LM_EVAL_SET] > 0.5  # the toy base model knows `upper`
+    report = (run_dir / "report.md").read_text().split("## Scores per set", 1)[1].split("## ", 1)[0]
+    assert f"| Node | speciality | copy | reverse | {LM_EVAL_SET} |" in report
+    for node in tree.ranking():
+        sets = tree.best_point(node).point["set_scores"]
+        assert (f"| {node.id} {node.part.describe()} | " + " | ".join(
+            f"{sets[n]:.3f}" for n in ("speciality", "copy", "reverse", LM_EVAL_SET)) + " |") in report
+
+
+def test_spectrum_reference_trains_its_selection(resumed_run):
+    run_dir, output, _, _ = resumed_run
+    assert "Spectrum's SNR scores reused from cache" in output  # computed by the first driver, before the kill
+    tree = SearchTree.from_json((run_dir / "tree.json").read_text())
+    (node,) = [n for n in tree.at_depth(0) if n.part.kind == "snr"]
+    config = load_config(SMOKE)
+    assert node.status == "finished" and node.part == snr_part(config.model.path, 50)  # the Ray task's = local
+    selection = dict(node.part.selection)
+    assert all(len(layers) == 4 for layers in selection.values()) and len(selection) == 7  # half of 8 layers
+    blocks = {m: "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn" for m in selection}
+    assert set(read_delta(tree.best_point(node).checkpoint)) == {f"model.layers.{i}.{blocks[m]}.{m}.weight"
+                                                for m, layers in selection.items() for i in layers}
+    report = (run_dir / "report.md").read_text()
+    for module, layers in selection.items():
+        assert f"| {node.id} Spectrum top 50% | {module} | {', '.join(map(str, layers))} |" in report
 
 
 def test_report_agrees_with_tree_json(resumed_run):
@@ -133,11 +196,11 @@ def _train_worker_pids() -> list[int]:
     return [int(line.split()[0]) for line in listing.splitlines() if "RayTrainWorker" in line]
 
 
-def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path):
+def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path, versatility):
     clean_run_dir = resumed_run[0]
     clean_winner = SearchTree.from_json((clean_run_dir / "tree.json").read_text()).best().part.key()
     address = ray_cluster.get_runtime_context().gcs_address
-    search = subprocess.Popen(cli(tmp_path, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    search = subprocess.Popen(cli(tmp_path, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
     reader.start()

@@ -94,3 +94,33 @@ def make_world(root: Path, family: str = "llama", layers: int = 4) -> dict:
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def write_lm_eval_task(folder: Path, task: str, data: Path, output_type: str = "generate_until",
+                       max_gen_toks: int = 8) -> Path:
+    """A local lm-evaluation-harness task over one of our JSONL files, prompted like the `compact` template.
+
+    `multiple_choice` scores each line's `choices` (its `answer` is the index), `generate_until` the
+    greedy completion against `output` (exact match). lm-eval reads the file through `dataset_path: json`.
+    """
+    common = {
+        "task": task,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(Path(data).resolve())}},
+        "test_split": "test",
+        "output_type": output_type,
+        "doc_to_text": "{{instruction}}:{{input}}=",
+        "target_delimiter": "",
+    }
+    if output_type == "multiple_choice":
+        specific = {"doc_to_choice": "{{choices}}", "doc_to_target": "answer",
+                    "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                                    {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}
+    else:
+        specific = {"doc_to_target": "{{output}}",
+                    "generation_kwargs": {"until": ["\n"], "max_gen_toks": max_gen_toks, "do_sample": False},
+                    "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task}.yaml"
+    path.write_text(yaml.safe_dump({**common, **specific}, sort_keys=False))
+    return path

@@ -19,6 +19,11 @@ Rules (each level has exactly one):
   softmask: [false, true]  one child per soft-mask setting.
   learning_rate: [4e-5, 1e-4]  one child per learning rate.
 
+References are the points every node is compared with: `base` (the model untouched), `full` (full
+SFT) and `{snr: P}` (Spectrum: in each module type the top P% of layers by signal-to-noise ratio
+of the base weights, chosen before the search; training/spectrum.py), e.g.
+`references: [base, full, {snr: 25}]`.
+
 A child identical to its parent is the parent itself and is not a new node. A level whose rule
 gives a node no new child does not apply to it: expansion moves on to the next level.
 
@@ -35,7 +40,7 @@ Pure Python (PyYAML, no torch, no Ray). Every validation error names the file an
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -157,7 +162,6 @@ class SearchSpace:
         """A grid space of every node this space can reach, with the same references (grid and Optuna searches)."""
         if self.strategy == "grid":
             return self
-        names = {part.key(): name for name, part in REFERENCE_NODES.items()}
         grid = [
             {
                 **({"layer_ranges": [list(n.layer_range)]} if n.layers is None else {"layers": [list(n.layers)]}),
@@ -168,8 +172,10 @@ class SearchSpace:
             for n in self.reachable_nodes()
             if n not in self.references
         ]
-        data = {"strategy": "grid", "references": [names[r.key()] for r in self.references], "grid": grid}
-        return parse_search_space(data, source=f"{self.source} (every reachable node)")
+        data = {"strategy": "grid", "references": self.data.get("references", ["base", "full"]), "grid": grid}
+        # The references themselves are kept: an snr reference may already carry its selection.
+        return replace(parse_search_space(data, source=f"{self.source} (every reachable node)"),
+                       references=self.references)
 
     def reachable_nodes(self) -> list[ModelPart]:
         """Every node some branch of the search could train, references first, without duplicates."""
@@ -250,12 +256,21 @@ class _Where:
 
 
 def _parse_references(value, where: _Where) -> tuple[ModelPart, ...]:
-    names = where.list_of("references", value, min_len=0)
-    for i, name in enumerate(names):
-        if name not in REFERENCE_NODES:
-            raise where.error(f"references[{i}]", f"{name!r} is not one of {', '.join(REFERENCE_NODES)}")
-    where.no_duplicates("references", names)
-    return tuple(REFERENCE_NODES[n] for n in names)
+    parts = []
+    for i, item in enumerate(where.list_of("references", value, min_len=0)):
+        key = f"references[{i}]"
+        if isinstance(item, dict):
+            where.no_unknown_keys(key, item, {"snr"})
+            percent = item.get("snr")
+            if not _is_number(percent) or not 0 < percent <= 100:
+                raise where.error(f"{key}.snr", f"expected the top percent of layers per module type, in (0, 100], got {percent!r}")
+            parts.append(ModelPart(kind="snr", top_percent=float(percent)))
+        elif isinstance(item, str) and item in REFERENCE_NODES:
+            parts.append(REFERENCE_NODES[item])
+        else:
+            raise where.error(key, f"{item!r} is not one of {', '.join(REFERENCE_NODES)} or {{snr: <top percent>}}")
+    where.no_duplicates("references", parts, name=ModelPart.key)
+    return tuple(parts)
 
 
 def _parse_levels(value, where: _Where) -> tuple[Level, ...]:

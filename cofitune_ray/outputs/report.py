@@ -197,6 +197,7 @@ def build_report(tree: SearchTree, title: str) -> list:
         Paragraph(verdict(tree)),
         Heading(2, "Search tree"),
         Preformatted(tree_drawing(tree)),
+        *spectrum_blocks(tree),
         Heading(2, "Ranking"),
         Paragraph(ranking_rule(tree)),
         ranking_table(tree),
@@ -207,6 +208,10 @@ def build_report(tree: SearchTree, title: str) -> list:
         Heading(2, "Curves"),
         Paragraph("Spec, Vers and Uni at each evaluation point of each node's best run; its other learning-rate runs dotted."),
         Image("Spec, Vers and Uni over the evaluation points of each node", REPORT_FILES["curves"]),
+        Heading(2, "Scores per set"),
+        Paragraph("Each scored node's score on every evaluation set at its best point, in ranking order: the "
+                  "speciality set is Spec, Vers is the mean of the others (JSONL sets and lm-eval tasks alike)."),
+        set_scores_table(tree),
         Heading(2, "All nodes"),
         node_table(tree),
     ]
@@ -283,6 +288,18 @@ def _marks(tree: SearchTree, node: TreeNode) -> str:
     return "".join(f" [{m}]" for m in marks)
 
 
+def spectrum_blocks(tree: SearchTree) -> list:
+    """What each Spectrum (snr) reference trains, per module type; nothing when the space has none."""
+    rows = [(f"{n.id} {n.part.describe()}", module, ", ".join(map(str, layers)))
+            for n in tree.at_depth(0) if n.part.kind == "snr" for module, layers in n.part.selection or ()]
+    if not rows:
+        return []
+    return [Heading(2, "Spectrum reference"),
+            Paragraph("The layers each Spectrum node trains per module type: the top share by signal-to-noise ratio "
+                      "of the base weights (Marchenko-Pastur noise edge), chosen before any training."),
+            Table(("Node", "Module", "Layers"), rows)]
+
+
 def ranking_table(tree: SearchTree) -> Table:
     """Scored nodes best first under the objective, with Vers relative to the base model and their cost."""
     base = reference_score(tree, "base")
@@ -307,6 +324,16 @@ def ranking_table(tree: SearchTree) -> Table:
     headers = ("Rank", "Node", "lr", "Spec", "Vers", "Uni", "Objective", "Vers vs base", "Trained params", "Trials",
                "Train steps")
     return Table(headers, rows)
+
+
+def set_scores_table(tree: SearchTree) -> Table:
+    """One row per scored node (ranking order), one column per evaluation set, at the node's best point."""
+    reference = tree.reference()
+    points = [(node, tree.best_point(node, reference).point.get("set_scores", {})) for node in tree.ranking()]
+    names = list(dict.fromkeys(name for _, scores in points for name in scores))
+    rows = [(f"{node.id} {node.part.describe()}", *(fmt_score(scores.get(name)) for name in names))
+            for node, scores in points]
+    return Table(("Node", *names), rows)
 
 
 def pareto_table(tree: SearchTree) -> Table:

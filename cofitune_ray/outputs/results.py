@@ -1,7 +1,8 @@
 """The files a finished search leaves in its run directory, and the summary printed last.
 
 tree.json (every node and run), pareto.csv, best_node.yaml, best_model/ (a standard HF directory),
-report.md / report.html / pareto.png / curves.png, and summary.json (which marks the run done).
+recipes/ (the answer for axolotl and LLaMA-Factory), report.md / report.html / pareto.png /
+curves.png, and summary.json (which marks the run done).
 The answer is the best scored node under the objective, references included: when full SFT or the
 base model is the answer, best_node.yaml, best_model/ and the summary say so.
 """
@@ -16,9 +17,11 @@ import yaml
 
 from cofitune_ray.config import Config
 from cofitune_ray.core.tree import SearchTree, TreeNode
+from cofitune_ray.outputs.recipes import write_recipes
 from cofitune_ray.outputs.report import verdict, write_report
+from cofitune_ray.training.checkpoint import delta_names
 from cofitune_ray.training.export import export_merged
-from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.training.model import load_model, load_tokenizer, parameter_names
 
 SUMMARY_FILE = "summary.json"
 PARETO_COLUMNS = ("node_id", "key", "label", "status", "lr", "spec", "vers", "uni", "qualifies", "trained_params",
@@ -58,6 +61,18 @@ def export_best_model(config: Config, tree: SearchTree, out_dir: Path) -> Path |
 def answer_kind(node: TreeNode) -> str:
     """What the answer is, for a user: a trained part, full SFT, or the base model."""
     return {"base": "the base model", "full": "full SFT"}.get(node.part.kind, "a trained part of the model")
+
+
+def export_recipes(config: Config, tree: SearchTree, out_dir: Path) -> Path | None:
+    """The answer's recipes for axolotl and LLaMA-Factory (`outputs/recipes.py`): its trained tensors and the
+    learning rate of its best run; none when the answer is the base model."""
+    best = tree.best()
+    point = tree.best_point(best) if best is not None else None
+    if point is None or not best.part.trains or not point.checkpoint:
+        return None
+    lr = point.run.lr or config.train.lr
+    write_recipes(out_dir, best.part, delta_names(point.checkpoint), parameter_names(config.model.path), lr, config)
+    return out_dir
 
 
 def summarise(tree: SearchTree, run_dir: Path) -> dict:
@@ -109,8 +124,10 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
                      "scores": _node_summary(tree, best), "checkpoint": point.checkpoint}
         (run_dir / "best_node.yaml").write_text(yaml.safe_dump(best_node, sort_keys=False))
     export_best_model(config, tree, run_dir / "best_model")
+    recipes = export_recipes(config, tree, run_dir / "recipes")
     write_report(tree, run_dir)
     summary = summarise(tree, run_dir)
+    summary["recipes"] = str(recipes) if recipes else None
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -137,6 +154,7 @@ def summary_text(summary: dict) -> str:
                          f"  ({s['trained_params'] or 0:,} trained parameters)")
     lines.append("Pareto front: " + "; ".join(summary["pareto"]))
     run_dir = Path(summary["run_dir"])
-    lines.append(f"Report: {run_dir / 'report.md'}  Best model: {run_dir / 'best_model'}")
+    lines.append(f"Report: {run_dir / 'report.md'}  Best model: {run_dir / 'best_model'}"
+                 + (f"  Recipes: {summary['recipes']}" if summary.get("recipes") else ""))
     lines.append(f"Results: {run_dir}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cofitune_ray.core.node import ModelPart
@@ -56,6 +57,12 @@ def write_checkpoint(directory: Path, model: torch.nn.Module, part: ModelPart, m
 
 def read_delta(directory: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(directory) / DELTA_FILE))
+
+
+def delta_names(directory: str | Path) -> list[str]:
+    """The names of the parameters a delta checkpoint holds (the node's trained ones), without loading them."""
+    with safe_open(str(Path(directory) / DELTA_FILE), framework="pt") as handle:
+        return list(handle.keys())
 
 
 def read_json(directory: str | Path, name: str) -> dict | None:

@@ -5,7 +5,8 @@ summed across workers, so the result does not depend on the number of workers.
 
 Every score is in [0, 1]: exact match and choice accuracy as they are, log-likelihood as the
 per-token probability exp(mean response log-likelihood). Spec is the speciality set's score,
-Vers the mean over versatility sets, Uni their weighted mean.
+Vers the mean over versatility sets, Uni their weighted mean. A versatility set may instead be an
+lm-evaluation-harness task (`training/harness.py`), scored by rank 0 and broadcast.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
+from cofitune_ray.training.harness import HarnessTask
 
 
 @dataclass
@@ -136,10 +138,19 @@ def score_set(model, tokenizer, template: str, eval_set: EvalSet, batch_size: in
     return result
 
 
+def versatility_set(config, index: int) -> EvalSet | HarnessTask:
+    """The config's `data.versatility[index]`: a JSONL set (read now) or an lm-eval task (loaded when first scored)."""
+    entry, limit = config.data.versatility[index], config.data.max_eval_examples
+    if entry.lm_eval is None:
+        return EvalSet.load(entry.name, entry.path, entry.metric, limit)
+    return HarnessTask.from_config(entry.name, entry.lm_eval, config.model.tokenizer or config.model.path, limit,
+                                   key=f"data.versatility[{index}].lm_eval")
+
+
 class Evaluator:
     """Scores a model on the speciality set and every versatility set: Spec, Vers, Uni."""
 
-    def __init__(self, speciality: EvalSet, versatility: list[EvalSet], tokenizer, template: str,
+    def __init__(self, speciality: EvalSet, versatility: list[EvalSet | HarnessTask], tokenizer, template: str,
                  batch_size: int, max_new_tokens: int, spec_weight: float = 0.5, vers_weight: float = 0.5):
         self.speciality, self.versatility = speciality, versatility
         self.tokenizer, self.template = tokenizer, template
@@ -151,7 +162,7 @@ class Evaluator:
         limit = config.data.max_eval_examples
         spec_cfg = config.data.speciality_eval
         speciality = EvalSet.load(spec_cfg.name or "speciality", spec_cfg.path, spec_cfg.metric, limit)
-        versatility = [EvalSet.load(v.name, v.path, v.metric, limit) for v in config.data.versatility]
+        versatility = [versatility_set(config, i) for i in range(len(config.data.versatility))]
         return cls(speciality, versatility, tokenizer, config.data.prompt_template, config.eval.batch_size,
                    config.eval.max_new_tokens, config.eval.spec_weight, config.eval.vers_weight)
 
@@ -164,7 +175,10 @@ class Evaluator:
         metrics.update({f"spec/{k}": v for k, v in spec_scores.items()})
         vers_values = []
         for eval_set in self.versatility:
-            scores = score_set(model, *args, eval_set, **kwargs)
+            if isinstance(eval_set, HarnessTask):
+                scores = eval_set.score(_unwrap(model), self.batch_size, rank, world_size)
+            else:
+                scores = score_set(model, *args, eval_set, **kwargs)
             metrics.update({f"vers/{eval_set.name}/{k}": v for k, v in scores.items()})
             vers_values.append(scores["score"])
         spec, vers = spec_scores["score"], sum(vers_values) / len(vers_values)

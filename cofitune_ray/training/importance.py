@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from cofitune_ray.training.data import collate, encode_example, fingerprint, read_jsonl
-from cofitune_ray.training.model import Architecture
+from cofitune_ray.training.model import Architecture, weights_fingerprint
 from cofitune_ray.training.softmask import Importance
 
 IMPORTANCE_FILE = "importance.safetensors"
@@ -179,14 +179,9 @@ def compute_importance(model, arch: Architecture, tokenizer, data_paths: list[st
 
 def cache_key(model_path: str, data_paths: list[str], settings: ImportanceSettings) -> dict:
     """What an importance set was computed from; equal keys mean the cached set can be reused."""
-    config_file = Path(model_path) / "config.json"
-    weights = sorted(Path(model_path).glob("*.safetensors"))
-    model_id = hashlib.sha256(
-        config_file.read_bytes() + b"".join(str(w.stat().st_size).encode() + w.name.encode() for w in weights)
-    ).hexdigest()[:16]
     return {
         "model_path": str(model_path),
-        "model_fingerprint": model_id,
+        "model_fingerprint": weights_fingerprint(model_path),
         "data": {str(p): fingerprint([p]) for p in data_paths},
         "settings": asdict(settings),
     }

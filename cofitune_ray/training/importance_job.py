@@ -35,8 +35,8 @@ def importance_settings(config: Config) -> ImportanceSettings:
 
 
 def importance_data(config: Config) -> list[str]:
-    """The general data importance is computed on: `importance.data`, else the versatility sets."""
-    return list(config.importance.data) or [v.path for v in config.data.versatility]
+    """The general data importance is computed on: `importance.data`, else the versatility JSONL sets."""
+    return list(config.importance.data) or [v.path for v in config.data.versatility if v.lm_eval is None]
 
 
 def importance_worker(loop_config: dict) -> None:

@@ -6,6 +6,8 @@ Supported families share the decoder layout `model.layers.{i}.self_attn.{q,k,v,o
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,43 @@ def read_architecture(model_path: str) -> Architecture:
     return Architecture.from_config(read_model_config(model_path))
 
 
+#: The weight files `from_pretrained` looks for in a local directory, in its order of preference.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_weights(model_path: str) -> str:
+    """The weight file a local model directory would load from; ModelError when it has none.
+
+    A sharded checkpoint's index must name shards that are all present. A hub id is not checked here.
+    """
+    directory = Path(model_path)
+    if not directory.is_dir():
+        return ""
+    found = next((name for name in WEIGHT_FILES if (directory / name).is_file()), None)
+    if found is None:
+        raise ModelError(f"model.path: {model_path!r} has a config but no weights "
+                         f"(none of {', '.join(WEIGHT_FILES)})")
+    if found.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads((directory / found).read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise ModelError(f"model.path: {directory / found}: not a weight index with a 'weight_map' ({exc})") from None
+        missing = [shard for shard in shards if not (directory / shard).is_file()]
+        if missing:
+            raise ModelError(f"model.path: {directory / found} names weight shards that are missing: {', '.join(missing)}")
+    return found
+
+
+def weights_fingerprint(model_path: str) -> str:
+    """A short hash of a model directory's config and safetensors files (names and sizes): what a
+    computation cached on storage (importance, Spectrum's scores) was made from."""
+    directory = Path(model_path)
+    weights = sorted(directory.glob("*.safetensors"))
+    return hashlib.sha256(
+        (directory / "config.json").read_bytes() + b"".join(str(w.stat().st_size).encode() + w.name.encode() for w in weights)
+    ).hexdigest()[:16]
+
+
 def _looks_like_hub_id(path: str) -> bool:
     # "org/name" with no leading "." or "/": a hub id, which only a machine with hub access can load.
     return path.count("/") == 1 and not path.startswith((".", "/", "~"))
@@ -85,9 +124,7 @@ def trainable_parameter_names(arch: Architecture, part: ModelPart, parameter_nam
     """
     if part.kind == "full":
         return list(parameter_names)
-    prefixes = tuple(
-        arch.module_prefix(layer, module) for layer in part.layer_indices(arch.num_layers) for module in part.modules
-    )
+    prefixes = tuple(arch.module_prefix(layer, module) for layer, module in part.trained_modules(arch.num_layers))
     selected = [name for name in parameter_names if name.startswith(prefixes)]
     missing = [p for p in prefixes if not any(n.startswith(p) for n in selected)]
     if missing:
@@ -104,6 +141,14 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> int:
         if name in wanted:
             count += param.numel()
     return count
+
+
+def parameter_names(model_path: str) -> list[str]:
+    """The model's parameter names in model order, from its config alone (built on the meta device: no weights)."""
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [name for name, _ in model.named_parameters()]
 
 
 def load_model(model_path: str, dtype: str = "float32") -> torch.nn.Module:

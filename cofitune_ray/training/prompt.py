@@ -1,6 +1,7 @@
 """Prompt templates: how an instruction example becomes the text the model sees.
 
-A template is a string with `{instruction}` and `{input}` placeholders; the response follows the
+A template is a string with `{instruction}` and `{input}` placeholders (both required: a template
+without `{input}` would drop every example's input); the response follows the
 formatted prompt directly and is closed by the tokenizer's EOS token. A template may give a second
 form for examples whose input is empty, after a `|||` separator (Alpaca does this).
 """
@@ -31,9 +32,12 @@ def resolve_template(template: str) -> str:
     """A named template's text, or the template itself when it is not a name."""
     text = PROMPT_TEMPLATES.get(template, template)
     with_input = text.split(SEPARATOR)[0]
-    if "{instruction}" not in with_input:
+    missing = [p for p in ("{instruction}", "{input}") if p not in with_input]
+    if missing:
+        # Without {input} every example's input would be dropped silently.
         raise PromptError(
-            f"prompt template must contain '{{instruction}}' or be one of {sorted(PROMPT_TEMPLATES)}; got {template!r}"
+            f"prompt template must contain {' and '.join(repr(p) for p in missing)} (before any '{SEPARATOR}') "
+            f"or be one of {sorted(PROMPT_TEMPLATES)}; got {template!r}"
         )
     return text
 
