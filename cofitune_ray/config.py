@@ -72,6 +72,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     softmask_mode: str = "update"  # update | grad (see docs/softmask.md)
     bf16: str = "auto"  # auto (on with GPUs) | on | off
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward: less memory, ~1/3 more compute
 
 
 @dataclass
@@ -101,6 +102,7 @@ class ImportanceConfig:
 class WorkerScaling:
     """Ray Train workers for each node."""
 
+    strategy: str = "ddp"  # ddp (a full model copy per worker) | fsdp (sharded by rows) | auto (the memory plan picks)
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -158,6 +160,7 @@ _CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.softmask_mode": ("update", "grad"),
     "train.bf16": ("auto", "on", "off"),
+    "scaling.strategy": ("ddp", "fsdp", "auto"),
     "search.strategy": ("tree", "grid", "optuna"),
 }
 _METRICS = ("auto", "exact_match", "loglik", "choice")

@@ -1,7 +1,8 @@
 """What each Ray Train worker runs to fine-tune and score one search node.
 
 `train_node(loop_config)` is the `train_loop_per_worker` of the node's TorchTrainer. It loads the
-base model, trains exactly the node's parameters (DDP over the workers), soft-masks them when the
+base model, trains exactly the node's parameters (DDP or FSDP over the workers, `sharding.py`),
+soft-masks them when the
 node says so, and at every evaluation point reports Spec/Vers/Uni with a delta checkpoint
 (only the trained parameters, safetensors) through `ray.train.report`.
 """
@@ -21,13 +22,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
 
-from cofitune_ray.training.checkpoint import model_fingerprint, write_checkpoint
+from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
 from cofitune_ray.config import Config, config_from_dict
 from cofitune_ray.training.data import collate, encode_example, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.importance import load_cached_importance
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.sharding import distribute, is_fsdp, unwrapped
 from cofitune_ray.training.softmask import SoftMask
 
 def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, int]:
@@ -51,8 +53,9 @@ class _Reporter:
     def __call__(self, model: torch.nn.Module, step: int, epoch: float, train_loss: float | None) -> None:
         self.count += 1
         metrics = self.evaluator.evaluate(model, self.rank, self.world_size, self.base)
-        unwrapped = model.module if hasattr(model, "module") else model
-        fingerprint = model_fingerprint(unwrapped, self.trained_names, self.probe_ids)
+        hf_model = unwrapped(model)
+        fingerprint = model_fingerprint(hf_model, self.trained_names, self.probe_ids)
+        delta = delta_state(hf_model)  # every worker: gathering sharded parameters is a collective
         metrics.update(
             eval_index=self.count,
             step=step,
@@ -71,7 +74,7 @@ class _Reporter:
             with open(self.history_path, "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), unwrapped, self.part, metrics, fingerprint)
+            write_checkpoint(Path(tmp), delta, self.part, metrics, fingerprint)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -92,6 +95,7 @@ def train_node(loop_config: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device()
+    strategy = config.scaling.strategy
 
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     model = load_model(config.model.path, config.model.dtype)
@@ -101,8 +105,10 @@ def train_node(loop_config: dict) -> None:
     evaluator = Evaluator.from_config(config, tokenizer)
     report = _Reporter(evaluator, part, rank, world_size, loop_config.get("base_metrics"),
                        loop_config.get("history_path"), names, trained_params, started)
+    model = distribute(model, strategy, device, bf16=use_bf16(config, device),
+                       activation_checkpointing=config.train.activation_checkpointing and part.trains)
     if not part.trains:
-        report(model.to(device), step=0, epoch=0.0, train_loss=None)
+        report(model, step=0, epoch=0.0, train_loss=None)
         return
 
     softmask = None
@@ -110,9 +116,13 @@ def train_node(loop_config: dict) -> None:
         importance = load_cached_importance(Path(loop_config["importance_dir"]), loop_config["importance_key"])
         if importance is None:
             raise RuntimeError(f"no importance matching this run in {loop_config['importance_dir']}")
-        softmask = SoftMask.for_model(model, arch, importance, config.train.softmask_mode)
-    model = ray.train.torch.prepare_model(model)
+        softmask = SoftMask.for_model(unwrapped(model), arch, importance, config.train.softmask_mode)
     run_training(config, part, model, tokenizer, softmask, report, rank, world_size, device)
+
+
+def use_bf16(config: Config, device: torch.device) -> bool:
+    """Whether training computes in bf16: `train.bf16` on, or auto on a GPU."""
+    return config.train.bf16 == "on" or (config.train.bf16 == "auto" and device.type == "cuda")
 
 
 def run_training(config, part, model, tokenizer, softmask, report, rank, world_size, device) -> None:
@@ -131,8 +141,9 @@ def run_training(config, part, model, tokenizer, softmask, report, rank, world_s
     optimizer = torch.optim.AdamW(trainable, lr=part.lr or t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     schedule = get_scheduler(t.schedule, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
                              num_training_steps=total_steps)
-    use_bf16 = t.bf16 == "on" or (t.bf16 == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    # Under FSDP bf16 is its mixed-precision policy (set by `distribute`), not autocast.
+    bf16_autocast = use_bf16(config, device) and not is_fsdp(model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else nullcontext()
     every = config.eval.every_n_steps
     step, running_loss, loss_count = 0, 0.0, 0
     model.train()

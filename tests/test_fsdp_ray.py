@@ -1,0 +1,103 @@
+"""FSDP node training on a real Ray cluster (2 gloo workers) equals DDP: trained rows, soft-mask, importance, export.
+
+The tiny model's FFN has 47 intermediate units, so up_proj's rows split unevenly (24 + 23) across
+the two workers' shards and down_proj's 32 rows evenly.
+"""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from cofitune_ray.config import config_from_dict
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.checkpoint import read_delta
+from cofitune_ray.training.export import export_merged
+from cofitune_ray.training.importance import load_cached_importance
+from cofitune_ray.training.importance_job import ensure_importance
+from cofitune_ray.training.model import load_model
+from cofitune_ray.training.runner import run_node
+from tiny import make_world
+
+pytestmark = pytest.mark.ray
+NODE = ModelPart(layer_range=(0.25, 0.75), modules=("q_proj", "up_proj", "down_proj"), softmask=True)
+TRAINED = {f"model.layers.{i}.{m}.weight" for i in (1, 2) for m in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), layers=4, intermediate=47)
+
+
+def _config(world, strategy, mode="update", activation_checkpointing=False):
+    data = copy.deepcopy(world)
+    data["scaling"].update(num_workers=2, strategy=strategy)
+    data["train"].update(max_steps=4, softmask_mode=mode, activation_checkpointing=activation_checkpointing)
+    data["eval"]["every_n_steps"] = 2
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def importance(ray_cluster, world, tmp_path_factory):
+    """The importance job under each strategy (separate caches)."""
+    return {s: ensure_importance(_config(world, s), tmp_path_factory.mktemp(f"imp-{s}"))[0] for s in ("ddp", "fsdp")}
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster, world, importance, tmp_path_factory):
+    """The node trained under ddp and fsdp, in both soft-mask modes (fsdp with activation checkpointing in `grad`)."""
+    storage = tmp_path_factory.mktemp("nodes")
+    results = {}
+    for mode in ("update", "grad"):
+        for strategy in ("ddp", "fsdp"):
+            config = _config(world, strategy, mode, activation_checkpointing=(strategy == "fsdp" and mode == "grad"))
+            results[strategy, mode] = run_node(config, NODE, f"{strategy}-{mode}", storage,
+                                               importance=importance["ddp"])
+    return results
+
+
+def test_importance_under_fsdp_equals_ddp(importance):
+    ddp, fsdp = (load_cached_importance(*_where(importance[s])) for s in ("ddp", "fsdp"))
+    for key in ("head", "intermediate", "output"):
+        assert torch.allclose(getattr(ddp, key), getattr(fsdp, key), atol=1e-5), key
+    assert getattr(ddp, "intermediate").shape == (4, 47)
+
+
+def _where(ref):
+    from pathlib import Path
+
+    return Path(ref.directory), ref.key
+
+
+@pytest.mark.parametrize("mode", ["update", "grad"])
+def test_fsdp_trains_the_same_rows_as_ddp(runs, world, mode):
+    ddp, fsdp = read_delta(runs["ddp", mode].checkpoint), read_delta(runs["fsdp", mode].checkpoint)
+    base = load_model(world["model"]["path"]).state_dict()
+    assert set(ddp) == set(fsdp) == TRAINED
+    for name in TRAINED:
+        assert not torch.equal(fsdp[name], base[name]), name  # it trained
+        torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-5, atol=1e-6, msg=name)
+    steps = [(h["step"], round(h["train_loss"], 5)) for h in runs["fsdp", mode].history]
+    assert steps == [(h["step"], round(h["train_loss"], 5)) for h in runs["ddp", mode].history]
+    assert [h["step"] for h in runs["fsdp", mode].history] == [2, 4]
+
+
+def test_the_soft_mask_changed_the_update_in_both_strategies(runs):
+    # `update` scales each row's step by its factor; `grad` is nearly cancelled by AdamW: they differ.
+    for strategy in ("ddp", "fsdp"):
+        update, grad = (read_delta(runs[strategy, m].checkpoint) for m in ("update", "grad"))
+        assert not torch.allclose(update["model.layers.1.mlp.up_proj.weight"], grad["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_best_model_from_fsdp_matches_ddp_and_keeps_frozen_weights(runs, world, tmp_path):
+    models = {}
+    for strategy in ("ddp", "fsdp"):
+        out = export_merged(world["model"]["path"], runs[strategy, "update"].checkpoint, tmp_path / strategy)
+        models[strategy] = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    base = load_model(world["model"]["path"]).state_dict()
+    for name, value in models["fsdp"].items():
+        if name in TRAINED:
+            torch.testing.assert_close(value, models["ddp"][name], rtol=1e-5, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(value, base[name]) and torch.equal(models["ddp"][name], base[name]), name
