@@ -30,6 +30,19 @@ class Preflight:
     train_examples: int
     eval_examples: dict[str, int]
     uses_softmask: bool
+    strategy: str  # ddp | fsdp: `scaling.strategy` with `auto` resolved
+
+
+def concrete_strategy(config: Config, arch: Architecture) -> str:
+    """`scaling.strategy` as the workers need it: `auto` is resolved by the memory plan."""
+    if config.scaling.strategy != "auto":
+        return config.scaling.strategy
+    from cofitune_ray.plan import PlanError, choose_strategy
+
+    try:
+        return choose_strategy(config, arch)
+    except PlanError as exc:
+        raise PreflightError(f"scaling.strategy: auto: {exc}") from None
 
 
 def preflight(config: Config) -> Preflight:
@@ -67,4 +80,4 @@ def preflight(config: Config) -> Preflight:
         train, uses_softmask = [], False
     if problems:
         raise PreflightError("\n".join(problems))
-    return Preflight(arch, space, len(train), counts, uses_softmask)
+    return Preflight(arch, space, len(train), counts, uses_softmask, concrete_strategy(config, arch))

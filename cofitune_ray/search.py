@@ -10,6 +10,7 @@ Order of work: config and preflight checks (no Ray yet), connect to Ray, evaluat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -150,7 +151,8 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     checked = preflight(config)
     print(f"[cofitune] preflight ok: {checked.architecture.model_type} with {checked.architecture.num_layers} layers, "
           f"{checked.train_examples} training examples, eval sets {checked.eval_examples}, "
-          f"{len(checked.space.reachable_nodes())} reachable nodes", flush=True)
+          f"{len(checked.space.reachable_nodes())} reachable nodes, strategy {checked.strategy}", flush=True)
+    config = dataclasses.replace(config, scaling=dataclasses.replace(config.scaling, strategy=checked.strategy))
     run_dir = run_directory(config, resume)
     if (run_dir / SUMMARY_FILE).is_file():
         print("[cofitune] this run has already finished; its summary:", flush=True)
