@@ -48,7 +48,8 @@ def distribute(model: torch.nn.Module, strategy: str, device: torch.device, bf16
         torch.cuda.set_device(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    model.to(device)
+    # fully_shard moves each unit to the mesh's device as it shards it: a GPU never holds more
+    # than one whole unit besides its shards. (The host holds the whole model once per worker.)
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
