@@ -22,7 +22,7 @@ from cofitune_ray.training.importance_job import importance_data, importance_set
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.softmask import SoftMask
-from cofitune_ray.training.worker import run_training
+from cofitune_ray.training.worker import training_points
 
 NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
 
@@ -32,7 +32,8 @@ def train(config, tokenizer, mode, importance):
     arch = Architecture.from_config(model.config)
     freeze_all_but(model, trainable_parameter_names(arch, NODE, [n for n, _ in model.named_parameters()]))
     softmask = SoftMask.for_model(model, arch, importance, mode) if mode else None
-    run_training(config, NODE, model, tokenizer, softmask, lambda *a: None, 0, 1, torch.device("cpu"))
+    for _ in training_points(config, config.train.lr, model, tokenizer, softmask, 0, 1, torch.device("cpu")):
+        pass
     return model
 
 

@@ -1,33 +1,35 @@
-"""The speciality-versatility trade-off: what the tree search buys over the alternatives, measured side by side.
+"""The speciality-versatility trade-off: what the product's search hands back, against what a user would do instead.
 
-    python benchmarks/tradeoff.py [--seeds 0 1] [--steps 150] [--lrs 3e-4 1e-3 3e-3] [--eval-examples 50] [--threads 2]
+    python benchmarks/tradeoff.py [--config configs/toy.yaml] [--seeds 0 1 2] [--threads 1]
 
-(docs/benchmarks.md has the settings and output of the recorded run: 80 steps, 30 examples, 1 thread.)
-
-On the toy world (configs/toy.yaml; one world per base-model seed), every method gets the same
-per-node step budget and has its learning rate tuned over the same grid:
+On a toy world (one per base-model seed), every method is scored the same way: the search objective
+of the config (`search.objective`, default spec_floor: a method qualifies when its speciality gain
+reaches `spec_floor` of full SFT's best gain, then more Vers is better), the same per-run step budget
+(`train.max_steps`), and the same learning-rate tuning (one run per `search.lr_candidates`, the best
+`lr_keep` kept at the first evaluation point, `core/rules.py`). The methods:
 
   base model        no training;
-  full SFT          every parameter;
+  full SFT          every parameter (the search's own reference node);
   LoRA (PEFT)       on all seven projections of every layer, rank chosen so it trains about as many
                     parameters as the paper's node;
-  paper node        FFN up+down in (25%, 50%], without soft-mask and with each soft-mask mode;
-  tree search       `SearchTree` over search_spaces/cofitune.yaml at the default lr, then its winner's lr;
-  exhaustive grid   every node the tree could reach (`candidate_space`), then the winner's lr;
-  Optuna            `OptunaNodeSearcher` with as many candidate trials as the tree ran, then the winner's lr.
+  top half          the usual "train the top layers" recipe: (50%, 100%] with all projections;
+  paper node        FFN up+down in (25%, 50%], without and with soft-mask (`train.softmask_mode`);
+  WiSE-FT           the full-SFT weights of its kept run interpolated towards the base, alpha 0.25 / 0.5 / 0.75
+                    (evaluation only; its cost is full SFT's);
+  tree search       the product's search: `SearchTree` over `search.space`, its stop rules, the CLI's tree;
+  exhaustive grid   every node the tree could reach, with the same rules;
+  Optuna            `OptunaOrder` over the same candidates, with as many trials as the tree ran.
 
-Nodes are trained in-process with the project's own loop (`training.worker.run_training`), without Ray,
-so Ray start-up does not dominate the timings; cost is reported in trials and optimizer steps, which
-is what Ray would spread over workers. A node's score is its best evaluation point (as in a search).
-Each trained node's result is cached by (seed, node, lr, soft-mask mode) in a JSON file, so the tree,
-the grid and Optuna see identical results for a shared node; each method's cost still counts every
-node it visited, with the wall time measured when that node was trained.
+Searches and baselines run in-process through `core.drive.drive` and `training.local.LocalExecutor`
+(the same tree, rules and decisions as the Ray path; no Ray start-up per trial). Every run is cached
+per world in `<cache>/<world>-seed-<S>.json`, so the methods share the runs they have in common; each
+method's cost still counts every trial it started and the steps it trained (steps saved by early stops
+are not counted).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -35,90 +37,76 @@ from pathlib import Path
 
 import torch
 
-from cofitune_ray.config import Config, config_from_dict, load_config
-from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.config import Config, learning_rates, load_config, objective, selection_policy, stop_rules
+from cofitune_ray.core.drive import drive
+from cofitune_ray.core.node import ALL_MODULES, ModelPart
+from cofitune_ray.core.objective import Score
+from cofitune_ray.core.optuna_order import OptunaOrder
+from cofitune_ray.core.settings import SelectionPolicy
+from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
+from cofitune_ray.core.tree import SearchTree, TreeNode
 from cofitune_ray.training.importance import compute_importance
 from cofitune_ray.training.importance_job import importance_data, importance_settings
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.core.node import ALL_MODULES, FULL_SFT_PART, ModelPart
-from cofitune_ray.tuning.optuna_searcher import OptunaNodeSearcher, candidate_space
-from cofitune_ray.core.space import load_search_space
-from cofitune_ray.tuning.searcher import TreeSearcher
-from cofitune_ray.training.softmask import SoftMask
-from cofitune_ray.toyworld.prepare import ensure_toy_world
-from cofitune_ray.training.worker import run_training
-from cofitune_ray.core.tree import SelectionPolicy
+from cofitune_ray.training.local import LocalExecutor, RunCache
+from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.toyworld.prepare import config_for_seed
 
-PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), label="FFN up+down (25%,50%]")
-COLUMNS = ("Spec", "Vers", "Vers/base", "Uni", "trained", "trials", "steps", "wall s")
-
-
-@dataclass
-class NodeResult:
-    """One trained (or evaluated) node: its evaluation points and what it cost."""
-
-    history: list[dict]
-    trained_params: int
-    train_steps: int
-    wall_time_s: float
-
-    @property
-    def best(self) -> dict:
-        """The evaluation point with the highest Uni (how the search scores a node)."""
-        return max(self.history, key=lambda p: p["uni"])
+PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
+TOP_HALF = ModelPart(layer_range=(0.5, 1.0))
+#: LoRA runs in the tree as this placeholder part (all layers, all projections), trained by `LoraExecutor`.
+LORA_SLOT = ModelPart(layer_range=(0.0, 1.0), modules=ALL_MODULES, label="LoRA")
+ALPHAS = (0.25, 0.5, 0.75)
 
 
 @dataclass
 class MethodResult:
-    """A method's chosen model and the total cost of every trial it ran to find it."""
+    """What one method hands back on one world: its answer's score, what it is, and what it cost."""
 
     name: str
     choice: str
-    best: dict
+    score: Score
+    qualifies: bool
+    gain_share: float  # speciality gain / full SFT's best gain
     trained_params: int
-    trials: int = 0
-    train_steps: int = 0
-    wall_time_s: float = 0.0
+    trials: int
+    train_steps: int
     notes: list[str] = field(default_factory=list)
 
-    def add_cost(self, result: NodeResult) -> None:
-        self.trials += 1
-        self.train_steps += result.train_steps
-        self.wall_time_s += result.wall_time_s
+
+def method_from_tree(name: str, tree: SearchTree, node: TreeNode | None = None, notes=()) -> MethodResult:
+    """A method's result from its tree: `node` (default: the tree's answer) at its best point; cost: the whole tree."""
+    node = node or tree.best()
+    best, reference = tree.best_point(node), tree.reference()
+    costs = [n.cost() for n in tree.nodes.values()]
+    lr = f", lr {best.run.lr:.3g}" if best.run.lr is not None else ""
+    return MethodResult(name, f"{node.id} {node.part.describe()}{lr}", best.score,
+                        tree.objective.qualifies(best.score, reference), _share(tree, best.score),
+                        node.trained_params or 0, sum(c["trials"] for c in costs), sum(c["train_steps"] for c in costs),
+                        list(notes))
 
 
-class ResultCache:
-    """One world's node results in a JSON file, keyed by node, lr and soft-mask mode; discarded when the settings change.
-
-    One file per seed, so the seeds can also be run by separate processes at the same time.
-    """
-
-    def __init__(self, path: Path, settings: dict):
-        self.path, self.settings = path, settings
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        if data.get("settings") != settings:
-            if data:
-                print(f"[tradeoff] {path} was made with other settings; starting a new cache")
-            data = {"settings": settings, "results": {}}
-        self.results: dict[str, dict] = data["results"]
-
-    def get(self, key: str) -> NodeResult | None:
-        return NodeResult(**self.results[key]) if key in self.results else None
-
-    def put(self, key: str, result: NodeResult) -> None:
-        self.results[key] = result.__dict__
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"settings": self.settings, "results": self.results}, indent=1))
+def _share(tree: SearchTree, score: Score) -> float:
+    reference = tree.reference()
+    return (score.spec - reference.base_spec) / reference.full_gain if reference.full_gain else float("nan")
 
 
-def world_config(config: Config, seed: int) -> Config:
-    """The config pointed at the toy world of `seed`: its own paths for its seed, else the cached world's."""
-    if seed == config.seed:
-        return config
-    seed_root = str(Path(config.model.path).parent)
-    world = ensure_toy_world(seed=seed)
-    data = json.loads(json.dumps(config.to_dict()).replace(seed_root, str(world.root)))
-    return config_from_dict({**data, "seed": seed}, source=f"{config.source} (toy world seed {seed})")
+class LoraExecutor:
+    """The `LORA_SLOT` node trained as LoRA on all projections (PEFT); every other node as usual."""
+
+    def __init__(self, local: LocalExecutor, rank: int):
+        self.local, self.rank = local, rank
+
+    def run(self, node: TreeNode, run):
+        if node.part.key() != LORA_SLOT.key():
+            yield from self.local.run(node, run)
+            return
+        yield from self.local.results(node.part, run.lr, key_prefix=f"lora r={self.rank}", model_hook=self._wrap)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(r=self.rank, lora_alpha=2 * self.rank, lora_dropout=0.0,
+                                                target_modules=list(ALL_MODULES), task_type="CAUSAL_LM"))
 
 
 def lora_rank(model: torch.nn.Module, target_params: int) -> int:
@@ -128,157 +116,136 @@ def lora_rank(model: torch.nn.Module, target_params: int) -> int:
     return max(1, round(target_params / per_rank))
 
 
-class SeedBench:
-    """Trains and scores nodes on one toy world; every training run goes through the cache."""
-
-    def __init__(self, config: Config, seed: int, cache: ResultCache):
-        self.config, self.seed, self.cache = config, seed, cache
-        self.tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-        self.evaluator = Evaluator.from_config(config, self.tokenizer)
-        self.arch = Architecture.from_config(load_model(config.model.path).config)
-        self._importance = None
-
-    @property
-    def importance(self):
-        """Unit importance on the config's general data, computed once per world."""
-        if self._importance is None:
-            started = time.time()
-            model = load_model(self.config.model.path)
-            self._importance, _ = compute_importance(model, self.arch, self.tokenizer, importance_data(self.config),
-                                                     importance_settings(self.config))
-            print(f"[tradeoff] seed {self.seed}: importance computed in {time.time() - started:.0f} s")
-        return self._importance
-
-    def base(self) -> NodeResult:
-        return self._cached(f"seed={self.seed}|base", self._evaluate_base)
-
-    def node(self, spec: ModelPart, lr: float, mode: str | None = None) -> NodeResult:
-        """A search node trained at `lr`; a soft-masked node uses `mode`, else the config's softmask_mode."""
-        if spec.kind == "base":
-            return self.base()
-        mode = (mode or self.config.train.softmask_mode) if spec.softmask else None
-        key = f"seed={self.seed}|{spec.with_(lr=None).key()}|lr={lr:g}" + (f"|mode={mode}" if mode else "")
-        return self._cached(key, lambda: self._train_node(spec, lr, mode))
-
-    def lora(self, rank: int, lr: float) -> NodeResult:
-        return self._cached(f"seed={self.seed}|lora|all projections|r={rank}|lr={lr:g}",
-                            lambda: self._train_lora(rank, lr))
-
-    def _cached(self, key: str, run) -> NodeResult:
-        result = self.cache.get(key)
-        if result is None:
-            result = run()
-            self.cache.put(key, result)
-            print(f"[tradeoff] {key}: Uni {result.best['uni']:.3f} (Spec {result.best['spec']:.3f}, "
-                  f"Vers {result.best['vers']:.3f}) in {result.wall_time_s:.0f} s", flush=True)
-        return result
-
-    def _evaluate_base(self) -> NodeResult:
-        started = time.time()
-        metrics = self.evaluator.evaluate(load_model(self.config.model.path))
-        return NodeResult([_point(metrics, 0)], 0, 0, time.time() - started)
-
-    def _train_node(self, spec: ModelPart, lr: float, mode: str | None) -> NodeResult:
-        torch.manual_seed(self.config.seed)
-        model = load_model(self.config.model.path)
-        names = trainable_parameter_names(self.arch, spec, [n for n, _ in model.named_parameters()])
-        trained = freeze_all_but(model, names)
-        softmask = SoftMask.for_model(model, self.arch, self.importance, mode) if mode else None
-        return self._train(model, spec.with_(lr=lr), softmask, trained)
-
-    def _train_lora(self, rank: int, lr: float) -> NodeResult:
-        from peft import LoraConfig, get_peft_model
-
-        torch.manual_seed(self.config.seed)
-        model = get_peft_model(load_model(self.config.model.path),
-                               LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(ALL_MODULES),
-                                          task_type="CAUSAL_LM"))
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        # run_training takes only the learning rate from the node; the PEFT model marks its own trainable parameters.
-        return self._train(model, FULL_SFT_PART.with_(lr=lr, label="LoRA"), None, trained)
-
-    def _train(self, model, spec: ModelPart, softmask, trained: int) -> NodeResult:
-        history: list[dict] = []
-        started = time.time()
-
-        def report(model, step, epoch, train_loss):
-            history.append(_point(self.evaluator.evaluate(model), len(history) + 1, step, train_loss))
-
-        run_training(self.config, spec, model, self.tokenizer, softmask, report, 0, 1, torch.device("cpu"))
-        return NodeResult(history, trained, history[-1]["step"], time.time() - started)
+def one_node_space(space: SearchSpace, part: ModelPart) -> SearchSpace:
+    """The space's references plus one grid node: a baseline, run with the same learning-rate tuning."""
+    refs = [r.kind for r in space.references]  # the reference names are their kinds: base, full
+    block = {"layer_ranges": [list(part.layer_range)], "modules": [list(part.modules)], "softmask": [part.softmask]}
+    return parse_search_space({"strategy": "grid", "references": refs, "grid": [block]}, source=f"baseline {part.describe()}")
 
 
-def _point(metrics: dict, eval_index: int, step: int = 0, train_loss: float | None = None) -> dict:
-    """One evaluation point in the shape the tree records (tree.EVAL_KEYS)."""
-    return {"eval_index": eval_index, "spec": metrics["spec"], "vers": metrics["vers"], "uni": metrics["uni"],
-            "step": step, "train_loss": train_loss}
+def node_result(name: str, tree: SearchTree, node: TreeNode) -> MethodResult:
+    """One node of a tree as a method on its own: its best point, and only its own runs as cost."""
+    result = method_from_tree(name, tree, node)
+    cost = node.cost()
+    result.trials, result.train_steps = cost["trials"], cost["train_steps"]
+    return result
 
 
-def run_search(bench: SeedBench, searcher: TreeSearcher, lr: float) -> tuple[ModelPart, list[NodeResult]]:
-    """Drive a searcher in-process, one node at a time, until its tree ends; the winner and each trial's result."""
-    tree, results = searcher.tree, []
-    while not tree.finished:
-        node = searcher.next_node()
-        if node is None:
-            raise RuntimeError(f"the search stalled with nothing in flight ({tree.depth=})")
-        trial_id = f"trial-{len(results)}"
-        searcher.start_trial(node, trial_id)
-        result = bench.node(node.part, lr)
-        for point in result.history:
-            searcher.on_trial_result(trial_id, {**point, "trained_params": result.trained_params})
-        best = result.best
-        searcher.on_trial_complete(trial_id, {
-            **result.history[-1], "final": True, "trained_params": result.trained_params,
-            "best_spec": best["spec"], "best_vers": best["vers"], "best_uni": best["uni"],
-            "train_steps": result.train_steps, "wall_time_s": result.wall_time_s, "checkpoint": None,
-        })
-        results.append(result)
-    return tree.best().part, results
+def run_baseline(name: str, config: Config, space: SearchSpace, part: ModelPart, executor) -> MethodResult:
+    """A node a user would pick by hand, with the search's learning-rate tuning and objective (the references
+    are every method's shared reference, not part of the baseline's cost)."""
+    tree = SearchTree(one_node_space(space, part), SelectionPolicy(), objective(config), learning_rates(config))
+    drive(tree, executor, stop_rules(config))
+    return node_result(name, tree, tree.at_depth(1)[0])
 
 
-def tune_lr(name: str, choice: str, train, lrs: list[float], searched: list[NodeResult] = (),
-            default_lr: float | None = None) -> MethodResult:
-    """The best Uni over `lrs` of `train(lr)`; cost: the search's trials plus each lr trial not already run by it."""
-    runs = {lr: train(lr) for lr in lrs}
-    best_lr = max(runs, key=lambda lr: runs[lr].best["uni"])
-    method = MethodResult(name, f"{choice}, lr {best_lr:g}", runs[best_lr].best, runs[best_lr].trained_params)
-    for result in searched:
-        method.add_cost(result)
-    for lr, result in runs.items():
-        if not (searched and lr == default_lr):  # the search already trained the winner at the default lr
-            method.add_cost(result)
-    return method
+def wise_ft(config: Config, tree: SearchTree, executor: LocalExecutor, cache: RunCache) -> MethodResult:
+    """Full SFT's kept run, its final weights interpolated towards the base model; the best alpha by the objective."""
+    full = tree.reference_node("full")
+    run = tree.best_point(full).run
+    key = f"wise-ft|lr={run.lr:g}"
+    points = cache.get(key)
+    if points is None:
+        base = load_model(config.model.path).state_dict()
+        tuned = executor.trained_model(full.part, run.lr).state_dict()
+        model = load_model(config.model.path)
+        points = []
+        for alpha in ALPHAS:
+            model.load_state_dict({k: base[k] + alpha * (tuned[k] - base[k]) for k in base})
+            metrics = executor.evaluator.evaluate(model)
+            points.append({"alpha": alpha, "spec": metrics["spec"], "vers": metrics["vers"], "uni": metrics["uni"]})
+        cache.put(key, points)
+    reference = tree.reference()
+    best = max(points, key=lambda p: tree.objective.value(Score(p["spec"], p["vers"], p["uni"]), reference))
+    score = Score(best["spec"], best["vers"], best["uni"])
+    cost = full.cost()
+    return MethodResult("WiSE-FT", f"full SFT lr {run.lr:.3g} x alpha {best['alpha']:g}", score,
+                        tree.objective.qualifies(score, reference), _share(tree, score), full.trained_params or 0,
+                        cost["trials"], cost["train_steps"])
 
 
-def search_then_tune(bench: SeedBench, name: str, searcher: TreeSearcher, lrs: list[float]) -> MethodResult:
-    """A search at the default lr, then its winner's lr tuned over the grid."""
-    default_lr = bench.config.train.lr
-    winner, searched = run_search(bench, searcher, default_lr)
-    return tune_lr(name, winner.key(), lambda lr: bench.node(winner, lr), lrs, searched, default_lr)
-
-
-def bench_seed(bench: SeedBench, space, policy: SelectionPolicy, lrs: list[float], optuna_seed: int) -> list[MethodResult]:
+def bench_world(config: Config, world: str, seed: int, cache_dir: Path) -> list[MethodResult]:
     """Every method on one world, in table order."""
-    default_lr = bench.config.train.lr
-    base = bench.base()
-    methods = [MethodResult("base model", "no training", base.best, 0)]
-    methods.append(tune_lr("full SFT", "all parameters", lambda lr: bench.node(FULL_SFT_PART, lr), lrs))
-    paper_params = bench.node(PAPER_NODE, default_lr).trained_params
-    rank = lora_rank(load_model(bench.config.model.path), paper_params)
-    methods.append(tune_lr(f"LoRA r={rank}", "all projections", lambda lr: bench.lora(rank, lr), lrs))
-    methods.append(tune_lr("paper node", PAPER_NODE.label, lambda lr: bench.node(PAPER_NODE, lr), lrs))
-    masked = PAPER_NODE.with_(softmask=True)
-    for mode in ("grad", "update"):
-        methods.append(tune_lr(f"  + soft-mask {mode}", f"{PAPER_NODE.label}, mask {mode}",
-                               lambda lr, mode=mode: bench.node(masked, lr, mode), lrs))
-    tree = TreeSearcher(space, policy)
-    methods.append(search_then_tune(bench, "tree search", tree, lrs))
-    candidates = tree.tree.trials_started() - len(space.references)
-    methods[-1].notes.append(f"tree search ended: {tree.tree.end_reason}, after {candidates} candidate trials")
-    methods.append(search_then_tune(bench, "exhaustive grid", TreeSearcher(candidate_space(space), policy), lrs))
-    optuna = OptunaNodeSearcher(space, max_trials=candidates, seed=optuna_seed)
-    methods.append(search_then_tune(bench, f"Optuna ({candidates} trials)", optuna, lrs))
+    space = load_search_space(config.search.space)
+    cache = RunCache(cache_dir / f"{world}-seed-{seed}.json", {"config": config.to_dict(), "format": 1})
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
+    model = load_model(config.model.path)
+    arch = Architecture.from_config(model.config)
+    importance, _ = compute_importance(model, arch, tokenizer, importance_data(config), importance_settings(config))
+    local = LocalExecutor(config, importance, cache)
+    rules, obj, rates = stop_rules(config), objective(config), learning_rates(config)
+
+    tree = drive(SearchTree(space, selection_policy(config), obj, rates), local, rules)
+    methods = [node_result("base model", tree, tree.reference_node("base")),
+               node_result("full SFT", tree, tree.reference_node("full"))]
+    paper_params = sum(p.numel() for n, p in model.named_parameters()
+                       if any(f"layers.{i}.mlp.{m}." in n for i in PAPER_NODE.layer_indices(arch.num_layers)
+                              for m in PAPER_NODE.modules))
+    rank = lora_rank(model, paper_params)
+    methods.append(run_baseline(f"LoRA r={rank}", config, space, LORA_SLOT, LoraExecutor(local, rank)))
+    methods.append(run_baseline("top half", config, space, TOP_HALF, local))
+    methods.append(run_baseline("paper node", config, space, PAPER_NODE, local))
+    methods.append(run_baseline("  + soft-mask", config, space, PAPER_NODE.with_(softmask=True), local))
+    methods.append(wise_ft(config, tree, local, cache))
+    trials = tree.trials_started()
+    methods.append(method_from_tree("tree search", tree, notes=[f"tree search ended: {tree.end_reason}"]))
+    grid = drive(SearchTree(space.as_grid(), SelectionPolicy(), obj, rates), local, rules)
+    methods.append(method_from_tree("exhaustive grid", grid))
+    optuna = drive(SearchTree(space.as_grid(), SelectionPolicy(max_trials=trials), obj, rates), local, rules,
+                   order=OptunaOrder(seed=config.seed))
+    methods.append(method_from_tree(f"Optuna ({trials} trials)", optuna))
     return methods
+
+
+COLUMNS = ("Spec", "Vers", "gain", "floor", "trained", "trials", "steps")
+
+
+def world_table(methods: list[MethodResult]) -> str:
+    rows = [(m.name, [f"{m.score.spec:.3f}", f"{m.score.vers:.3f}", f"{m.gain_share:.2f}", "yes" if m.qualifies else "no",
+                      f"{m.trained_params:,}", str(m.trials), f"{m.train_steps:,}"], m.choice) for m in methods]
+    notes = [n for m in methods for n in m.notes]
+    return format_table(rows) + "".join(f"\n{n}" for n in notes)
+
+
+def summary_table(per_world: dict[str, list[MethodResult]]) -> str:
+    """Per method: mean ± standard deviation over worlds of Spec, Vers and the gain share; qualifying worlds; cost."""
+    worlds = list(per_world)
+    rows = []
+    for i, first in enumerate(per_world[worlds[0]]):
+        ms = [per_world[w][i] for w in worlds]
+        cells = [_mean_sd([m.score.spec for m in ms]), _mean_sd([m.score.vers for m in ms]),
+                 _mean_sd([m.gain_share for m in ms]), f"{sum(m.qualifies for m in ms)}/{len(ms)}",
+                 f"{statistics.mean(m.trained_params for m in ms):,.0f}", f"{statistics.mean(m.trials for m in ms):.1f}",
+                 f"{statistics.mean(m.train_steps for m in ms):,.0f}"]
+        rows.append((first.name.split(" (")[0].split(" r=")[0], cells, ""))
+    return format_table(rows)
+
+
+def verdict(per_world: dict[str, list[MethodResult]]) -> str:
+    """The acceptance questions answered from the numbers: Vers at the floor against the best baseline, and cost."""
+    def pick(name, ms):
+        return next(m for m in ms if m.name.startswith(name))
+
+    lines = []
+    baselines = ("full SFT", "LoRA", "top half", "paper node", "  + soft-mask", "WiSE-FT")
+    tree_steps, grid_steps = [], []
+    for world, ms in per_world.items():
+        tree = pick("tree search", ms)
+        qualifying = [m for m in ms if m.name.startswith(baselines) and m.qualifies]
+        best = max(qualifying, key=lambda m: m.score.vers) if qualifying else None
+        tree_steps.append(tree.train_steps)
+        grid_steps.append(pick("exhaustive grid", ms).train_steps)
+        if not tree.qualifies:
+            lines.append(f"{world}: the tree's answer does not qualify ({tree.choice}, gain share {tree.gain_share:.2f})")
+        elif best is None:
+            lines.append(f"{world}: no baseline qualifies; the tree's answer keeps Vers {tree.score.vers:.3f}")
+        else:
+            lines.append(f"{world}: tree Vers {tree.score.vers:.3f} vs best qualifying baseline {best.name.strip()} "
+                         f"{best.score.vers:.3f} ({tree.score.vers - best.score.vers:+.3f})")
+    ratio = statistics.mean(tree_steps) / statistics.mean(grid_steps)
+    lines.append(f"tree steps {statistics.mean(tree_steps):,.0f} vs grid steps {statistics.mean(grid_steps):,.0f}: "
+                 f"ratio {ratio:.2f} -> {'at most' if ratio <= 0.5 else 'MORE than'} half")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[tuple[str, list[str], str]]) -> str:
@@ -292,91 +259,36 @@ def format_table(rows: list[tuple[str, list[str], str]]) -> str:
     return "\n".join(lines)
 
 
-def seed_table(methods: list[MethodResult]) -> str:
-    base_vers = methods[0].best["vers"]
-    rows = []
-    for m in methods:
-        b = m.best
-        cells = [f"{b['spec']:.3f}", f"{b['vers']:.3f}", f"{b['vers'] / base_vers:.3f}", f"{b['uni']:.3f}",
-                 f"{m.trained_params:,}", str(m.trials), str(m.train_steps), f"{m.wall_time_s:.0f}"]
-        rows.append((m.name, cells, m.choice))
-    notes = [n for m in methods for n in m.notes]
-    return format_table(rows) + "".join(f"\n{n}" for n in notes)
-
-
-def summary_table(per_seed: dict[int, list[MethodResult]]) -> str:
-    """Mean ± spread (half the range across seeds) of every column, by method position."""
-    seeds = list(per_seed)
-    rows = []
-    for i, first in enumerate(per_seed[seeds[0]]):
-        ms = [per_seed[s][i] for s in seeds]
-        values = [
-            [m.best["spec"] for m in ms], [m.best["vers"] for m in ms],
-            [m.best["vers"] / per_seed[s][0].best["vers"] for s, m in zip(seeds, ms)], [m.best["uni"] for m in ms],
-        ]
-        cells = [f"{statistics.mean(v):.3f}±{(max(v) - min(v)) / 2:.3f}" for v in values]
-        cells += [f"{statistics.mean(m.trained_params for m in ms):,.0f}", f"{statistics.mean(m.trials for m in ms):g}",
-                  f"{statistics.mean(m.train_steps for m in ms):g}", f"{statistics.mean(m.wall_time_s for m in ms):.0f}"]
-        rows.append((first.name.split(" (")[0], cells, " / ".join(m.choice for m in ms)))
-    return format_table(rows)
-
-
-def verdict(per_seed: dict[int, list[MethodResult]]) -> str:
-    """The acceptance questions, answered from the numbers (means over seeds; spread = half the range)."""
-    def stats(name):
-        unis = [next(m for m in ms if m.name.startswith(name)).best["uni"] for ms in per_seed.values()]
-        steps = [next(m for m in ms if m.name.startswith(name)).train_steps for ms in per_seed.values()]
-        return statistics.mean(unis), (max(unis) - min(unis)) / 2, statistics.mean(steps)
-
-    tree, tree_spread, tree_steps = stats("tree search")
-    grid, grid_spread, grid_steps = stats("exhaustive grid")
-    full, _, _ = stats("full SFT")
-    lora, _, _ = stats("LoRA")
-    spread = max(tree_spread, grid_spread)
-    return "\n".join([
-        f"tree Uni {tree:.3f} vs grid Uni {grid:.3f}: gap {grid - tree:+.3f}, seed spread {spread:.3f} -> "
-        f"{'within' if grid - tree <= spread else 'NOT within'} spread",
-        f"tree steps {tree_steps:g} vs grid steps {grid_steps:g}: ratio {tree_steps / grid_steps:.2f} -> "
-        f"{'at most' if tree_steps <= grid_steps / 2 else 'MORE than'} half",
-        f"tree Uni {tree:.3f} vs tuned full SFT {full:.3f} ({tree - full:+.3f}) and tuned LoRA {lora:.3f} ({tree - lora:+.3f})",
-    ])
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f}±{sd:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/toy.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="toy-world (base model) seeds")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per node (default: train.max_steps)")
-    parser.add_argument("--evals", type=int, default=2, help="evaluation points per node, evenly spaced")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="the learning-rate grid")
-    parser.add_argument("--eval-examples", type=int, default=None, help="examples per eval set (default: the config's)")
-    parser.add_argument("--cache", default="runs/tradeoff", help="folder of the node-result caches (one JSON file per seed)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--config", default="configs/toy.yaml", help="a toy-world config (configs/toy.yaml, configs/toy-hard.yaml)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="toy-world (base model) seeds")
+    parser.add_argument("--cache", default="runs/tradeoff", help="folder of the run caches (one JSON file per world)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 per process on a shared 2-core machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    steps = args.steps or config.train.max_steps
-    overrides = {"train.max_steps": steps, "train.epochs": 1000, "eval.every_n_steps": max(1, steps // args.evals),
-                 "eval.at_epoch_end": False, "data.max_eval_examples": args.eval_examples or config.data.max_eval_examples}
-    config = load_config(args.config, [f"{k}={v}" for k, v in overrides.items()])
-    if config.train.lr not in args.lrs:
-        parser.error(f"the lr grid must contain the default lr train.lr={config.train.lr:g} (the search runs at it)")
-    settings = {**overrides, "config": str(Path(args.config).resolve()), "lrs": args.lrs}
-    space = load_search_space(config.search.space)
-    s = config.search
-    policy = SelectionPolicy(s.beam_width, s.epsilon, s.min_gain, s.max_depth, s.max_trials)
-    print(f"[tradeoff] {steps} steps per node (batch {config.train.batch_size}), evaluation every "
-          f"{config.eval.every_n_steps} steps on {config.data.max_eval_examples} examples per set, lr grid "
-          f"{args.lrs}, default lr {config.train.lr:g}, {args.threads} threads, no Ray")
+    t = config.train
+    print(f"[tradeoff] {args.config}: {t.max_steps} steps per run (batch {t.batch_size}), evaluation every "
+          f"{config.eval.every_n_steps} steps on {config.data.max_eval_examples} examples per set; "
+          f"objective {config.search.objective}; learning rates {learning_rates(config).candidates}; "
+          f"{args.threads} thread(s); no Ray", flush=True)
     started = time.time()
-    per_seed = {}
+    per_world = {}
+    world = Path(config.model.path).parent.parent.name  # <toy worlds>/<world>/seed-<S>/model
     for seed in args.seeds:
-        bench = SeedBench(world_config(config, seed), seed, ResultCache(Path(args.cache) / f"seed-{seed}.json", settings))
-        per_seed[seed] = bench_seed(bench, space, policy, args.lrs, optuna_seed=config.seed)
-        print(f"\n== toy world seed {seed} (base model {bench.config.model.path})\n{seed_table(per_seed[seed])}\n", flush=True)
-    if len(per_seed) > 1:
-        print(f"== mean ± spread (half the range) over seeds {args.seeds}\n{summary_table(per_seed)}\n")
-        print(verdict(per_seed))
+        seeded = config_for_seed(config, seed)
+        name = f"{world} seed {seed}"
+        per_world[name] = bench_world(seeded, world, seed, Path(args.cache))
+        print(f"\n== {name} (base model {seeded.model.path})\n{world_table(per_world[name])}\n", flush=True)
+    if len(per_world) > 1:
+        print(f"== mean ± sd over {', '.join(per_world)}\n{summary_table(per_world)}\n")
+    print(verdict(per_world))
     print(f"\n[tradeoff] finished in {time.time() - started:.0f} s")
 
 

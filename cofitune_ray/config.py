@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from cofitune_ray.core.objective import Objective
+from cofitune_ray.core.settings import LearningRates, SelectionPolicy, SettingError, StopRules
 from cofitune_ray.training.prompt import PromptError, resolve_template
 
 
@@ -112,23 +114,25 @@ class WorkerScaling:
 
 @dataclass
 class SearchConfig:
-    """The tree search (see search_spaces/ and docs)."""
+    """The search: strategy, space, objective, learning rates, selection and stop rules (README, docs)."""
 
     strategy: str = "tree"  # tree | grid | optuna
     space: str = "search_spaces/cofitune.yaml"
+    objective: str = "spec_floor"  # spec_floor (qualify at the speciality floor, then most Vers) | uni
+    spec_floor: float = 0.9  # share of full SFT's speciality gain a node needs to qualify
+    lr_candidates: list[float] | None = None  # one run per value for each node; null: 3 over a decade around train.lr
+    lr_keep: int = 1  # runs of a node kept at its first evaluation point; the others are stopped there
     beam_width: int = 1
     epsilon: float = 0.0
     min_gain: float = 0.0
     max_depth: int | None = None
-    max_trials: int | None = None
+    max_trials: int | None = None  # Tune trials (each learning-rate run of a node is one), references included
     max_concurrent_trials: int = 1
     max_failures: int = 1
-    vers_margin: float | None = 0.1
-    uni_margin: float | None = None
-    min_evals: int = 1
-    tune_lr_trials: int = 0  # Optuna trials per tuned node (the winners and full SFT); 0 = off
-    tune_lr_min: float = 1e-5
-    tune_lr_max: float = 1e-3
+    vers_margin: float | None = 0.1  # stop a run this far below the incumbent's Vers while its Spec is not higher
+    prune_after: float | None = 0.5  # from this share of its steps, stop a run that projects below the floor
+    uni_margin: float | None = None  # (objective uni) stop a run this far below the incumbent's Uni
+    min_evals: int = 1  # evaluation points before the vers and uni rules judge a run
 
 
 @dataclass
@@ -385,15 +389,37 @@ def validate(config: Config) -> None:
     need(sc.gpus_per_worker > 0, "scaling.gpus_per_worker", "must be positive")
     need(sc.trial_cpus > 0, "scaling.trial_cpus", "must be positive")
     s = config.search
-    need(s.beam_width >= 1, "search.beam_width", "must be at least 1")
-    need(s.epsilon >= 0, "search.epsilon", "must be >= 0")
-    need(s.max_depth is None or s.max_depth >= 1, "search.max_depth", "must be at least 1 or null")
-    need(s.max_trials is None or s.max_trials >= 1, "search.max_trials", "must be at least 1 or null")
     need(s.max_concurrent_trials >= 1, "search.max_concurrent_trials", "must be at least 1")
     need(s.max_failures >= 0, "search.max_failures", "must be >= 0")
-    need(s.min_evals >= 1, "search.min_evals", "must be at least 1")
-    need(s.tune_lr_trials >= 0, "search.tune_lr_trials", "must be >= 0")
-    need(0 < s.tune_lr_min < s.tune_lr_max, "search.tune_lr_min", "need 0 < tune_lr_min < tune_lr_max")
+    for build in (selection_policy, objective, learning_rates, stop_rules):
+        try:
+            build(config)
+        except SettingError as exc:
+            errors.append(f"{src}: search.{exc.field}: {exc.message}")
     need(bool(config.name) and "/" not in config.name, "name", "must be a non-empty name without '/'")
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def selection_policy(config: Config) -> SelectionPolicy:
+    """The tree's selection policy from the `search:` section."""
+    s = config.search
+    return SelectionPolicy(s.beam_width, s.epsilon, s.min_gain, s.max_depth, s.max_trials)
+
+
+def objective(config: Config) -> Objective:
+    """The search objective from the `search:` section."""
+    return Objective(config.search.objective, config.search.spec_floor)
+
+
+def learning_rates(config: Config) -> LearningRates:
+    """The learning rates every node runs at: `search.lr_candidates`, else three over a decade around `train.lr`."""
+    candidates = config.search.lr_candidates
+    rates = tuple(candidates) if candidates is not None else LearningRates.around(config.train.lr)
+    return LearningRates(rates, config.search.lr_keep)
+
+
+def stop_rules(config: Config) -> StopRules:
+    """The scheduler's stop rules from the `search:` section."""
+    s = config.search
+    return StopRules(s.vers_margin, s.prune_after, s.uni_margin, s.min_evals)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cofitune_ray.config import Config
+from cofitune_ray.config import Config, objective
 from cofitune_ray.training.data import DataError, read_jsonl
 from cofitune_ray.training.evaluate import EvalSet
 from cofitune_ray.training.importance_job import importance_data
@@ -57,6 +57,10 @@ def preflight(config: Config) -> Preflight:
     except (ModelError, OSError) as exc:
         raise PreflightError(str(exc)) from None
     problems = []
+    if objective(config).needs_full_sft and not any(r.kind == "full" for r in space.references):
+        problems.append(f"search.objective: spec_floor measures speciality against full SFT, but the search space "
+                        f"{config.search.space} has no 'full' reference; add `full` to its references or set "
+                        f"search.objective: uni")
     for spec in space.reachable_nodes():
         try:
             spec.layer_indices(arch.num_layers)

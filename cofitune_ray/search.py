@@ -21,19 +21,28 @@ import ray
 import yaml
 from ray import tune
 
-from cofitune_ray.config import PROJECT_ROOT, Config, ConfigError, load_config
+from cofitune_ray.config import (
+    PROJECT_ROOT,
+    Config,
+    ConfigError,
+    learning_rates,
+    load_config,
+    objective,
+    selection_policy,
+    stop_rules,
+)
+from cofitune_ray.core.node import BASE_PART
+from cofitune_ray.core.optuna_order import OptunaOrder
+from cofitune_ray.core.space import SearchSpace
+from cofitune_ray.core.tree import SearchTree
+from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
+from cofitune_ray.preflight import Preflight, PreflightError, preflight
 from cofitune_ray.training.data import DataError
 from cofitune_ray.training.importance_job import ensure_importance
-from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.training.runner import run_node
-from cofitune_ray.tuning.optuna_searcher import LearningRateTuner, OptunaNodeSearcher, candidate_space
-from cofitune_ray.preflight import Preflight, PreflightError, preflight
 from cofitune_ray.tuning.progress import SearchProgress
-from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
-from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
-from cofitune_ray.core.space import SearchSpace
+from cofitune_ray.tuning.scheduler import PromisingChildScheduler
 from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
-from cofitune_ray.core.tree import SelectionPolicy
 from cofitune_ray.tuning.trial import RunContext, node_trial
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
@@ -105,22 +114,15 @@ def base_result(config: Config, run_dir: Path) -> dict:
 
 
 def make_searcher(config: Config, space: SearchSpace) -> TreeSearcher:
-    """The search algorithm the config asks for, over the nodes `space` can reach, then lr tuning.
+    """The search algorithm the config asks for, over the nodes `space` can reach.
 
     tree: the space's levels; grid: every reachable node, flat; optuna: Optuna picks among them.
+    Every node runs once per learning rate (`search.lr_candidates`) and is ranked by `search.objective`.
     """
-    s = config.search
-    policy = SelectionPolicy(s.beam_width, s.epsilon, s.min_gain, s.max_depth, s.max_trials)
-    if s.strategy == "optuna":
-        searcher = OptunaNodeSearcher(space, s.max_trials, seed=config.seed)
-    elif s.strategy == "grid":
-        searcher = TreeSearcher(candidate_space(space), policy)
-    else:
-        searcher = TreeSearcher(space, policy)
-    if s.tune_lr_trials:
-        searcher = LearningRateTuner(searcher, s.tune_lr_trials, s.tune_lr_min, s.tune_lr_max, beam=s.beam_width,
-                                     default_lr=config.train.lr, seed=config.seed)
-    return searcher
+    tree_space = space if config.search.strategy == "tree" else space.as_grid()
+    tree = SearchTree(tree_space, selection_policy(config), objective(config), learning_rates(config))
+    order = OptunaOrder(seed=config.seed) if config.search.strategy == "optuna" else None
+    return TreeSearcher(tree, order)
 
 
 def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
@@ -132,7 +134,7 @@ def make_tuner(config: Config, checked: Preflight, run_dir: Path, context: RunCo
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
     searcher = make_searcher(config, checked.space)
     s = config.search
-    scheduler = PromisingChildScheduler(searcher, StopRules(s.vers_margin, s.uni_margin, s.min_evals))
+    scheduler = PromisingChildScheduler(searcher, stop_rules(config))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,

@@ -1,20 +1,25 @@
-"""A fixed score table for search tests: (Spec, Vers) per node key; Uni is their mean.
+"""Fixed score tables for search tests, and an executor that plays them back as runs.
 
-The values follow the paper's story on the `search_spaces/cofitune.yaml` tree: middle-plus wins
-level 1, (25%, 50%] level 2, FFN level 3, up+down level 4, and soft-mask on the fine level.
+`PAPER_SCORES` follows the paper's story on the `search_spaces/cofitune.yaml` tree under the `uni`
+objective: middle-plus wins level 1, (25%, 50%] level 2, FFN level 3, up+down level 4, and
+soft-mask on the fine level. `table_results` turns a table entry into the results one learning-rate
+run reports; `TableExecutor` serves them to `core.drive.drive`, and the Ray tests' trainable
+reports the same results to Tune, so both paths see identical runs.
 """
 
 from cofitune_ray.core.node import ATTENTION_MODULES, FFN_MODULES, ModelPart
 
+STEPS_PER_EVAL = 10
+
 
 def key(lo: float, hi: float, modules=None, softmask: bool = False) -> str:
-    spec = ModelPart(layer_range=(lo, hi), softmask=softmask, **({"modules": modules} if modules else {}))
-    return spec.key()
+    part = ModelPart(layer_range=(lo, hi), softmask=softmask, **({"modules": modules} if modules else {}))
+    return part.key()
 
 
 UP_DOWN = ("up_proj", "down_proj")
 
-#: node key -> (spec, vers)
+#: node key -> (spec, vers) at the node's best learning rate
 PAPER_SCORES = {
     "base": (0.10, 0.70),
     "full|mask=off": (0.90, 0.30),
@@ -40,21 +45,59 @@ PAPER_PATH_BEAM_1 = [
 ]
 
 
-def trained_params(spec: ModelPart) -> int:
+def trained_params(part: ModelPart) -> int:
     """A stand-in parameter count: proportional to the layers and modules trained."""
-    if spec.kind == "base":
+    if part.kind == "base":
         return 0
-    lo, hi = spec.layer_range if spec.kind == "partial" else (0.0, 1.0)
-    return round(1000 * (hi - lo) * len(spec.modules))
+    lo, hi = part.layer_range if part.kind == "partial" else (0.0, 1.0)
+    return round(1000 * (hi - lo) * len(part.modules))
 
 
-def evaluation_points(spec: ModelPart, table: dict, num_evals: int = 1, default=None) -> list[dict]:
-    """The results one trial reports: Spec, Vers and Uni rise to the table's values at the last point."""
-    spec_value, vers_value = table.get(spec.key(), default) if default else table[spec.key()]
-    points = []
-    for i in range(1, num_evals + 1):
-        lag = 0.02 * (num_evals - i)
-        s, v = spec_value - lag, vers_value - lag
-        points.append({"eval_index": i, "spec": s, "vers": v, "uni": (s + v) / 2, "trained_params": trained_params(spec)})
-    points[-1].update(final=True, best_spec=spec_value, best_vers=vers_value, best_uni=(spec_value + vers_value) / 2)
-    return points
+def lr_effect(lr: float | None, best_lr: float) -> tuple[float, float]:
+    """(spec, vers) offsets of a run at `lr` against the table's values at `best_lr`.
+
+    A lower rate learns less and forgets less; a higher one learns as much and forgets more.
+    """
+    if lr is None or lr == best_lr:
+        return 0.0, 0.0
+    return (-0.20, +0.05) if lr < best_lr else (0.0, -0.15)
+
+
+def table_results(part: ModelPart, lr: float | None, table: dict, num_evals: int = 2, default=None,
+                  best_lr: float = 1e-4) -> list[dict]:
+    """The results of one run: evaluation points rising to the table's values at the last one, then a final result.
+
+    Spec climbs by 0.1 per remaining point and Vers falls by 0.02 per point, so earlier points have
+    more Vers and less Spec, as in real runs.
+    """
+    spec_value, vers_value = table.get(part.key(), default) if default else table[part.key()]
+    d_spec, d_vers = lr_effect(lr, best_lr) if part.trains else (0.0, 0.0)
+    evals = num_evals if part.trains else 1
+    total = STEPS_PER_EVAL * evals if part.trains else 0
+    results = []
+    for i in range(1, evals + 1):
+        lag = evals - i
+        s = round(spec_value + d_spec - 0.1 * lag, 6)
+        v = round(vers_value + d_vers + 0.02 * lag, 6)
+        results.append({"eval_index": i, "spec": s, "vers": v, "uni": (s + v) / 2, "step": STEPS_PER_EVAL * i if part.trains else 0,
+                        "total_steps": total, "trained_params": trained_params(part),
+                        "checkpoint": f"ckpt/{part.key()}/{lr}/{i}" if part.trains else None})
+    results.append({"final": True, "train_steps": total, "total_steps": total, "wall_time_s": float(evals),
+                    "trained_params": trained_params(part)})
+    return results
+
+
+class TableExecutor:
+    """Plays table results back as runs (`core.drive.Executor`); records which runs started and how far they got."""
+
+    def __init__(self, table: dict, num_evals: int = 2, default=None, best_lr: float = 1e-4):
+        self.table, self.num_evals, self.default, self.best_lr = table, num_evals, default, best_lr
+        self.started: list[str] = []
+        self.consumed: dict[str, int] = {}
+
+    def run(self, node, run):
+        self.started.append(run.id)
+        self.consumed[run.id] = 0
+        for result in table_results(node.part, run.lr, self.table, self.num_evals, self.default, self.best_lr):
+            self.consumed[run.id] += 1
+            yield result

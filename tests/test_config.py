@@ -109,3 +109,25 @@ def test_sharding_strategy_and_activation_checkpointing(tmp_path):
         load_config(path, ["scaling.strategy=zero3"])
     with pytest.raises(ConfigError, match="train.activation_checkpointing: expected true or false, got 'yes please'"):
         load_config(path, ["train.activation_checkpointing=yes please"])
+
+
+def test_search_settings_default_to_the_speciality_floor_and_three_learning_rates_around_train_lr(tmp_path):
+    from cofitune_ray.config import learning_rates, objective, stop_rules
+
+    config = load_config(_write(tmp_path, MINIMAL + "train:\n  lr: 1e-4\n"))
+    assert objective(config).name == "spec_floor" and objective(config).spec_floor == 0.9
+    assert learning_rates(config).candidates == (3.16e-5, 1e-4, 3.16e-4) and learning_rates(config).keep == 1
+    assert stop_rules(config).prune_after == 0.5
+    explicit = load_config(_write(tmp_path, MINIMAL), ["search.lr_candidates=[1e-4]", "search.objective=uni"])
+    assert learning_rates(explicit).candidates == (1e-4,) and objective(explicit).name == "uni"
+
+
+def test_search_settings_are_checked_once_and_named_by_key(tmp_path):
+    path = _write(tmp_path, MINIMAL + "search:\n  spec_floor: 1.5\n  lr_candidates: []\n  lr_keep: 0\n"
+                                      "  max_depth: 0\n  prune_after: 2\n  objective: best\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    for message in ("search.objective: 'best' is not one of spec_floor, uni", "search.max_depth: must be at least 1 or null",
+                    "search.lr_candidates: needs at least one learning rate", "search.prune_after: must be in (0, 1] or null"):
+        assert f"{path}: {message}" in text

@@ -39,7 +39,7 @@ def trained(ray_cluster, world, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
     config = _config(world, workers=2)
     importance, computed = ensure_importance(config, storage)
-    result = run_node(config, NODE, "node-a", storage, importance=importance)
+    result = run_node(config, NODE, "node-a", storage, lr=2e-3, importance=importance)
     return config, storage, importance, computed, result
 
 
@@ -55,21 +55,27 @@ def test_importance_from_one_and_two_workers_agree(trained, world, tmp_path):
 
 
 def test_node_trains_only_its_parameters_on_both_ranks(trained, world):
-    config, _, _, _, result = trained
-    assert [h["step"] for h in result.history] == [2, 4]
+    config, storage, _, _, result = trained
+    assert [h["step"] for h in result.history] == [2, 4] and [h["eval_index"] for h in result.history] == [1, 2]
+    assert result.lr == 2e-3 and result.total_steps == 4 and all(h["total_steps"] == 4 for h in result.history)
     assert result.train_steps == 4 and result.trained_params == 1 * 2 * 48 * 32  # layer 1 of 4: up and down
     assert all(h["rank_checksum_spread"] == 0.0 for h in result.history)  # DDP ranks identical
-    assert result.metrics["uni"] == max(h["uni"] for h in result.history)  # best checkpoint kept by Uni
-    delta = read_delta(result.checkpoint)
-    assert sorted(delta) == sorted(f"model.layers.{i}.mlp.{m}.weight" for i in (1,) for m in ("up_proj", "down_proj"))
+    # every evaluation point's delta checkpoint, in the run's points/ folder
+    assert [h["checkpoint"] for h in result.history] == [str(storage / "node-a" / "points" / f"eval-{k}") for k in (1, 2)]
+    for point in result.history:
+        delta = read_delta(point["checkpoint"])
+        assert sorted(delta) == sorted(f"model.layers.{i}.mlp.{m}.weight" for i in (1,) for m in ("up_proj", "down_proj"))
+    first, last = (read_delta(h["checkpoint"]) for h in result.history)
+    assert not torch.equal(first["model.layers.1.mlp.up_proj.weight"], last["model.layers.1.mlp.up_proj.weight"])
 
 
 def test_merged_model_reproduces_the_trained_model(trained, tmp_path):
     config, _, _, _, result = trained
-    out = export_merged(config.model.path, result.checkpoint, tmp_path / "merged")  # verifies the fingerprint
+    checkpoint = result.history[-1]["checkpoint"]
+    out = export_merged(config.model.path, checkpoint, tmp_path / "merged")  # verifies the fingerprint
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = load_model(config.model.path)
-    delta = read_delta(result.checkpoint)
+    delta = read_delta(checkpoint)
     for name, value in merged.state_dict().items():
         expected = delta.get(name, base.state_dict()[name])
         assert torch.equal(value, expected), name
@@ -78,14 +84,17 @@ def test_merged_model_reproduces_the_trained_model(trained, tmp_path):
 
 def test_merge_into_a_different_base_is_refused(trained, tmp_path):
     config, _, _, _, result = trained
+    checkpoint = result.history[0]["checkpoint"]
     other = make_model(tmp_path / "other", layers=4, seed=123)
-    merge_delta(other, result.checkpoint)
+    merge_delta(other, checkpoint)
     with pytest.raises(MergeError, match="frozen_sum"):
-        export_merged(str(tmp_path / "other"), result.checkpoint, tmp_path / "out", tokenizer_path=config.model.path)
+        export_merged(str(tmp_path / "other"), checkpoint, tmp_path / "out", tokenizer_path=config.model.path)
 
 
 def test_base_node_is_evaluated_not_trained(trained, ray_cluster):
     config, storage, _, _, _ = trained
-    result = run_node(config, ModelPart(kind="base"), "base", storage)
-    assert result.trained_params == 0 and result.train_steps == 0 and set(read_delta(result.checkpoint)) == set()
-    assert 0.0 <= result.metrics["spec"] <= 1.0 and 0.0 <= result.metrics["vers"] <= 1.0
+    result = run_node(config, ModelPart(kind="base"), "base", storage, lr=1e-3)
+    assert result.trained_params == 0 and result.train_steps == 0 and result.lr is None
+    (point,) = result.history
+    assert point["checkpoint"] is None and not (storage / "base" / "points").exists()
+    assert 0.0 <= point["spec"] <= 1.0 and 0.0 <= point["vers"] <= 1.0

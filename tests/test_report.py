@@ -1,4 +1,4 @@
-"""The end-of-search report, from a tree driven by the fixed score table (no Ray)."""
+"""The end-of-search report, from trees driven in-process by fixed score tables (no Ray)."""
 
 import json
 import re
@@ -7,55 +7,60 @@ from pathlib import Path
 
 import pytest
 
-from cofitune_ray.outputs.report import NODE_TABLE_HEADERS, fmt_score, write_report
+from cofitune_ray.core.drive import drive
+from cofitune_ray.core.node import ATTENTION_MODULES, FFN_MODULES
+from cofitune_ray.core.objective import Objective
+from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.core.tree import SearchTree, SelectionPolicy
-from score_table import PAPER_SCORES, UP_DOWN, evaluation_points, key
+from cofitune_ray.core.tree import SearchTree
+from cofitune_ray.outputs.report import NODE_TABLE_HEADERS, fmt_score, verdict, write_report
+from score_table import UP_DOWN, TableExecutor, key
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-PRUNE_REASON = "vers 0.38 below best sibling's 0.48 by more than 0.05"
 FAIL_REASON = "RuntimeError: worker died"
-STEPS_PER_NODE, WALL_PER_NODE = 60, 12.5
+RULES = StopRules(vers_margin=None, prune_after=0.5)
+
+#: A story for spec_floor: full SFT reaches Spec 0.9 (gain 0.8 over the base model, floor 0.72),
+#: middle-plus qualifies, and each level finds a qualifying child with more Vers.
+FLOOR_SCORES = {
+    "base": (0.10, 0.70),
+    "full|mask=off": (0.90, 0.30),
+    key(0, 0.5): (0.60, 0.40),
+    key(0.25, 0.75): (0.85, 0.50),
+    key(0.5, 1): (0.50, 0.30),
+    key(0.25, 0.5): (0.84, 0.60),
+    key(0.5, 0.75): (0.60, 0.50),
+    key(0.25, 0.5, ATTENTION_MODULES): (0.55, 0.65),
+    key(0.25, 0.5, FFN_MODULES): (0.83, 0.65),
+    key(0.25, 0.5, UP_DOWN): (0.83, 0.72),
+    key(0.25, 0.5, UP_DOWN, softmask=True): (0.82, 0.80),
+}
 
 
-def finish(tree: SearchTree, node_id: str) -> None:
-    """Run one started node to its end: three evaluation points (with steps) and a cost."""
-    node = tree.node(node_id)
-    points = [{**p, "step": 20 * p["eval_index"]} for p in evaluation_points(node.part, PAPER_SCORES, num_evals=3)]
-    for point in points:
-        tree.record(node_id, point)
-    tree.complete(node_id, {**points[-1], "train_steps": STEPS_PER_NODE, "wall_time_s": WALL_PER_NODE})
+class FailingExecutor(TableExecutor):
+    """The table, except that the runs of the nodes in `failing` raise before their first point."""
+
+    def __init__(self, table, failing=(), **options):
+        super().__init__(table, **options)
+        self.failing = set(failing)
+
+    def run(self, node, run):
+        if node.part.key() in self.failing:
+            raise RuntimeError("worker died")
+        yield from super().run(node, run)
 
 
-def run_level(tree: SearchTree, special=None) -> None:
-    """Start every runnable node; `special` (node key -> callable(tree, id)) ends some nodes its own way."""
-    batch = tree.runnable()
-    for node in batch:
-        tree.start(node.id, f"trial-{node.id}")
-    for node in batch:
-        (special or {}).get(node.part.key(), finish)(tree, node.id)
-
-
-def prune(tree: SearchTree, node_id: str) -> None:
-    """One evaluation point, then the scheduler stops the trial with a reason."""
-    first = evaluation_points(tree.node(node_id).part, PAPER_SCORES, num_evals=2)[0]
-    tree.record(node_id, {**first, "step": 20})
-    tree.prune(node_id, PRUNE_REASON)
-    tree.complete(node_id, {"train_steps": 20, "wall_time_s": 4.0})
-
-
-def fail(tree: SearchTree, node_id: str) -> None:
-    tree.fail(node_id, FAIL_REASON)
-
-
-@pytest.fixture
-def searched_tree() -> SearchTree:
-    """The paper tree, beam 1, with bottom-plus pruned and top-plus failed at level 1."""
-    tree = SearchTree(load_search_space(SPACES / "cofitune.yaml"), SelectionPolicy())
-    special = {key(0, 0.5): prune, key(0.5, 1): fail}
-    while not tree.finished:
-        run_level(tree, special)
+def searched(table=FLOOR_SCORES, failing=(key(0.5, 1),), objective="spec_floor", **policy) -> SearchTree:
+    tree = SearchTree(load_search_space(SPACES / "cofitune.yaml"), SelectionPolicy(**policy), Objective(objective),
+                      LearningRates((1e-4, 3e-4)))
+    drive(tree, FailingExecutor(table, failing, num_evals=3), RULES)
     return tree
+
+
+@pytest.fixture(scope="module")
+def searched_tree() -> SearchTree:
+    """The paper tree under spec_floor at two learning rates: top-plus fails, some nodes are pruned."""
+    return searched()
 
 
 def parse_node_table(markdown: str) -> dict[str, list[str]]:
@@ -75,12 +80,21 @@ def assert_png(path: Path, min_kb: int) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def test_the_story_runs_as_intended(searched_tree):
+    tree = searched_tree
+    assert tree.end_reason == "search space exhausted"
+    assert tree.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
+    statuses = {n.part.key(): n.status for n in tree.nodes.values()}
+    assert statuses[key(0.5, 1)] == "failed" and statuses[key(0, 0.5)] == "pruned"
+    # every trained node's second learning rate lost at the first evaluation point (less Vers, same gain)
+    assert {r.status for n in tree.nodes.values() if n.part.trains and n.status != "failed" for r in n.runs[1:]} == {"stopped"}
+
+
 def test_report_files_and_images(searched_tree, tmp_path):
     paths = write_report(searched_tree, tmp_path / "run")
     assert set(paths) == {"markdown", "html", "pareto", "curves"}
     assert all(p.is_file() and p.parent == tmp_path / "run" for p in paths.values())
-    width, height = assert_png(paths["pareto"], min_kb=20)
-    assert (width, height) == (900, 720)
+    assert assert_png(paths["pareto"], min_kb=20) == (900, 720)
     width, height = assert_png(paths["curves"], min_kb=40)
     assert width > 1000 and height > 600  # 10 nodes with curves: 4 columns, 3 rows
     md = paths["markdown"].read_text()
@@ -95,22 +109,18 @@ def test_report_agrees_with_tree_json(searched_tree, tmp_path):
     data = json.loads(searched_tree.to_json())
     table = parse_node_table(paths["markdown"].read_text())
     assert {k: row[2] for k, row in table.items()} == {n["key"]: n["status"] for n in data["nodes"]}
-    statuses = sorted(n["status"] for n in data["nodes"])
-    assert statuses == ["failed"] + ["finished"] * 9 + ["pruned"]
     for node in data["nodes"]:
         row = table[node["key"]]
-        score = searched_tree.node(node["id"]).score()
         assert row[0] == node["id"]
-        assert row[5] == (fmt_score(score.uni) if score else "n/a")
-    # a report written later from tree.json alone says the same
+        assert row[5] == (fmt_score(node["score"]["uni"]) if node["score"] else "n/a")
+        assert row[8] == f"{node['cost']['train_steps']:,}" and row[9] == f"{node['cost']['steps_saved']:,}"
     restored = write_report(SearchTree.from_json(searched_tree.to_json()), tmp_path / "from_json")
     assert restored["markdown"].read_text() == paths["markdown"].read_text()
-    # the HTML page holds the same rows
     page = paths["html"].read_text()
     assert all(f"<td>{n['key']}</td><td>{n['status']}</td>" in page for n in data["nodes"])
 
 
-def test_tree_drawing_shows_every_node_with_status_and_reason(searched_tree, tmp_path):
+def test_tree_drawing_shows_every_node_with_status_reason_and_learning_rate(searched_tree, tmp_path):
     md = write_report(searched_tree, tmp_path)["markdown"].read_text()
     drawing = md.split("## Search tree", 1)[1].split("```")[1]
     lines = {line.split("── ", 1)[1].split(" ", 1)[0]: line for line in drawing.strip().splitlines()}
@@ -118,70 +128,74 @@ def test_tree_drawing_shows_every_node_with_status_and_reason(searched_tree, tmp
     by_key = {n.part.key(): n.id for n in searched_tree.nodes.values()}
     pruned, failed = lines[by_key[key(0, 0.5)]], lines[by_key[key(0.5, 1)]]
     assert pruned.startswith("├── n2 (0%, 50%] all modules |")
-    assert f"| Spec 0.580  Vers 0.380  Uni 0.480 | 3,500 params | pruned: {PRUNE_REASON}" in pruned
+    assert "| 3,500 params | pruned: cannot reach the speciality floor: best gain 0.400 after 67% of its steps" in pruned
     assert failed.endswith(f"| no score | n/a params | failed: {FAIL_REASON}")
     assert lines[by_key[key(0.25, 0.75)]].endswith("| 3,500 params | expanded (promising)")
-    assert lines[by_key[key(0.5, 0.75)]].endswith("finished, not expanded")
     winner = lines[by_key[key(0.25, 0.5, UP_DOWN, softmask=True)]]
-    assert "(25%, 50%] up+down soft-mask [winner] [Pareto] | Spec 0.760  Vers 0.800  Uni 0.780 | 500 params" in winner
+    assert "(25%, 50%] up+down soft-mask [winner] [Pareto] | Spec 0.820  Vers 0.800  Uni 0.810 at lr 0.0001 | 500 params" in winner
     assert winner.endswith("promising (no deeper level to expand)")
-    # depth 5 under middle-plus (n3) and (25%, 50%] (n5), which both have later siblings
-    assert winner.startswith("│   │           └── n10 ")
     assert lines["n0"].startswith("├── n0 base model |") and lines["n0"].endswith("| 0 params | reference")
 
 
 def test_summary_ranking_and_pareto(searched_tree, tmp_path):
     md = write_report(searched_tree, tmp_path)["markdown"].read_text()
-    # 11 trials: 9 finished with 60 steps and 12.5 s each, 1 pruned with 20 steps and 4 s
-    assert "- Nodes run: 11 (9 finished, 1 pruned, 1 failed); not expanded: 0" in md
-    assert "- Total train steps: 560; total node wall time: 1m 56s" in md
-    assert "- Search ended: search space exhausted" in md
+    costs = [n.cost() for n in searched_tree.nodes.values()]
+    assert "- Objective: spec_floor at spec_floor 0.9; learning rates 0.0001, 0.0003 (best 1 kept at the first evaluation point)" in md
+    assert "- Nodes run: 11 (7 finished, 3 pruned, 1 failed); not expanded: 0" in md
+    assert (f"- Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; train steps: {sum(c['train_steps'] for c in costs):,}; "
+            f"steps saved by early stops: {searched_tree.steps_saved():,};") in md
     ranking = md.split("## Ranking", 1)[1].split("## Pareto front", 1)[0]
     rows = [line for line in ranking.splitlines() if line.startswith("| ")][2:]
-    assert len(rows) == 9
-    assert rows[0] == "| 1 | n10 (25%, 50%] up+down soft-mask [winner] [Pareto] | 0.760 | 0.800 | 0.780 | 114.3% | 500 | 60 | 12.5 s |"
-    assert rows[-1].startswith("| 9 | n0 base model | 0.100 | 0.700 | 0.400 | 100.0% | 0 |")
+    assert rows[0].startswith("| 1 | n10 (25%, 50%] up+down soft-mask [winner] [Pareto] | 0.0001 | 0.820 | 0.800 | 0.810 | "
+                              "qualifies: 90% of full SFT's speciality gain, Vers 0.800 | 114.3% | 500 | 2 |")
+    assert rows[-1].startswith("| 10 | n0 base model | n/a | 0.100 | 0.700 | 0.400 | below the floor: 0% of full SFT's")
     front = md.split("## Pareto front", 1)[1].split("## Curves", 1)[0]
     names = [line.split(" | ")[0][2:] for line in front.splitlines() if line.startswith("| n")]
-    assert names == ["n1 full SFT", "n9 (25%, 50%] up+down", "n10 (25%, 50%] up+down soft-mask"]
+    assert names == ["n1 full SFT", "n3 (25%, 75%] all modules", "n5 (25%, 50%] all modules", "n9 (25%, 50%] up+down",
+                     "n10 (25%, 50%] up+down soft-mask"]  # FFN (0.83, 0.65) is dominated by up+down (0.83, 0.72)
 
 
-def test_verdict_numbers_come_from_the_tree(searched_tree, tmp_path):
-    md = write_report(searched_tree, tmp_path)["markdown"].read_text()
-    verdict = md.split("## Verdict", 1)[1].split("##", 1)[0].strip()
-    base, full, win = (searched_tree.node(i) for i in ("n0", "n1", "n10"))
-    assert searched_tree.best() is win
-    # the same numbers computed here from the tree's scores and parameter counts
-    kept, kept_full = win.score().vers / base.score().vers, full.score().vers / base.score().vers
-    assert (f"{100 * kept:.1f}", f"{100 * kept_full:.1f}") == ("114.3", "42.9")
-    assert f"{100 * win.score().spec / full.score().spec:.1f}" == "84.4"
-    assert f"{100 * win.trained_params / full.trained_params:.1f}" == "7.1"
-    assert verdict == (
-        "The winner, n10 (25%, 50%] up+down soft-mask, has Spec 0.760, Vers 0.800, Uni 0.780. "
-        "The winner keeps 114.3% of the base model's versatility vs 42.9% for full SFT, "
-        "reaches 84.4% of full SFT's speciality, training 500 parameters (7.1% of full SFT's). "
-        "Uni: winner 0.780, full SFT 0.600, base model 0.400."
+def test_verdict_for_a_trained_part():
+    tree = searched()
+    assert verdict(tree) == (
+        "The answer is n10 (25%, 50%] up+down soft-mask at lr 0.0001: qualifies: 90% of full SFT's speciality gain, "
+        "Vers 0.800. It keeps Vers 0.800 against full SFT's 0.300 (+0.500), 114.3% of the base model's versatility, "
+        "training 500 parameters (7.1% of full SFT's)."
     )
+
+
+def test_verdict_when_full_sft_is_the_answer():
+    table = {k: (min(s, 0.8), v) if k != "full|mask=off" else (s, v) for k, (s, v) in FLOOR_SCORES.items()}
+    tree = searched(table)
+    assert tree.best().part.kind == "full"
+    assert verdict(tree) == (
+        "The answer is full SFT at lr 0.0001 (qualifies: 100% of full SFT's speciality gain, Vers 0.300): "
+        "no trained part reached the speciality floor with more versatility. The closest trained part, "
+        "n5 (25%, 50%] all modules: below the floor: 88% of full SFT's speciality gain (needs 90%)."
+    )
+
+
+def test_verdict_when_nothing_gains_speciality():
+    table = {k: (0.10, v) for k, (_, v) in FLOOR_SCORES.items()}
+    tree = searched(table, failing=())
+    assert tree.best().part.kind == "base"
+    assert verdict(tree) == "The answer is the base model: no trained node gained speciality on the speciality set."
 
 
 def test_missing_full_sft_and_trial_budget(tmp_path):
-    tree = SearchTree(load_search_space(SPACES / "cofitune.yaml"), SelectionPolicy(max_trials=4))
-    run_level(tree, {"full|mask=off": fail})
-    run_level(tree)
-    assert tree.finished and [n.status for n in tree.at_depth(1)] == ["finished", "finished", "not_expanded"]
+    tree = searched(failing=("full|mask=off",), objective="uni", max_trials=5)  # base, 2 full SFT runs, 2 runs
+    assert tree.finished and [n.status for n in tree.at_depth(1)] == ["finished", "not_expanded", "not_expanded"]
     paths = write_report(tree, tmp_path)
     md = paths["markdown"].read_text()
-    verdict = md.split("## Verdict", 1)[1].split("##", 1)[0].strip()
-    assert verdict == (
-        "The winner, n3 (25%, 75%] all modules, has Spec 0.700, Vers 0.500, Uni 0.600. "
-        "The winner keeps 71.4% of the base model's versatility, training 3,500 parameters. "
-        "Uni: winner 0.600, base model 0.400. "
-        f"Not compared: the full SFT reference is failed ({FAIL_REASON})."
+    verdict_text = md.split("## Verdict", 1)[1].split("##", 1)[0].strip()
+    assert verdict_text == (
+        "The answer is n2 (0%, 50%] all modules at lr 0.0001: Uni 0.500. It keeps 57.1% of the base model's "
+        f"versatility, training 3,500 parameters. Not compared: the full SFT reference is failed ({FAIL_REASON})."
     )
     table = parse_node_table(md)
     assert table[key(0.5, 1)][2:6] == ["not_expanded", "n/a", "n/a", "n/a"]
-    assert table[key(0.5, 1)][9] == "not run (search ended: max_trials reached)"
-    assert "- Nodes run: 4 (3 finished, 0 pruned, 1 failed); not expanded: 1" in md
+    assert table[key(0.5, 1)][11] == "not run (search ended: max_trials reached)"
+    assert "- Nodes run: 3 (2 finished, 0 pruned, 1 failed); not expanded: 2" in md
     assert_png(paths["pareto"], min_kb=10)
 
 
@@ -191,18 +205,7 @@ def test_report_before_any_node_ran(tmp_path):
     md = paths["markdown"].read_text()
     assert md.startswith("# Nothing yet\n")
     assert "- Search still running" in md and "pending or running: 2" in md
-    assert "- Total train steps: n/a; total node wall time: n/a" in md
-    assert "No trained node has finished with a score, so there is no winner to compare yet." in md
+    assert "- Trials (learning-rate runs): 0; train steps: 0; steps saved by early stops: 0;" in md
+    assert "No node has ended with a score, so there is no answer yet." in md
     assert_png(paths["pareto"], min_kb=2)
     assert_png(paths["curves"], min_kb=2)
-
-
-def test_short_names():
-    assert tree_spec(key(0.25, 0.5, UP_DOWN, softmask=True)).describe() == "(25%, 50%] up+down soft-mask"
-    assert tree_spec("full|mask=off").describe() == "full SFT"
-
-
-def tree_spec(node_key: str):
-    """The ModelPart of a node key of the paper tree's reachable nodes."""
-    space = load_search_space(SPACES / "cofitune.yaml")
-    return next(s for s in space.reachable_nodes() if s.key() == node_key)

@@ -28,7 +28,7 @@ from cofitune_ray.core.tree import ENDED, SearchTree
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
-FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] node (n\d+) (?!base model|full SFT).* -> finished$")
+FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] (n\d+) (?!base model|full SFT).* -> finished\b")
 
 
 def cli(storage: Path, address: str, *extra: str) -> list[str]:
@@ -37,6 +37,7 @@ def cli(storage: Path, address: str, *extra: str) -> list[str]:
 
 
 def attempts(run_dir: Path) -> dict[str, int]:
+    """Training starts per run directory (`node-<run id>`)."""
     return {p.parent.name: len(p.read_text().splitlines()) for p in (run_dir / "nodes").glob(f"*/{ATTEMPTS_FILE}")}
 
 
@@ -69,13 +70,14 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
     after = attempts(run_dir)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for node_id in finished_before:
-        assert after[f"node-{node_id}"] == 1 == before[f"node-{node_id}"]
+        runs = [r for r in before if r.startswith(f"node-{node_id}-lr")]
+        assert runs and all(after[r] == 1 == before[r] for r in runs)
     assert all(n.status in ENDED for n in tree.nodes.values())
-    trained = [n for n in tree.nodes.values() if n.status == "finished" and n.part.trains]
-    assert trained and all(after[f"node-{n.id}"] in (1, 2) for n in trained)  # 2 only if it ran during the kill
-    # Tune ran each node once, across both drivers: no trial of a finished node was repeated.
-    trial_ids = [n.trial_id for n in tree.nodes.values() if n.trial_id]
-    assert len(trial_ids) == len(set(trial_ids)) == sum(n.status != "not_expanded" for n in tree.nodes.values())
+    started = [r for n in tree.nodes.values() if n.part.trains for r in n.runs if r.status != "not_expanded"]
+    assert started and all(after[f"node-{r.id}"] in (1, 2) for r in started)  # 2 only if it ran during the kill
+    # Tune ran each run once, across both drivers: no trial of a finished run was repeated.
+    trial_ids = [r.trial_id for n in tree.nodes.values() for r in n.runs if r.trial_id]
+    assert len(trial_ids) == len(set(trial_ids)) == len(started) + 1  # and the base model's
 
 
 def test_every_output_is_written(resumed_run):
@@ -85,12 +87,19 @@ def test_every_output_is_written(resumed_run):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
-    assert summary["best"]["id"] == tree.best().id and "Winner" in output
+    assert summary["best"]["id"] == tree.best().id and "Winner" in output and "Answer: " in output
     assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full"]
     assert len(tree.at_depth(1)) == 2 and {c.depth for c in tree.at_depth(2)} <= {2}
     for node in tree.nodes.values():
         if node.status == "finished":
-            assert node.history and node.final["train_steps"] >= 0 and node.trained_params is not None
+            assert tree.best_point(node) is not None and node.trained_params is not None
+            assert node.cost()["trials"] == len(node.runs)
+    # only each node's best point keeps its checkpoint once the search has ended
+    for node in tree.nodes.values():
+        kept = [path for run in node.runs for path in run.checkpoints.values()]
+        best = tree.best_point(node)
+        assert kept == ([best.checkpoint] if best and best.checkpoint else [])
+        assert all(Path(path, "delta.safetensors").is_file() for path in kept)
 
 
 def test_best_model_is_base_plus_delta(resumed_run):
@@ -100,7 +109,7 @@ def test_best_model_is_base_plus_delta(resumed_run):
     config = load_config(SMOKE)
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "best_model")
     base = load_model(config.model.path).state_dict()
-    delta = read_delta(best.checkpoint) if best.part.trains else {}
+    delta = read_delta(tree.best_point(best).checkpoint) if best.part.trains else {}
     for name, value in merged.state_dict().items():
         assert torch.equal(value, delta.get(name, base[name])), name
 

@@ -1,4 +1,7 @@
-"""TreeSearcher + PromisingChildScheduler on a real Ray cluster, with table-scored function trials."""
+"""TreeSearcher + PromisingChildScheduler on a real Ray cluster, with table-scored function trials.
+
+The same tables driven in-process (`core.drive.drive`, what the benchmark uses) must give the same tree.
+"""
 
 import sys
 from collections import Counter
@@ -9,12 +12,15 @@ import ray.cloudpickle
 from ray import tune
 
 import score_table
-from cofitune_ray.core.node import ATTENTION_MODULES
-from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
+from cofitune_ray.core.drive import drive
+from cofitune_ray.core.node import ATTENTION_MODULES, ModelPart
+from cofitune_ray.core.objective import Objective
+from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.core.tree import SearchTree
-from score_table import PAPER_PATH_BEAM_1, PAPER_SCORES, UP_DOWN, evaluation_points, key
+from cofitune_ray.tuning.scheduler import PromisingChildScheduler
+from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
+from score_table import PAPER_PATH_BEAM_1, PAPER_SCORES, UP_DOWN, TableExecutor, key, table_results
 
 pytestmark = pytest.mark.ray
 
@@ -25,44 +31,35 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 ATTENTION = key(0.25, 0.5, ATTENTION_MODULES)
 UP_DOWN_KEY = key(0.25, 0.5, UP_DOWN)
+RATES = LearningRates((1e-4, 3e-4))
+RULES = StopRules(vers_margin=0.1, prune_after=None)
+
+
+def paper_tree() -> SearchTree:
+    return SearchTree(load_search_space(SPACES / "cofitune.yaml"), SelectionPolicy(), Objective("uni"), RATES)
 
 
 def table_trainable(config, log_dir: str, always_fail=(), fail_once=()):
-    """Reports the table's two evaluation points; fails after the first where told to."""
-    from cofitune_ray.core.node import ModelPart
-
-    node_key = ModelPart.from_dict(config["part"]).key()
+    """Reports the table's results for the run; fails after the first point where told to."""
+    part = ModelPart.from_dict(config["part"])
     log = Path(log_dir) / "attempts.log"
     with log.open("a") as f:
-        f.write(node_key + "\n")
-    attempt = log.read_text().splitlines().count(node_key)
-    for point in evaluation_points(ModelPart.from_dict(config["part"]), PAPER_SCORES, num_evals=2):
-        tune.report(point)
-        if node_key in always_fail or (node_key in fail_once and attempt == 1):
-            raise RuntimeError(f"injected failure in {node_key}")
+        f.write(config["run_id"] + "\n")
+    attempt = log.read_text().splitlines().count(config["run_id"])
+    for result in table_results(part, config["lr"], PAPER_SCORES):
+        tune.report(result)
+        if part.key() in always_fail or (part.key() in fail_once and attempt == 1):
+            raise RuntimeError(f"injected failure in {part.key()}")
 
 
-def make_trainable(tmp_path, **failures):
-    return tune.with_parameters(table_trainable, log_dir=str(tmp_path), **failures)
-
-
-def make_tuner(tmp_path, trainable, callbacks=()):
-    searcher = TreeSearcher(load_search_space(SPACES / "cofitune.yaml"))
+def make_tuner(tmp_path, callbacks=(), **failures):
+    searcher = TreeSearcher(paper_tree())
     return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=PromisingChildScheduler(searcher, StopRules(vers_margin=0.1)),
-            num_samples=-1,
-            max_concurrent_trials=1,
-        ),
-        run_config=tune.RunConfig(
-            name="search",
-            storage_path=str(tmp_path / "storage"),
-            failure_config=tune.FailureConfig(max_failures=1),
-            callbacks=list(callbacks),
-            verbose=0,
-        ),
+        tune.with_parameters(table_trainable, log_dir=str(tmp_path), **failures),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=PromisingChildScheduler(searcher, RULES),
+                                    num_samples=-1, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="search", storage_path=str(tmp_path / "storage"),
+                                  failure_config=tune.FailureConfig(max_failures=1), callbacks=list(callbacks), verbose=0),
     )
 
 
@@ -70,31 +67,45 @@ def levels(tree: SearchTree) -> list[list[str]]:
     return [[n.part.key() for n in tree.at_depth(d) if n.status != "not_expanded"] for d in range(tree.depth + 1)]
 
 
+def view(tree: SearchTree) -> dict:
+    """Everything the search decided, without trial ids and timings."""
+    nodes = [(n.part.key(), n.status, n.stop_reason, n.promising,
+              [(r.id, r.status, r.stop_reason, r.history, r.train_steps) for r in n.runs]) for n in tree.nodes.values()]
+    return {"nodes": nodes, "best": tree.best().id, "end": tree.end_reason, "saved": tree.steps_saved()}
+
+
 def attempts(tmp_path) -> Counter:
     return Counter((tmp_path / "attempts.log").read_text().splitlines())
 
 
-def test_search_visits_the_tree_level_by_level_prunes_and_retries(ray_cluster, tmp_path):
-    trainable = make_trainable(tmp_path, always_fail=(ATTENTION,), fail_once=(UP_DOWN_KEY,))
-    results = make_tuner(tmp_path, trainable).fit()
+def test_learning_rate_halving_and_stop_rules_on_ray_give_the_in_process_tree(ray_cluster, tmp_path):
+    results = make_tuner(tmp_path).fit()
     tree = latest_saved_tree(tmp_path / "storage" / "search")
+    in_process = drive(paper_tree(), TableExecutor(PAPER_SCORES), RULES)
 
+    assert view(tree) == view(in_process)
     assert levels(tree) == PAPER_PATH_BEAM_1
-    assert tree.end_reason == "search space exhausted"
     assert tree.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
+    # 3e-4 runs after 1e-4 and loses at the first evaluation point (less Vers, same Spec) on every trained node;
+    # the vers rule prunes top-plus at its first point (Vers 0.32 against middle-plus's 0.50, Spec not higher).
+    runs = [r for n in tree.nodes.values() if n.part.trains for r in n.runs]
+    assert len(results) == 1 + 2 * 10 == len(runs) + 1
+    assert {r.status for r in runs if r.lr == 3e-4} == {"stopped"}
+    assert {n.part.key() for n in tree.nodes.values() if n.status == "pruned"} == {key(0.5, 1)}
+    assert tree.steps_saved() == 10 * 10 + 10
+
+
+def test_failed_runs_are_retried_then_recorded(ray_cluster, tmp_path):
+    make_tuner(tmp_path, always_fail=(ATTENTION,), fail_once=(UP_DOWN_KEY,)).fit()
+    tree = latest_saved_tree(tmp_path / "storage" / "search")
     status = {n.part.key(): n.status for n in tree.nodes.values()}
-    # Scheduler: vers at the first evaluation point is below middle-plus's by more than 0.1.
-    assert status[key(0.5, 1)] == status[key(0.5, 0.75)] == "pruned"
-    pruned = next(n for n in tree.nodes.values() if n.part.key() == key(0.5, 1))
-    assert pruned.stop_reason.startswith("vers 0.2800 is below the best finished node of its level (0.5000)")
-    assert status[ATTENTION] == "failed" and not tree.node(next(n.id for n in tree.nodes.values() if n.part.key() == ATTENTION)).children
-    assert status[UP_DOWN_KEY] == "finished"
-    assert sum(s == "finished" for s in status.values()) == 8
-    # One trial per node; the failing ones ran twice (max_failures=1), the pruned ones once.
-    assert len(results) == 11
+    assert status[ATTENTION] == "failed" and status[UP_DOWN_KEY] == "finished"
+    attention = next(n for n in tree.nodes.values() if n.part.key() == ATTENTION)
+    assert {r.status for r in attention.runs} == {"failed"} and not attention.children
     counts = attempts(tmp_path)
-    assert counts[ATTENTION] == counts[UP_DOWN_KEY] == 2
-    assert {k: c for k, c in counts.items() if k not in (ATTENTION, UP_DOWN_KEY)} == {k: 1 for level in PAPER_PATH_BEAM_1 for k in level if k not in (ATTENTION, UP_DOWN_KEY)}
+    up_down = next(n for n in tree.nodes.values() if n.part.key() == UP_DOWN_KEY)
+    assert [counts[r.id] for r in attention.runs] == [2, 2]  # max_failures=1: each run tried twice
+    assert counts[up_down.runs[0].id] == 2 and tree.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
 
 
 class InterruptOnce(tune.Callback):
@@ -109,23 +120,20 @@ class InterruptOnce(tune.Callback):
             raise RuntimeError("driver interrupted")
 
 
-def test_restore_continues_the_tree_without_rerunning_finished_nodes(ray_cluster, tmp_path, monkeypatch):
+def test_restore_continues_the_tree_without_rerunning_finished_runs(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # save experiment and searcher state every step
-    trainable = make_trainable(tmp_path)
-    interrupt = InterruptOnce(str(tmp_path / "interrupted"), after=4)
     with pytest.raises(RuntimeError, match="driver interrupted"):
-        make_tuner(tmp_path, trainable, [interrupt]).fit()
+        make_tuner(tmp_path, [InterruptOnce(str(tmp_path / "interrupted"), after=6)]).fit()
     experiment = tmp_path / "storage" / "search"
     before = latest_saved_tree(experiment)
-    finished_before = {n.part.key() for n in before.nodes.values() if n.status in ("finished", "pruned")}
-    assert len(finished_before) >= 4 and not before.finished
+    ended_before = {r.id for n in before.nodes.values() for r in n.runs if r.ended}
+    assert len(ended_before) >= 4 and not before.finished  # the state is saved each step, the last end may follow
 
+    trainable = tune.with_parameters(table_trainable, log_dir=str(tmp_path))
     tune.Tuner.restore(str(experiment), trainable).fit()
     after = latest_saved_tree(experiment)
 
-    assert levels(after) == PAPER_PATH_BEAM_1
-    assert after.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
+    assert view(after) == view(drive(paper_tree(), TableExecutor(PAPER_SCORES), RULES))
     counts = attempts(tmp_path)
-    assert all(counts[k] == 1 for k in finished_before)
-    assert set(counts) == {k for level in PAPER_PATH_BEAM_1 for k in level}
+    assert all(counts[r] == 1 for r in ended_before)
     assert sum(counts.values()) <= len(counts) + 1  # at most the trial in flight at the interrupt ran twice

@@ -10,7 +10,7 @@ from cofitune_ray.config import config_from_dict
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.softmask import Importance, SoftMask
-from cofitune_ray.training.worker import run_training
+from cofitune_ray.training.worker import training_points
 from tiny import make_world
 
 NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
@@ -34,8 +34,9 @@ def _train(world, node, mode=None, importance=None, **train):
         original = softmask.before_step
         softmask.before_step = lambda: (calls.append(1), original())[1]
     reports = []
-    run_training(config, node, model, load_tokenizer(config.model.path), softmask,
-                 lambda m, step, epoch, loss: reports.append((step, epoch, loss)), 0, 1, torch.device("cpu"))
+    for step, epoch, loss, _ in training_points(config, node.lr or config.train.lr, model,
+                                                load_tokenizer(config.model.path), softmask, 0, 1, torch.device("cpu")):
+        reports.append((step, epoch, loss))
     return model, reports, len(calls)
 
 

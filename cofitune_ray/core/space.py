@@ -153,6 +153,24 @@ class SearchSpace:
             return None, list(self.grid_nodes)
         return self.expand(self.root, -1)
 
+    def as_grid(self) -> "SearchSpace":
+        """A grid space of every node this space can reach, with the same references (grid and Optuna searches)."""
+        if self.strategy == "grid":
+            return self
+        names = {part.key(): name for name, part in REFERENCE_NODES.items()}
+        grid = [
+            {
+                **({"layer_ranges": [list(n.layer_range)]} if n.layers is None else {"layers": [list(n.layers)]}),
+                "modules": [list(n.modules)],
+                "softmask": [n.softmask],
+                "lr": [n.lr],
+            }
+            for n in self.reachable_nodes()
+            if n not in self.references
+        ]
+        data = {"strategy": "grid", "references": [names[r.key()] for r in self.references], "grid": grid}
+        return parse_search_space(data, source=f"{self.source} (every reachable node)")
+
     def reachable_nodes(self) -> list[ModelPart]:
         """Every node some branch of the search could train, references first, without duplicates."""
         seen: dict[str, ModelPart] = {n.key(): n for n in self.references}

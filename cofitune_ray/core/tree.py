@@ -1,4 +1,4 @@
-"""The CoFiTune search tree: nodes, level-by-level expansion, selection, ranking, Pareto front.
+"""The CoFiTune search tree: nodes and their learning-rate runs, expansion, selection, ranking, Pareto front.
 
 Pure Python (no Ray, no torch). The tree advances one level at a time:
   level 0  the references (base model, full SFT) of the search space;
@@ -6,11 +6,18 @@ Pure Python (no Ray, no torch). The tree advances one level at a time:
   level d  the children of the promising nodes of level d-1, made by the space's next rule.
 A level is expanded once every node of the level above has ended (finished, pruned, failed).
 
-Promising nodes of a level (`SelectionPolicy`): finished nodes that beat their parent's Uni by more
-than `min_gain` (level-1 nodes have no trained parent, so they all qualify); of these, the best
-`beam_width` by Uni (ties: fewer trained parameters) plus any within `epsilon` of the best.
-The search ends when no node is promising, no rule applies, `max_depth` is reached, or
-`max_trials` trials have started.
+Runs. A trained node without its own `lr` is run once per candidate learning rate
+(`LearningRates`), each run one Tune trial; the base model has one run (evaluation only). The runs
+of a node are compared at their first evaluation point (the *rung*): the best `keep` of them by the
+objective are the node's *kept* runs, the scheduler stops the others there (core/rules.py). A node's
+score is the best evaluation point of its kept runs under the objective (core/objective.py); the
+objective compares gains with the reference: the base model's Spec and the best Spec full SFT reached.
+
+Promising nodes of a level (`SelectionPolicy`): nodes that beat their parent under the objective by
+more than `min_gain` (level-1 nodes have no trained parent) and, under spec_floor, qualify, or gain
+speciality while no trained node qualifies yet; of these the best `beam_width` (ties: fewer trained
+parameters), plus any within `epsilon` of the best. The search ends when no node is promising, no rule
+applies, `max_depth` is reached, or `max_trials` trials have started.
 """
 
 from __future__ import annotations
@@ -20,85 +27,92 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.objective import Objective, Reference, Score, reference_from
+from cofitune_ray.core.settings import LearningRates, SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, parse_search_space
 
-#: pending: waiting to run; running; finished: ran to the end; pruned: stopped early by the
-#: scheduler (see stop_reason); failed: errored after Tune's retries; not_expanded: never run
+#: pending: waiting to run; running; finished: ran to the end; pruned: its best kept run was stopped
+#: by a stop rule (see stop_reason); failed: no kept run produced a score; not_expanded: never run
 #: because the search ended (trial budget) first.
 STATUSES = ("pending", "running", "finished", "pruned", "failed", "not_expanded")
 ENDED = ("finished", "pruned", "failed", "not_expanded")
+#: A run's status: like a node's, plus stopped (lost the learning-rate comparison at the rung).
+RUN_STATUSES = ("pending", "running", "finished", "stopped", "pruned", "failed", "not_expanded")
+RUN_ENDED = ("finished", "stopped", "pruned", "failed", "not_expanded")
 
-#: Keys of one evaluation point kept in a node's history (the metric contract in docs/architecture.md).
+#: Keys of one evaluation point kept in a run's history (the metric contract in docs/architecture.md).
 EVAL_KEYS = ("eval_index", "spec", "vers", "uni", "spec_rel", "vers_rel", "step", "epoch", "train_loss")
-#: Keys of a trial's last result kept as the node's final metrics.
-FINAL_KEYS = ("best_spec", "best_vers", "best_uni", "checkpoint", "train_steps", "wall_time_s")
+#: The evaluation point at which the runs of a node are compared.
+RUNG = 1
 
 
 @dataclass
-class SelectionPolicy:
-    """How many children the tree keeps at each level, and when it stops (the `search:` config)."""
+class Run:
+    """One learning-rate run of a node (one Tune trial) and what it produced.
 
-    beam_width: int = 1
-    epsilon: float = 0.0
-    min_gain: float = 0.0
-    max_depth: int | None = None
-    max_trials: int | None = None
+    history: one dict per evaluation point (EVAL_KEYS, plus `set_scores`: each eval set's score).
+    checkpoints: eval_index (as text) -> the delta checkpoint directory of that point (until deleted).
+    total_steps: the optimizer steps the run was planned for; train_steps: the steps it trained.
+    """
 
-    def __post_init__(self) -> None:
-        if self.beam_width < 1:
-            raise ValueError(f"beam_width {self.beam_width} must be at least 1")
-        if self.epsilon < 0:
-            raise ValueError(f"epsilon {self.epsilon} must not be negative")
-        if self.max_depth is not None and self.max_depth < 0:
-            raise ValueError(f"max_depth {self.max_depth} must not be negative")
-        if self.max_trials is not None and self.max_trials < 1:
-            raise ValueError(f"max_trials {self.max_trials} must be at least 1")
+    id: str
+    lr: float | None
+    status: str = "pending"
+    stop_reason: str | None = None
+    trial_id: str | None = None
+    history: list[dict] = field(default_factory=list)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    total_steps: int | None = None
+    train_steps: int = 0
+    wall_time_s: float = 0.0
 
+    @property
+    def ended(self) -> bool:
+        return self.status in RUN_ENDED
 
-@dataclass(frozen=True)
-class Score:
-    """A node's Spec, Vers and Uni at its best evaluation point."""
+    def rung_point(self) -> dict | None:
+        """The evaluation point the runs of a node are compared at, once reported."""
+        return next((p for p in self.history if p["eval_index"] == RUNG), None)
 
-    spec: float
-    vers: float
-    uni: float
+    def steps_saved(self) -> int:
+        """Planned steps this run did not train because it was stopped early."""
+        if self.status not in ("stopped", "pruned") or self.total_steps is None:
+            return 0
+        return max(0, self.total_steps - self.train_steps)
 
 
 @dataclass
 class TreeNode:
-    """One node of the search and everything its trial produced."""
+    """One node of the search (a part of the model to train) and its runs."""
 
     id: str
     part: ModelPart
     parent: str | None
     depth: int
     level: int | None  # index of the space level whose rule made it; None for references and grid nodes
+    runs: list[Run] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
     status: str = "pending"
-    stop_reason: str | None = None  # why the scheduler pruned it, or the error that failed it
-    trial_id: str | None = None
-    history: list[dict] = field(default_factory=list)  # metrics at each evaluation point
-    final: dict = field(default_factory=dict)
+    stop_reason: str | None = None  # why the node was pruned or failed
     trained_params: int | None = None
-    checkpoint: str | None = None
     promising: bool = False  # selected at its level (and expanded, where a later rule applies)
 
     @property
     def is_reference(self) -> bool:
         return self.depth == 0
 
-    def score(self) -> Score | None:
-        """The best evaluation point: the trial's own best_* if reported, else the best in history."""
-        if "best_uni" in self.final:
-            return Score(self.final["best_spec"], self.final["best_vers"], self.final["best_uni"])
-        points = [p for p in self.history if "uni" in p]
-        if not points:
-            return None
-        best = max(points, key=lambda p: p["uni"])
-        return Score(best.get("spec", math.nan), best.get("vers", math.nan), best["uni"])
+    def run(self, run_id: str) -> Run:
+        return next(r for r in self.runs if r.id == run_id)
 
     def cost(self) -> dict:
-        return {k: self.final[k] for k in ("train_steps", "wall_time_s") if k in self.final}
+        """Every run counts: trials started, optimizer steps trained, steps saved by early stops, wall time."""
+        started = [r for r in self.runs if r.status not in ("pending", "not_expanded")]
+        return {
+            "trials": len(started),
+            "train_steps": sum(r.train_steps for r in started),
+            "steps_saved": sum(r.steps_saved() for r in started),
+            "wall_time_s": sum(r.wall_time_s for r in started),
+        }
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -109,16 +123,33 @@ class TreeNode:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TreeNode":
-        data = {k: v for k, v in data.items() if k not in ("key", "cost")}
-        return cls(**{**data, "part": ModelPart.from_dict(data["part"])})
+        data = {k: v for k, v in data.items() if k not in ("key", "cost", "score")}
+        runs = [Run(**r) for r in data.pop("runs")]
+        return cls(**{**data, "part": ModelPart.from_dict(data["part"]), "runs": runs})
+
+
+@dataclass(frozen=True)
+class BestPoint:
+    """A node's best evaluation point: which run, which point, its score and checkpoint."""
+
+    run: Run
+    point: dict
+    score: Score
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self.run.checkpoints.get(str(self.point["eval_index"]))
 
 
 class SearchTree:
-    """The state of one search: every node, the level being run, and why the search ended."""
+    """The state of one search: every node and run, the level being run, and why the search ended."""
 
-    def __init__(self, space: SearchSpace, policy: SelectionPolicy | None = None):
+    def __init__(self, space: SearchSpace, policy: SelectionPolicy | None = None,
+                 objective: Objective | None = None, learning_rates: LearningRates | None = None):
         self.space = space
         self.policy = policy or SelectionPolicy()
+        self.objective = objective or Objective()
+        self.learning_rates = learning_rates or LearningRates()
         self.nodes: dict[str, TreeNode] = {}
         self.depth = 0
         self.end_reason: str | None = None
@@ -135,120 +166,233 @@ class SearchTree:
     def node(self, node_id: str) -> TreeNode:
         return self.nodes[node_id]
 
+    def node_of_run(self, run_id: str) -> TreeNode:
+        return self.nodes[run_id.split("-lr")[0]]
+
+    def run(self, run_id: str) -> Run:
+        return self.node_of_run(run_id).run(run_id)
+
     def at_depth(self, depth: int) -> list[TreeNode]:
         return [n for n in self.nodes.values() if n.depth == depth]
 
-    def runnable(self) -> list[TreeNode]:
-        """Pending nodes of the current level that the trial budget allows, best parent first."""
-        pending = [n for n in self.at_depth(self.depth) if n.status == "pending"]
-        pending.sort(key=self.run_priority)
+    def reference_node(self, kind: str) -> TreeNode | None:
+        """The reference node of a kind ("base" or "full"), if the space has one."""
+        return next((n for n in self.at_depth(0) if n.part.kind == kind), None)
+
+    def reference(self) -> Reference:
+        """The base model's Spec and the best Spec full SFT has reached so far (every run, every point)."""
+        base, full = self.reference_node("base"), self.reference_node("full")
+        base_points = [p for r in base.runs for p in r.history] if base else []
+        full_specs = [p["spec"] for r in full.runs for p in r.history] if full else []
+        return reference_from(base_points[0]["spec"] if base_points else None, full_specs)
+
+    def reference_final(self) -> bool:
+        """Whether the reference can no longer change (every reference node has ended)."""
+        return all(n.status in ENDED for n in self.at_depth(0))
+
+    def point_score(self, point: dict) -> Score:
+        return Score(point["spec"], point["vers"], point["uni"])
+
+    def point_value(self, point: dict, reference: Reference | None = None) -> tuple[int, float]:
+        return self.objective.value(self.point_score(point), reference or self.reference())
+
+    def kept_runs(self, node: TreeNode, reference: Reference | None = None) -> list[Run]:
+        """The runs of a node that won the comparison at the rung (all of them when there are few enough).
+
+        Runs are ordered by their rung point under the objective (ties: the earlier run); failed runs
+        and runs without a rung point are never kept.
+        """
+        reference = reference or self.reference()
+        candidates = [r for r in node.runs if r.status != "failed" and r.rung_point() is not None]
+        ranked = sorted(candidates, key=lambda r: self._rung_key(node, r, reference))
+        return ranked[: self.learning_rates.keep]
+
+    def best_point(self, node: TreeNode, reference: Reference | None = None) -> BestPoint | None:
+        """The node's best evaluation point over its kept runs (ties: the earlier point)."""
+        reference = reference or self.reference()
+        best = None
+        for run in self.kept_runs(node, reference):
+            for point in run.history:
+                value = self.point_value(point, reference)
+                if best is None or value > best[0]:
+                    best = (value, run, point)
+        return BestPoint(best[1], best[2], self.point_score(best[2])) if best else None
+
+    def score(self, node: TreeNode) -> Score | None:
+        """The node's score: its best point's Spec, Vers and Uni (None before any evaluation)."""
+        best = self.best_point(node)
+        return best.score if best else None
+
+    def qualifies(self, node: TreeNode) -> bool:
+        score = self.score(node)
+        return score is not None and self.objective.qualifies(score, self.reference())
+
+    def runnable(self) -> list[tuple[TreeNode, Run]]:
+        """Pending runs of the current level that the trial budget allows: best parent first, then
+        creation order, each node's runs together."""
+        nodes = sorted((n for n in self.at_depth(self.depth) if n.status in ("pending", "running")), key=self.run_priority)
+        pending = [(n, r) for n in nodes for r in n.runs if r.status == "pending"]
         budget = self.policy.max_trials
         if budget is not None:
             pending = pending[: max(0, budget - self.trials_started())]
         return pending
 
-    def run_priority(self, node: TreeNode) -> tuple[float, int]:
+    def run_priority(self, node: TreeNode) -> tuple:
         """Sort key for running pending nodes: children of the best parent first, then creation order."""
-        parent_score = self.nodes[node.parent].score() if node.parent else None
-        return (-parent_score.uni if parent_score else 0.0, int(node.id[1:]))
+        parent = self.nodes[node.parent] if node.parent else None
+        return (self._rank_key(parent) if parent and self.score(parent) else (0,), int(node.id[1:]))
 
-    def in_flight(self) -> list[TreeNode]:
-        return [n for n in self.nodes.values() if n.status == "running"]
+    def in_flight(self) -> list[Run]:
+        return [r for n in self.nodes.values() for r in n.runs if r.status == "running"]
 
     def trials_started(self) -> int:
-        return sum(n.status in ("running", "finished", "pruned", "failed") for n in self.nodes.values())
+        return sum(r.status not in ("pending", "not_expanded") for n in self.nodes.values() for r in n.runs)
+
+    def scored(self, include_references: bool = True) -> list[TreeNode]:
+        """Nodes with a score that have ended (finished or pruned)."""
+        nodes = [n for n in self.nodes.values() if n.status in ("finished", "pruned") and self.score(n) is not None]
+        return [n for n in nodes if include_references or not n.is_reference]
 
     def ranking(self, include_references: bool = True) -> list[TreeNode]:
-        """Finished nodes with a score, best first: Uni, then fewer trained parameters."""
-        nodes = [n for n in self.nodes.values() if n.status == "finished" and n.score() is not None]
-        if not include_references:
-            nodes = [n for n in nodes if not n.is_reference]
-        return sorted(nodes, key=_rank_key)
+        """Scored nodes, best first under the objective; ties: fewer trained parameters, then creation order."""
+        return sorted(self.scored(include_references), key=self._rank_key)
 
     def best(self) -> TreeNode | None:
-        """The best finished trained node that is not a reference (the search's answer)."""
-        ranked = self.ranking(include_references=False)
+        """The search's answer: the best scored node, references included (full SFT when nothing beats it)."""
+        ranked = self.ranking()
         return ranked[0] if ranked else None
 
+    def incumbent(self) -> TreeNode | None:
+        """The node a running node must beat: the best scored node (under spec_floor, a qualifying one)."""
+        best = self.best()
+        return best if best is not None and self.qualifies(best) else None
+
     def pareto_front(self) -> list[TreeNode]:
-        """Finished nodes that no other finished node beats on both Spec and Vers, by Spec descending."""
-        nodes = self.ranking()
-        front = [
-            n
-            for n in nodes
-            if not any(_dominates(o.score(), n.score()) for o in nodes if o is not n)
-        ]
-        return sorted(front, key=lambda n: (-n.score().spec, -n.score().vers))
+        """Scored nodes that no other scored node beats on both Spec and Vers, by Spec descending."""
+        nodes = self.scored()
+        scores = {n.id: self.score(n) for n in nodes}
+        front = [n for n in nodes if not any(_dominates(scores[o.id], scores[n.id]) for o in nodes if o is not n)]
+        return sorted(front, key=lambda n: (-scores[n.id].spec, -scores[n.id].vers))
 
     def select_promising(self, depth: int) -> list[TreeNode]:
         """The nodes of `depth` worth expanding (see the module docstring)."""
-        policy = self.policy
-        eligible = [n for n in self.ranking() if n.depth == depth and self._gain_over_parent(n) > policy.min_gain]
+        reference = self.reference()
+        any_qualifies = any(self.qualifies(n) for n in self.scored(include_references=False))
+        eligible = [
+            n for n in self.ranking()
+            if n.depth == depth and n.status == "finished"
+            and (self.qualifies(n) or not any_qualifies) and self._beats_parent(n, reference)
+        ]
         if not eligible:
             return []
-        band = eligible[0].score().uni - policy.epsilon
-        return [n for i, n in enumerate(eligible) if i < policy.beam_width or n.score().uni >= band]
+        best_value = self.objective.value(self.score(eligible[0]), reference)
+        return [
+            n for i, n in enumerate(eligible)
+            if i < self.policy.beam_width
+            or _within(self.objective.value(self.score(n), reference), best_value, self.policy.epsilon)
+        ]
+
+    def steps_saved(self) -> int:
+        return sum(n.cost()["steps_saved"] for n in self.nodes.values())
+
+    def disposable_checkpoints(self) -> list[str]:
+        """Checkpoints no ranking can need any more: on nodes of ended levels, all but each node's best point.
+
+        A level has ended once the tree is deeper (or the search has ended), and the reference is final then.
+        """
+        if not self.reference_final():
+            return []
+        reference = self.reference()
+        paths = []
+        for node in self.nodes.values():
+            if node.depth >= self.depth and not self.finished:
+                continue
+            best = self.best_point(node, reference)
+            keep = best.checkpoint if best else None
+            paths += [path for run in node.runs for path in run.checkpoints.values() if path != keep]
+        return paths
+
+    def forget_checkpoints(self, paths: list[str]) -> None:
+        """Drop deleted checkpoints from the runs' records."""
+        gone = set(paths)
+        for node in self.nodes.values():
+            for run in node.runs:
+                run.checkpoints = {k: v for k, v in run.checkpoints.items() if v not in gone}
 
     # ---- updates from trials ------------------------------------------------------------------
-    def start(self, node_id: str, trial_id: str) -> None:
-        node = self.nodes[node_id]
-        if node.status != "pending":
-            raise ValueError(f"node {node_id} is {node.status}, not pending")
-        node.status, node.trial_id = "running", trial_id
+    def start(self, run_id: str, trial_id: str) -> None:
+        node, run = self.node_of_run(run_id), self.run(run_id)
+        if run.status != "pending":
+            raise ValueError(f"run {run_id} is {run.status}, not pending")
+        run.status, run.trial_id = "running", trial_id
+        if node.status == "pending":
+            node.status = "running"
 
-    def record(self, node_id: str, metrics: dict) -> None:
+    def record(self, run_id: str, metrics: dict) -> None:
         """Keep one evaluation point (a result with `eval_index`); a repeated index replaces the old one."""
-        node = self.nodes[node_id]
+        node, run = self.node_of_run(run_id), self.run(run_id)
         if metrics.get("trained_params") is not None:
             node.trained_params = int(metrics["trained_params"])
+        if metrics.get("total_steps") is not None:
+            run.total_steps = int(metrics["total_steps"])
         if "eval_index" not in metrics:
             return
         point = {k: metrics[k] for k in EVAL_KEYS if k in metrics}
-        node.history = [p for p in node.history if p["eval_index"] != point["eval_index"]] + [point]
-        node.history.sort(key=lambda p: p["eval_index"])
+        point["set_scores"] = _set_scores(metrics)
+        run.history = sorted([p for p in run.history if p["eval_index"] != point["eval_index"]] + [point],
+                             key=lambda p: p["eval_index"])
+        if metrics.get("checkpoint"):
+            run.checkpoints[str(point["eval_index"])] = metrics["checkpoint"]
+        run.train_steps = max(run.train_steps, int(metrics.get("step") or 0))
+        run.wall_time_s = max(run.wall_time_s, float(metrics.get("train_time_s") or 0.0))
 
-    def prune(self, node_id: str, reason: str) -> None:
-        """The scheduler stopped this node's trial: it ends pruned and is never expanded."""
-        node = self.nodes[node_id]
-        node.status, node.stop_reason = "pruned", reason
+    def stop(self, run_id: str, status: str, reason: str) -> None:
+        """The scheduler stopped a run: `stopped` (lost the learning-rate comparison) or `pruned` (a stop rule)."""
+        if status not in ("stopped", "pruned"):
+            raise ValueError(f"a run is stopped as 'stopped' or 'pruned', not {status!r}")
+        run = self.run(run_id)
+        run.status, run.stop_reason = status, reason
 
-    def complete(self, node_id: str, result: dict) -> None:
-        """The trial ended without error; `result` is its last result. A pruned node stays pruned."""
-        node = self.nodes[node_id]
-        self.record(node_id, result)
-        node.final.update({k: result[k] for k in FINAL_KEYS if k in result})
-        node.checkpoint = result.get("checkpoint", node.checkpoint)
-        if node.status == "running":
-            if node.score() is None:
-                node.status, node.stop_reason = "failed", "the trial reported no evaluation point"
-            else:
-                node.status = "finished"
+    def complete(self, run_id: str, result: dict) -> None:
+        """The run's trial ended without error; `result` is its last result. A stopped run stays stopped."""
+        run = self.run(run_id)
+        self.record(run_id, result)
+        run.train_steps = int(result.get("train_steps", run.train_steps))
+        run.wall_time_s = float(result.get("wall_time_s", run.wall_time_s))
+        if run.status == "running":
+            run.status = "finished" if run.history else "failed"
+            if not run.history:
+                run.stop_reason = "the trial reported no evaluation point"
+        self._end_node_if_done(self.node_of_run(run_id))
         self._advance()
 
-    def fail(self, node_id: str, error: str) -> None:
-        """The trial errored (after Tune's retries): the node is recorded failed and not expanded."""
-        node = self.nodes[node_id]
-        node.status, node.stop_reason = "failed", error
+    def fail(self, run_id: str, error: str) -> None:
+        """The run's trial errored (after Tune's retries): the run is recorded failed."""
+        run = self.run(run_id)
+        run.status, run.stop_reason = "failed", error
+        self._end_node_if_done(self.node_of_run(run_id))
         self._advance()
-
-    def add_node(self, part: ModelPart, parent_id: str | None, depth: int) -> TreeNode:
-        """Add a pending node outside the level-by-level expansion, e.g. learning-rate tuning after
-        the search ended (tuning/optuna_searcher.py). Such a node has a parent and no `level`; the caller
-        starts and ends it. The tree's depth grows to `depth`; a key already in the tree is refused."""
-        if any(n.part.key() == part.key() for n in self.nodes.values()):
-            raise ValueError(f"node {part.key()} is already in the tree")
-        node = self._add(part, self.nodes[parent_id] if parent_id else None, depth, level=None)
-        self.depth = max(self.depth, depth)
-        return node
 
     # ---- expansion ------------------------------------------------------------------------
+    def _end_node_if_done(self, node: TreeNode) -> None:
+        if node.status not in ("pending", "running") or not all(r.ended for r in node.runs):
+            return
+        best = self.best_point(node)
+        if best is None:
+            reasons = {r.stop_reason for r in node.runs if r.stop_reason}
+            node.status, node.stop_reason = "failed", "; ".join(sorted(reasons)) or "no run produced a score"
+        elif best.run.status == "pruned":
+            node.status, node.stop_reason = "pruned", best.run.stop_reason
+        else:
+            node.status = "finished"
+
     def _advance(self) -> None:
         """Expand the next level once the current one has ended; end the search when nothing is left."""
         while not self.finished and not self.in_flight():
             budget = self.policy.max_trials
             if budget is not None and self.trials_started() >= budget:
                 self._end("max_trials reached")
-            elif any(n.status == "pending" for n in self.at_depth(self.depth)):
+            elif any(n.status in ("pending", "running") for n in self.at_depth(self.depth)):
                 return
             elif self.policy.max_depth is not None and self.depth >= self.policy.max_depth:
                 self._end("max_depth reached")
@@ -283,35 +427,69 @@ class SearchTree:
         self.depth += 1
 
     def _add(self, part: ModelPart, parent: TreeNode | None, depth: int, level: int | None) -> TreeNode:
-        node = TreeNode(f"n{len(self.nodes)}", part, parent.id if parent else None, depth, level)
+        node_id = f"n{len(self.nodes)}"
+        if not part.trains:
+            runs = [Run(node_id, None)]
+        else:
+            lrs = (part.lr,) if part.lr is not None else self.learning_rates.candidates
+            runs = [Run(f"{node_id}-lr{lr:.3g}", lr) for lr in lrs]
+        node = TreeNode(node_id, part, parent.id if parent else None, depth, level, runs)
         self.nodes[node.id] = node
         if parent is not None:
             parent.children.append(node.id)
         return node
 
     def _end(self, reason: str) -> None:
+        self.end_reason = reason
         for node in self.nodes.values():
+            for run in node.runs:
+                if run.status == "pending":
+                    run.status = "not_expanded"
             if node.status == "pending":
                 node.status = "not_expanded"
-        self.end_reason = reason
+            self._end_node_if_done(node)
 
-    def _gain_over_parent(self, node: TreeNode) -> float:
-        if node.parent is None:
-            return math.inf
-        parent_score = self.nodes[node.parent].score()
-        return node.score().uni - parent_score.uni if parent_score else math.inf
+    def _beats_parent(self, node: TreeNode, reference: Reference) -> bool:
+        parent = self.nodes[node.parent] if node.parent else None
+        parent_score = self.score(parent) if parent else None
+        if parent_score is None:
+            return True
+        return self.objective.beats(self.score(node), parent_score, reference, self.policy.min_gain)
+
+    def _rank_key(self, node: TreeNode) -> tuple:
+        primary, secondary = self.objective.value(self.score(node), self.reference())
+        trained = node.trained_params if node.trained_params is not None else math.inf
+        return (-primary, -secondary, trained, int(node.id[1:]))
+
+    def _rung_key(self, node: TreeNode, run: Run, reference: Reference) -> tuple:
+        primary, secondary = self.point_value(run.rung_point(), reference)
+        return (-primary, -secondary, node.runs.index(run))
 
     # ---- JSON state -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         best = self.best()
+        reference = self.reference()
+        nodes = []
+        for node in self.nodes.values():
+            data = node.to_dict()
+            best_point = self.best_point(node, reference)
+            data["score"] = None if best_point is None else {
+                **asdict(best_point.score), "run": best_point.run.id, "lr": best_point.run.lr,
+                "eval_index": best_point.point["eval_index"], "checkpoint": best_point.checkpoint,
+                "qualifies": self.objective.qualifies(best_point.score, reference),
+            }
+            nodes.append(data)
         return {
             "space": {"source": self.space.source, "data": self.space.data},
             "policy": asdict(self.policy),
+            "objective": asdict(self.objective),
+            "learning_rates": {"candidates": list(self.learning_rates.candidates), "keep": self.learning_rates.keep},
+            "reference": asdict(reference),
             "depth": self.depth,
             "end_reason": self.end_reason,
             "best": best.id if best else None,
             "pareto_front": [n.id for n in self.pareto_front()],
-            "nodes": [n.to_dict() for n in self.nodes.values()],
+            "nodes": nodes,
         }
 
     @classmethod
@@ -319,6 +497,9 @@ class SearchTree:
         tree = cls.__new__(cls)
         tree.space = parse_search_space(data["space"]["data"], source=data["space"]["source"])
         tree.policy = SelectionPolicy(**data["policy"])
+        tree.objective = Objective(**data["objective"])
+        rates = data["learning_rates"]
+        tree.learning_rates = LearningRates(tuple(rates["candidates"]), rates["keep"])
         tree.nodes = {n["id"]: TreeNode.from_dict(n) for n in data["nodes"]}
         tree.depth = data["depth"]
         tree.end_reason = data["end_reason"]
@@ -332,9 +513,35 @@ class SearchTree:
         return cls.from_dict(json.loads(text))
 
 
-def _rank_key(node: TreeNode) -> tuple[float, float, int]:
-    trained = node.trained_params if node.trained_params is not None else math.inf
-    return (-node.score().uni, trained, int(node.id[1:]))
+def describe_runs(tree: SearchTree, node: TreeNode) -> str:
+    """What happened to each learning-rate run of a node, e.g. 'lr 1e-04 kept; lr 3e-04 stopped at step 50'."""
+    if not node.part.trains:
+        return ""
+    kept = tree.kept_runs(node)
+    parts = []
+    for run in node.runs:
+        if run.status in ("stopped", "pruned"):
+            what = f"{'stopped' if run.status == 'stopped' else 'pruned'} at step {run.train_steps}"
+        elif run.status == "failed":
+            what = "failed"
+        else:
+            what = "kept" if run in kept else run.status
+        parts.append(f"lr {run.lr:.3g} {what}")
+    return "; ".join(parts)
+
+
+def _set_scores(metrics: dict) -> dict[str, float]:
+    """Each eval set's score from the worker's flat metrics (`spec/score`, `vers/<set>/score`)."""
+    scores = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if parts[-1] == "score" and parts[0] in ("spec", "vers"):
+            scores["/".join(parts[1:-1]) or "speciality"] = value
+    return scores
+
+
+def _within(value: tuple[int, float], best: tuple[int, float], epsilon: float) -> bool:
+    return value[0] == best[0] and value[1] >= best[1] - epsilon
 
 
 def _dominates(a: Score, b: Score) -> bool:

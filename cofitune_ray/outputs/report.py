@@ -16,12 +16,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cofitune_ray.core.tree import Score, SearchTree, TreeNode
+from cofitune_ray.core.objective import Score
+from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
 
 #: Names of the files `write_report` writes, by the key it returns them under.
 REPORT_FILES = {"markdown": "report.md", "html": "report.html", "pareto": "pareto.png", "curves": "curves.png"}
 #: Headers of the all-nodes table, the part of report.md that mirrors tree.json one row per node.
-NODE_TABLE_HEADERS = ("Node", "Key", "Status", "Spec", "Vers", "Uni", "Trained params", "Train steps", "Wall time", "Note")
+NODE_TABLE_HEADERS = ("Node", "Key", "Status", "Spec", "Vers", "Uni", "Trained params", "Runs", "Train steps",
+                      "Steps saved", "Wall time", "Note")
 MISSING = "n/a"
 
 
@@ -196,38 +198,49 @@ def build_report(tree: SearchTree, title: str) -> list:
         Heading(2, "Search tree"),
         Preformatted(tree_drawing(tree)),
         Heading(2, "Ranking"),
-        Paragraph("Finished nodes with a score, best first: Uni, then fewer trained parameters."),
+        Paragraph(ranking_rule(tree)),
         ranking_table(tree),
         Heading(2, "Pareto front"),
-        Paragraph("Finished nodes that no other finished node beats on both Spec and Vers."),
+        Paragraph("Scored nodes that no other scored node beats on both Spec and Vers."),
         pareto_table(tree),
         Image("Spec vs Vers of every node, Pareto front and winner marked", REPORT_FILES["pareto"]),
         Heading(2, "Curves"),
-        Paragraph("Spec, Vers and Uni at each evaluation point of every node that reported one."),
+        Paragraph("Spec, Vers and Uni at each evaluation point of each node's best run; its other learning-rate runs dotted."),
         Image("Spec, Vers and Uni over the evaluation points of each node", REPORT_FILES["curves"]),
         Heading(2, "All nodes"),
         node_table(tree),
     ]
 
 
+def ranking_rule(tree: SearchTree) -> str:
+    """How the ranking table is ordered, in words."""
+    if tree.objective.name == "uni":
+        return "Scored nodes, best first: Uni, then fewer trained parameters."
+    return (f"Scored nodes, best first: nodes whose speciality gain over the base model reaches "
+            f"{tree.objective.spec_floor:.0%} of full SFT's best gain rank by Vers, the others after them by gain; "
+            f"ties: fewer trained parameters.")
+
+
 def summary_lines(tree: SearchTree) -> list[str]:
-    """The run summary: how the search ended, node counts by status, total train steps and wall time."""
+    """The run summary: space, objective, learning rates, how the search ended, node counts and cost."""
     counts = {s: sum(n.status == s for n in tree.nodes.values()) for s in ("finished", "pruned", "failed", "not_expanded")}
     unfinished = sum(n.status in ("pending", "running") for n in tree.nodes.values())
     costs = [n.cost() for n in tree.nodes.values()]
-    steps = [c["train_steps"] for c in costs if "train_steps" in c]
-    walls = [c["wall_time_s"] for c in costs if "wall_time_s" in c]
-    policy = tree.policy
+    policy, objective, rates = tree.policy, tree.objective, tree.learning_rates
+    floor = f" at spec_floor {objective.spec_floor:g}" if objective.name == "spec_floor" else ""
     return [
         f"Search space: {tree.space.source} ({tree.space.strategy}); levels reached: {tree.depth}",
+        f"Objective: {objective.name}{floor}; learning rates {', '.join(f'{lr:.3g}' for lr in rates.candidates)} "
+        f"(best {rates.keep} kept at the first evaluation point)",
         f"Selection: beam_width {policy.beam_width}, epsilon {policy.epsilon:g}, min_gain {policy.min_gain:g}, "
         f"max_depth {policy.max_depth}, max_trials {policy.max_trials}",
         f"Search ended: {tree.end_reason}" if tree.finished else "Search still running",
         f"Nodes run: {counts['finished'] + counts['pruned'] + counts['failed']} "
         f"({counts['finished']} finished, {counts['pruned']} pruned, {counts['failed']} failed); "
         f"not expanded: {counts['not_expanded']}" + (f"; pending or running: {unfinished}" if unfinished else ""),
-        f"Total train steps: {fmt_count(sum(steps)) if steps else MISSING}; "
-        f"total node wall time: {fmt_duration(sum(walls)) if walls else MISSING}",
+        f"Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; train steps: {fmt_count(sum(c['train_steps'] for c in costs))}; "
+        f"steps saved by early stops: {fmt_count(sum(c['steps_saved'] for c in costs))}; "
+        f"total run wall time: {fmt_duration(sum(c['wall_time_s'] for c in costs))}",
     ]
 
 
@@ -249,16 +262,14 @@ def _draw(tree: SearchTree, node: TreeNode, prefix: str, last: bool, lines: list
 
 
 def drawing_line(tree: SearchTree, node: TreeNode) -> str:
-    """One node of the tree drawing: name, scores, trained parameters, status."""
-    score = node.score()
-    marks = _marks(tree, node)
-    scores = (
-        f"Spec {fmt_score(score.spec)}  Vers {fmt_score(score.vers)}  Uni {fmt_score(score.uni)}"
-        if score
-        else "no score"
-    )
+    """One node of the tree drawing: name, scores at its best point (and that point's lr), trained parameters, status."""
+    best = tree.best_point(node)
+    scores = "no score"
+    if best:
+        scores = f"Spec {fmt_score(best.score.spec)}  Vers {fmt_score(best.score.vers)}  Uni {fmt_score(best.score.uni)}"
+        scores += f" at lr {best.run.lr:.3g}" if best.run.lr is not None else ""
     return (
-        f"{node.id} {node.part.describe()}{marks} | {scores} | "
+        f"{node.id} {node.part.describe()}{_marks(tree, node)} | {scores} | "
         f"{fmt_count(node.trained_params)} params | {status_text(node, tree)}"
     )
 
@@ -273,41 +284,46 @@ def _marks(tree: SearchTree, node: TreeNode) -> str:
 
 
 def ranking_table(tree: SearchTree) -> Table:
-    """Finished nodes best first, with Vers relative to the base model and their cost."""
+    """Scored nodes best first under the objective, with Vers relative to the base model and their cost."""
     base = reference_score(tree, "base")
+    reference = tree.reference()
     rows = []
     for rank, node in enumerate(tree.ranking(), start=1):
-        score = node.score()
+        best = tree.best_point(node, reference)
         cost = node.cost()
         rows.append((
             str(rank),
             f"{node.id} {node.part.describe()}{_marks(tree, node)}",
-            fmt_score(score.spec),
-            fmt_score(score.vers),
-            fmt_score(score.uni),
-            fmt_percent(score.vers, base.vers) if base else MISSING,
+            MISSING if best.run.lr is None else f"{best.run.lr:.3g}",
+            fmt_score(best.score.spec),
+            fmt_score(best.score.vers),
+            fmt_score(best.score.uni),
+            tree.objective.explain(best.score, reference),
+            fmt_percent(best.score.vers, base.vers) if base else MISSING,
             fmt_count(node.trained_params),
-            fmt_count(cost.get("train_steps")),
-            fmt_duration(cost.get("wall_time_s")),
+            str(cost["trials"]),
+            fmt_count(cost["train_steps"]),
         ))
-    headers = ("Rank", "Node", "Spec", "Vers", "Uni", "Vers vs base", "Trained params", "Train steps", "Wall time")
+    headers = ("Rank", "Node", "lr", "Spec", "Vers", "Uni", "Objective", "Vers vs base", "Trained params", "Trials",
+               "Train steps")
     return Table(headers, rows)
 
 
 def pareto_table(tree: SearchTree) -> Table:
     """The Pareto front, highest Spec first."""
-    rows = [
-        (f"{n.id} {n.part.describe()}", fmt_score(n.score().spec), fmt_score(n.score().vers), fmt_score(n.score().uni), fmt_count(n.trained_params))
-        for n in tree.pareto_front()
-    ]
+    rows = []
+    for node in tree.pareto_front():
+        score = tree.score(node)
+        rows.append((f"{node.id} {node.part.describe()}", fmt_score(score.spec), fmt_score(score.vers),
+                     fmt_score(score.uni), fmt_count(node.trained_params)))
     return Table(("Node", "Spec", "Vers", "Uni", "Trained params"), rows)
 
 
 def node_table(tree: SearchTree) -> Table:
-    """One row per node of tree.json: id, key, raw status, scores, cost, and why it stopped."""
+    """One row per node of tree.json: id, key, raw status, scores, its runs, cost, and why it stopped."""
     rows = []
     for node in tree.nodes.values():
-        score = node.score() or Score(math.nan, math.nan, math.nan)
+        score = tree.score(node) or Score(math.nan, math.nan, math.nan)
         cost = node.cost()
         rows.append((
             node.id,
@@ -317,64 +333,65 @@ def node_table(tree: SearchTree) -> Table:
             fmt_score(score.vers),
             fmt_score(score.uni),
             fmt_count(node.trained_params),
-            fmt_count(cost.get("train_steps")),
-            fmt_duration(cost.get("wall_time_s")),
+            describe_runs(tree, node) or MISSING,
+            fmt_count(cost["train_steps"]),
+            fmt_count(cost["steps_saved"]),
+            fmt_duration(cost["wall_time_s"]),
             status_text(node, tree),
         ))
     return Table(NODE_TABLE_HEADERS, rows)
 
 
 # ---- verdict ------------------------------------------------------------------------------------
-def reference(tree: SearchTree, kind: str) -> TreeNode | None:
-    """The level-0 reference node of `kind` ("base" or "full"), if the search space has one."""
-    return next((n for n in tree.at_depth(0) if n.part.kind == kind), None)
-
-
 def reference_score(tree: SearchTree, kind: str) -> Score | None:
-    """The score of a finished reference of `kind`, or None when it is missing or did not finish."""
-    node = reference(tree, kind)
-    return node.score() if node is not None and node.status == "finished" else None
+    """The score of an ended reference of `kind`, or None when it is missing or has no score."""
+    node = tree.reference_node(kind)
+    return tree.score(node) if node is not None and node.status in ("finished", "pruned") else None
 
 
 def _missing_reference(tree: SearchTree, kind: str, name: str) -> str | None:
     """Why the `kind` reference cannot be compared with, or None when it can."""
-    node = reference(tree, kind)
+    node = tree.reference_node(kind)
     if node is None:
         return f"the search space has no {name} reference"
-    if node.status == "finished":
+    if reference_score(tree, kind) is not None:
         return None
     reason = f" ({node.stop_reason})" if node.stop_reason else ""
     return f"the {name} reference is {node.status}{reason}"
 
 
 def verdict(tree: SearchTree) -> str:
-    """The winner against the base model and full SFT: kept versatility, speciality, trained parameters."""
+    """The search's answer in words: which model to use and why, against the base model and full SFT."""
     winner = tree.best()
     if winner is None:
-        return "No trained node has finished with a score, so there is no winner to compare yet."
-    win = winner.score()
+        return "No node has ended with a score, so there is no answer yet."
+    reference, objective = tree.reference(), tree.objective
+    best = tree.best_point(winner, reference)
     base, full = reference_score(tree, "base"), reference_score(tree, "full")
-    full_node = reference(tree, "full")
-    sentences = [
-        f"The winner, {winner.id} {winner.part.describe()}, has Spec {fmt_score(win.spec)}, "
-        f"Vers {fmt_score(win.vers)}, Uni {fmt_score(win.uni)}."
-    ]
-    claim = "The winner"
-    if base:
-        claim += f" keeps {fmt_percent(win.vers, base.vers)} of the base model's versatility"
+    full_node = tree.reference_node("full")
+    at_lr = f" at lr {best.run.lr:.3g}" if best.run.lr is not None else ""
+    if winner.part.kind == "base":
+        sentences = ["The answer is the base model: no trained node gained speciality on the speciality set."]
+    elif winner.part.kind == "full":
+        trained = tree.ranking(include_references=False)
+        closest = (f" The closest trained part, {trained[0].id} {trained[0].part.describe()}: "
+                   f"{objective.explain(tree.score(trained[0]), reference)}.") if trained else ""
+        rule = ("reached the speciality floor with more versatility" if objective.name == "spec_floor"
+                else "scored a higher Uni")
+        sentences = [f"The answer is full SFT{at_lr} ({objective.explain(best.score, reference)}): "
+                     f"no trained part {rule}.{closest}"]
+    else:
+        sentences = [f"The answer is {winner.id} {winner.part.describe()}{at_lr}: {objective.explain(best.score, reference)}."]
+        claim = []
         if full:
-            claim += f" vs {fmt_percent(full.vers, base.vers)} for full SFT"
-        claim += ","
-    if full:
-        claim += f" reaches {fmt_percent(win.spec, full.spec)} of full SFT's speciality,"
-    claim += f" training {fmt_count(winner.trained_params)} parameters"
-    if full and winner.trained_params is not None and full_node.trained_params:
-        claim += f" ({fmt_percent(winner.trained_params, full_node.trained_params)} of full SFT's)"
-    sentences.append(claim + ".")
-    unis = [f"winner {fmt_score(win.uni)}"]
-    unis += [f"full SFT {fmt_score(full.uni)}"] if full else []
-    unis += [f"base model {fmt_score(base.uni)}"] if base else []
-    sentences.append("Uni: " + ", ".join(unis) + ".")
+            claim.append(f"Vers {fmt_score(best.score.vers)} against full SFT's {fmt_score(full.vers)} "
+                         f"({best.score.vers - full.vers:+.3f})")
+        if base:
+            claim.append(f"{fmt_percent(best.score.vers, base.vers)} of the base model's versatility")
+        params = f"training {fmt_count(winner.trained_params)} parameters"
+        if full_node is not None and winner.trained_params is not None and full_node.trained_params:
+            params += f" ({fmt_percent(winner.trained_params, full_node.trained_params)} of full SFT's)"
+        sentences.append("It keeps " + ", ".join(claim + [params]) + "." if claim else params.capitalize() + ".")
     missing = [m for m in (_missing_reference(tree, "base", "base model"), _missing_reference(tree, "full", "full SFT")) if m]
     if missing:
         sentences.append("Not compared: " + "; ".join(missing) + ".")
@@ -384,7 +401,7 @@ def verdict(tree: SearchTree) -> str:
 # ---- plots --------------------------------------------------------------------------------------
 def _scored(tree: SearchTree) -> list[tuple[TreeNode, Score]]:
     """Every node with a usable (Spec, Vers) score, whatever its status."""
-    pairs = [(n, n.score()) for n in tree.nodes.values()]
+    pairs = [(n, tree.score(n)) for n in tree.nodes.values()]
     return [(n, s) for n, s in pairs if s is not None and not (math.isnan(s.spec) or math.isnan(s.vers))]
 
 
@@ -395,20 +412,20 @@ def plot_pareto(tree: SearchTree, path: Path) -> None:
     scored = _scored(tree)
     front = tree.pareto_front()
     best = tree.best()
-    special = {n.id for n in front} | {n.id for n in (best, reference(tree, "base"), reference(tree, "full")) if n}
+    special = {n.id for n in front} | {n.id for n in (best, tree.reference_node("base"), tree.reference_node("full")) if n}
     others = [(n, s) for n, s in scored if n.id not in special]
     for status, marker, label in (("finished", "o", "other finished nodes"), ("pruned", "x", "pruned (best point before the stop)")):
         points = [s for n, s in others if n.status == status]
         if points:
             ax.scatter([s.spec for s in points], [s.vers for s in points], marker=marker, color="0.55", s=30, label=label, zorder=2)
     if front:
-        xs, ys = [n.score().spec for n in front], [n.score().vers for n in front]
+        xs, ys = [tree.score(n).spec for n in front], [tree.score(n).vers for n in front]
         ax.plot(xs, ys, "-o", color="tab:orange", lw=2, ms=8, label="Pareto front", zorder=3)
     if best is not None:
-        ax.scatter([best.score().spec], [best.score().vers], marker="*", s=320, color="tab:red", edgecolor="k", label=f"winner ({best.id})", zorder=5)
+        ax.scatter([tree.score(best).spec], [tree.score(best).vers], marker="*", s=320, color="tab:red", edgecolor="k", label=f"winner ({best.id})", zorder=5)
     for kind, marker, name in (("base", "s", "base model"), ("full", "D", "full SFT")):
-        node = reference(tree, kind)
-        score = node.score() if node else None
+        node = tree.reference_node(kind)
+        score = tree.score(node) if node else None
         if score is not None:
             ax.scatter([score.spec], [score.vers], marker=marker, s=70, color="k", zorder=4)
             ax.annotate(name, (score.spec, score.vers), xytext=(8, -12), textcoords="offset points", fontsize=10, weight="bold")
@@ -441,12 +458,13 @@ def _pad_limits(ax, scores: list[Score]) -> None:
 
 
 def plot_curves(tree: SearchTree, path: Path) -> None:
-    """One small panel per node with evaluation points: Spec, Vers and Uni over steps (or eval index).
+    """One small panel per node with evaluation points: Spec, Vers and Uni over steps (or eval index) of the
+    node's best run, its other learning-rate runs faint.
 
-    The panels share their axes, so a node pruned early shows as a short curve.
+    The panels share their axes, so a run stopped early shows as a short curve.
     """
-    nodes = [n for n in tree.nodes.values() if n.history]
-    points = [p for n in nodes for p in n.history]
+    nodes = [n for n in tree.nodes.values() if any(r.history for r in n.runs)]
+    points = [p for n in nodes for r in n.runs for p in r.history]
     x_key = "step" if points and all("step" in p for p in points) else "eval_index"
     ncols = max(1, min(4, len(nodes)))
     nrows = max(1, math.ceil(len(nodes) / ncols))
@@ -454,7 +472,7 @@ def plot_curves(tree: SearchTree, path: Path) -> None:
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     best = tree.best()
     for ax, node in zip(axes, nodes):
-        _plot_node_curves(ax, node, x_key, is_winner=best is not None and best.id == node.id)
+        _plot_node_curves(ax, tree, node, x_key, is_winner=best is not None and best.id == node.id)
     for ax in axes[len(nodes):]:
         ax.set_axis_off()
     if not nodes:
@@ -466,15 +484,23 @@ def plot_curves(tree: SearchTree, path: Path) -> None:
     fig.savefig(path)
 
 
-def _plot_node_curves(ax, node: TreeNode, x_key: str, is_winner: bool) -> None:
-    """Spec, Vers and Uni of one node on one small axis, titled with its id, name and status."""
+def _plot_node_curves(ax, tree: SearchTree, node: TreeNode, x_key: str, is_winner: bool) -> None:
+    """Spec, Vers and Uni of one node's runs on one small axis, titled with its id, name and status."""
+    best = tree.best_point(node)
+    main = best.run if best else next(r for r in node.runs if r.history)
+    for run in node.runs:
+        if run is main or not run.history:
+            continue
+        for metric, color in (("spec", "tab:blue"), ("vers", "tab:orange")):
+            ax.plot([p[x_key] for p in run.history], [p[metric] for p in run.history], ":", color=color, lw=0.9, alpha=0.5)
     for metric, style, color in (("spec", "-o", "tab:blue"), ("vers", "-s", "tab:orange"), ("uni", "--^", "tab:green")):
-        pts = [p for p in node.history if metric in p]
+        pts = [p for p in main.history if metric in p]
         ax.plot([p[x_key] for p in pts], [p[metric] for p in pts], style, color=color, ms=3, lw=1.4, label=metric.capitalize())
     name = node.part.describe()
-    name = name if len(name) <= 34 else name[:33] + "…"
+    name = name if len(name) <= 30 else name[:29] + "…"
     status = "" if node.status == "finished" else f" ({node.status})"
-    ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{status}", fontsize=8, weight="bold" if is_winner else "normal")
+    lr = f" lr {main.lr:.3g}" if main.lr is not None else ""
+    ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{lr}{status}", fontsize=8, weight="bold" if is_winner else "normal")
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=7, labelbottom=True, labelleft=True)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

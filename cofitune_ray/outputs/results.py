@@ -1,7 +1,9 @@
 """The files a finished search leaves in its run directory, and the summary printed last.
 
-tree.json (every node), pareto.csv, best_node.yaml, best_model/ (a standard HF directory),
+tree.json (every node and run), pareto.csv, best_node.yaml, best_model/ (a standard HF directory),
 report.md / report.html / pareto.png / curves.png, and summary.json (which marks the run done).
+The answer is the best scored node under the objective, references included: when full SFT or the
+base model is the answer, best_node.yaml, best_model/ and the summary say so.
 """
 
 from __future__ import annotations
@@ -13,64 +15,85 @@ from pathlib import Path
 import yaml
 
 from cofitune_ray.config import Config
+from cofitune_ray.core.tree import SearchTree, TreeNode
+from cofitune_ray.outputs.report import verdict, write_report
 from cofitune_ray.training.export import export_merged
 from cofitune_ray.training.model import load_model, load_tokenizer
-from cofitune_ray.outputs.report import write_report
-from cofitune_ray.core.tree import SearchTree
 
 SUMMARY_FILE = "summary.json"
+PARETO_COLUMNS = ("node_id", "key", "label", "status", "lr", "spec", "vers", "uni", "qualifies", "trained_params",
+                  "trials", "train_steps", "pareto")
 
 
 def write_pareto_csv(tree: SearchTree, path: Path) -> None:
+    """Every scored node, best first: its best point's scores and lr, cost, and whether it is on the Pareto front."""
     front = {n.id for n in tree.pareto_front()}
+    reference = tree.reference()
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["node_id", "key", "label", "status", "spec", "vers", "uni", "trained_params", "pareto"])
+        writer.writerow(PARETO_COLUMNS)
         for node in tree.ranking():
-            score = node.score()
-            writer.writerow([node.id, node.part.key(), node.part.label, node.status, score.spec, score.vers,
-                             score.uni, node.trained_params, node.id in front])
+            best = tree.best_point(node, reference)
+            cost = node.cost()
+            writer.writerow([node.id, node.part.key(), node.part.label, node.status, best.run.lr, best.score.spec,
+                             best.score.vers, best.score.uni, tree.objective.qualifies(best.score, reference),
+                             node.trained_params, cost["trials"], cost["train_steps"], node.id in front])
 
 
 def export_best_model(config: Config, tree: SearchTree, out_dir: Path) -> Path | None:
-    """The winner merged into the base model (or the base model itself if nothing beat it)."""
+    """The answer as a model directory: the winner's best point merged into the base model (the base model itself
+    when it is the answer)."""
     best = tree.best()
     if best is None:
         return None
     tokenizer = config.model.tokenizer or config.model.path
-    if best.part.kind == "base" or not best.checkpoint:
+    checkpoint = tree.best_point(best).checkpoint
+    if best.part.kind == "base" or not checkpoint:
         load_model(config.model.path, config.model.dtype).save_pretrained(out_dir)
         load_tokenizer(tokenizer).save_pretrained(out_dir)
         return out_dir
-    return export_merged(config.model.path, best.checkpoint, out_dir, tokenizer, config.model.dtype)
+    return export_merged(config.model.path, checkpoint, out_dir, tokenizer, config.model.dtype)
+
+
+def answer_kind(node: TreeNode) -> str:
+    """What the answer is, for a user: a trained part, full SFT, or the base model."""
+    return {"base": "the base model", "full": "full SFT"}.get(node.part.kind, "a trained part of the model")
 
 
 def summarise(tree: SearchTree, run_dir: Path) -> dict:
     nodes = list(tree.nodes.values())
     counts = {s: sum(n.status == s for n in nodes) for s in ("finished", "pruned", "failed", "not_expanded")}
+    costs = [n.cost() for n in nodes]
+    runs = [r for n in nodes for r in n.runs]
     best = tree.best()
-    refs = {n.part.kind: n for n in nodes if n.is_reference}
     return {
         "run_dir": str(run_dir),
         "nodes": len(nodes),
         "counts": counts,
         "depth": tree.depth,
         "end_reason": tree.end_reason,
-        "train_steps": sum(n.final.get("train_steps", 0) for n in nodes),
-        "wall_time_s": sum(n.final.get("wall_time_s", 0.0) for n in nodes),
-        "best": _node_summary(best),
-        "base": _node_summary(refs.get("base")),
-        "full": _node_summary(refs.get("full")),
+        "objective": tree.objective.name,
+        "trials": sum(c["trials"] for c in costs),
+        "train_steps": sum(c["train_steps"] for c in costs),
+        "steps_saved": tree.steps_saved(),
+        "runs_stopped_early": sum(r.status in ("stopped", "pruned") for r in runs),
+        "wall_time_s": sum(c["wall_time_s"] for c in costs),
+        "answer": answer_kind(best) if best else None,
+        "verdict": verdict(tree),
+        "best": _node_summary(tree, best),
+        "base": _node_summary(tree, tree.reference_node("base")),
+        "full": _node_summary(tree, tree.reference_node("full")),
         "pareto": [n.part.describe() for n in tree.pareto_front()],
     }
 
 
-def _node_summary(node) -> dict | None:
-    if node is None or node.score() is None:
+def _node_summary(tree: SearchTree, node: TreeNode | None) -> dict | None:
+    best = tree.best_point(node) if node is not None else None
+    if best is None:
         return None
-    score = node.score()
-    return {"id": node.id, "node": node.part.describe(), "spec": score.spec, "vers": score.vers, "uni": score.uni,
-            "trained_params": node.trained_params}
+    return {"id": node.id, "node": node.part.describe(), "lr": best.run.lr, "spec": best.score.spec,
+            "vers": best.score.vers, "uni": best.score.uni,
+            "qualifies": tree.objective.qualifies(best.score, tree.reference()), "trained_params": node.trained_params}
 
 
 def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
@@ -79,8 +102,11 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
     write_pareto_csv(tree, run_dir / "pareto.csv")
     best = tree.best()
     if best is not None:
-        best_node = {"node": best.part.to_dict(), "key": best.part.key(), "id": best.id,
-                     "scores": _node_summary(best), "checkpoint": best.checkpoint}
+        point = tree.best_point(best)
+        best_node = {"answer": answer_kind(best), "verdict": verdict(tree), "node": best.part.to_dict(),
+                     "key": best.part.key(), "id": best.id, "lr": point.run.lr, "run": point.run.id,
+                     "eval_index": point.point["eval_index"], "step": point.point.get("step"),
+                     "scores": _node_summary(tree, best), "checkpoint": point.checkpoint}
         (run_dir / "best_node.yaml").write_text(yaml.safe_dump(best_node, sort_keys=False))
     export_best_model(config, tree, run_dir / "best_model")
     write_report(tree, run_dir)
@@ -92,15 +118,22 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
 def summary_text(summary: dict) -> str:
     """The summary printed at the end of a search; its last line is `Results: <run directory>`."""
     c = summary["counts"]
+    planned = summary["train_steps"] + summary["steps_saved"]
+    saved = (f"; {summary['runs_stopped_early']} run(s) stopped early saved {summary['steps_saved']:,} of "
+             f"{planned:,} planned steps ({summary['steps_saved'] / planned:.0%})") if summary["steps_saved"] else \
+        "; no run was stopped early"
     lines = [
-        f"CoFiTune search done ({summary['end_reason']}): {summary['nodes']} nodes, {c['finished']} finished, "
-        f"{c['pruned']} pruned, {c['failed']} failed, {c['not_expanded']} not run; depth {summary['depth']}; "
-        f"{summary['train_steps']} train steps, {summary['wall_time_s'] / 60:.1f} node-minutes",
+        f"CoFiTune search done ({summary['end_reason']}): {summary['nodes']} nodes ({c['finished']} finished, "
+        f"{c['pruned']} pruned, {c['failed']} failed, {c['not_expanded']} not run), {summary['trials']} trials; "
+        f"depth {summary['depth']}; {summary['train_steps']:,} train steps{saved}; "
+        f"{summary['wall_time_s'] / 60:.1f} run-minutes",
+        f"Answer: {summary['verdict']}",
     ]
     for label, key in (("Winner", "best"), ("Base model", "base"), ("Full SFT", "full")):
         s = summary[key]
         if s:
-            lines.append(f"{label:<11} {s['node']}: Spec {s['spec']:.3f}  Vers {s['vers']:.3f}  Uni {s['uni']:.3f}"
+            lr = f" lr {s['lr']:.3g}" if s["lr"] is not None else ""
+            lines.append(f"{label:<11} {s['node']}{lr}: Spec {s['spec']:.3f}  Vers {s['vers']:.3f}  Uni {s['uni']:.3f}"
                          f"  ({s['trained_params'] or 0:,} trained parameters)")
     lines.append("Pareto front: " + "; ".join(summary["pareto"]))
     run_dir = Path(summary["run_dir"])

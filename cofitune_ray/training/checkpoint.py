@@ -9,6 +9,7 @@ input. Base model + delta must reproduce all three; `export.py` checks that.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -67,3 +68,15 @@ def read_delta(directory: str | Path) -> dict[str, torch.Tensor]:
 def read_json(directory: str | Path, name: str) -> dict | None:
     path = Path(directory) / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def delete_checkpoints(paths: list[str]) -> list[str]:
+    """Delete checkpoint directories no ranking needs any more; return the paths that are gone."""
+    gone = []
+    for path in paths:
+        directory = Path(path)
+        if directory.is_dir() and (directory / DELTA_FILE).is_file():
+            shutil.rmtree(directory)
+        if not directory.exists():
+            gone.append(path)
+    return gone

@@ -1,8 +1,12 @@
-"""One call that trains and scores one node as a Ray Train job.
+"""One call that trains and scores one learning-rate run of a node as a Ray Train job.
 
 Works from a driver script or from inside a Ray Tune function trainable (Train V2 rules:
 the TorchTrainer is built and fitted inside the trial; pass Tune's report callback to forward
 every evaluation point to Tune).
+
+A run's directory `storage_dir/name/` holds `history.jsonl` (one line per evaluation point),
+`points/eval-<k>/` (each point's delta checkpoint), `attempts.jsonl` (one line per start) and,
+written last, `result.json` (the run finished; a restarted trial replays it instead of training).
 """
 
 from __future__ import annotations
@@ -18,46 +22,47 @@ from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.worker import train_node
+from cofitune_ray.training.worker import HISTORY_FILE, train_node
 
-HISTORY_FILE = "history.jsonl"
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the node's training was started
-RESULT_FILE = "result.json"  # written last: the node finished
-
-
-def finished_result(storage_dir: str | Path, name: str, part: ModelPart) -> "NodeResult | None":
-    """The saved result of a node that already finished under `storage_dir/name`, if any."""
-    path = Path(storage_dir) / name / RESULT_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    if data["part"] != part.to_dict():
-        return None
-    return NodeResult(**{**data, "part": part})
+ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the run's training was started
+RESULT_FILE = "result.json"  # written last: the run finished
 
 
 @dataclass
-class NodeResult:
-    """A trained node: its best evaluation point, its history and what it cost."""
+class RunResult:
+    """A finished run: its evaluation points and what it cost."""
 
     part: ModelPart
-    metrics: dict  # the best evaluation point (by Uni)
+    lr: float | None  # None for the base model (evaluated, not trained)
     history: list[dict] = field(default_factory=list)
-    checkpoint: str | None = None  # the best delta checkpoint directory
     train_steps: int = 0
+    total_steps: int = 0
     wall_time_s: float = 0.0
     trained_params: int = 0
 
     def to_dict(self) -> dict:
         return {
             "part": self.part.to_dict(),
-            "metrics": self.metrics,
+            "lr": self.lr,
             "history": self.history,
-            "checkpoint": self.checkpoint,
             "train_steps": self.train_steps,
+            "total_steps": self.total_steps,
             "wall_time_s": self.wall_time_s,
             "trained_params": self.trained_params,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunResult":
+        return cls(**{**data, "part": ModelPart.from_dict(data["part"])})
+
+
+def finished_result(storage_dir: str | Path, name: str, part: ModelPart, lr: float | None) -> RunResult | None:
+    """The saved result of a run that already finished under `storage_dir/name`, if any."""
+    path = Path(storage_dir) / name / RESULT_FILE
+    if not path.is_file():
+        return None
+    result = RunResult.from_dict(json.loads(path.read_text()))
+    return result if result.part == part and result.lr == lr else None
 
 
 @dataclass(frozen=True)
@@ -82,62 +87,58 @@ def run_node(
     part: ModelPart,
     name: str,
     storage_dir: str | Path,
+    lr: float | None = None,
     importance: ImportanceRef | None = None,
     base_metrics: dict | None = None,
     callbacks: list | None = None,
     max_failures: int = 0,
-) -> NodeResult:
-    """Train (or, for the base node, only evaluate) `node`; return its best result.
+) -> RunResult:
+    """Train `part` at learning rate `lr` (the part's own, else `train.lr`, when None), or only
+    evaluate it for the base model; return the run's evaluation points and cost.
 
     `storage_dir` must be reachable by every worker (a local path on one machine, shared storage
-    on a cluster); the node's Ray Train run and history are stored under `storage_dir/name`.
+    on a cluster); the run's Ray Train run, history and checkpoints are stored under `storage_dir/name`.
     """
     if part.softmask and importance is None:
         raise ValueError(f"node {part.key()} uses soft-masking but no importance was given")
+    lr = None if not part.trains else (lr or part.lr or config.train.lr)
     storage_dir = Path(storage_dir).resolve()
     run_dir = storage_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
     history_path = run_dir / HISTORY_FILE
-    history_path.unlink(missing_ok=True)  # a retried node trains from the start again
+    history_path.unlink(missing_ok=True)  # a retried run trains from the start again
     started = time.time()
     with open(run_dir / ATTEMPTS_FILE, "a") as handle:
-        handle.write(json.dumps({"node": part.key(), "started": started}) + "\n")
+        handle.write(json.dumps({"node": part.key(), "lr": lr, "started": started}) + "\n")
     trainer = TorchTrainer(
         train_node,
         train_loop_config={
             "config": config.to_dict(),
             "part": part.to_dict(),
+            "lr": lr,
             "importance_dir": importance.directory if importance else None,
             "importance_key": importance.key if importance else None,
             "base_metrics": base_metrics,
-            "history_path": str(history_path),
+            "run_dir": str(run_dir),
         },
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage_dir),
             callbacks=callbacks or [],
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="uni", checkpoint_score_order="max"
-            ),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
     )
-    result = trainer.fit()
-    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-    checkpoint, metrics = result.best_checkpoints[0] if result.best_checkpoints else (None, {})
-    if not metrics:
-        raise RuntimeError(f"node {part.key()} reported no evaluation (see the Ray Train logs in {run_dir})")
-    node_result = NodeResult(
-        part=part,
-        metrics=metrics,
-        history=history,
-        checkpoint=checkpoint.path if checkpoint else None,
-        train_steps=max((h["train_steps"] for h in history), default=0),
-        wall_time_s=time.time() - started,
-        trained_params=metrics["trained_params"],
-    )
+    trainer.fit()
+    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()] \
+        if history_path.is_file() else []
+    if not history:
+        raise RuntimeError(f"node {part.key()} at lr {lr} reported no evaluation (see the Ray Train logs in {run_dir})")
+    last = history[-1]
+    result = RunResult(part=part, lr=lr, history=history, train_steps=last["train_steps"],
+                       total_steps=last["total_steps"], wall_time_s=time.time() - started,
+                       trained_params=last["trained_params"])
     tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(node_result.to_dict(), indent=2))
+    tmp.write_text(json.dumps(result.to_dict(), indent=2))
     os.replace(tmp, run_dir / RESULT_FILE)
-    return node_result
+    return result

@@ -1,17 +1,17 @@
-"""What each Ray Train worker runs to fine-tune and score one search node.
+"""What each Ray Train worker runs to fine-tune and score one learning-rate run of a search node.
 
-`train_node(loop_config)` is the `train_loop_per_worker` of the node's TorchTrainer. It loads the
-base model, trains exactly the node's parameters (DDP or FSDP over the workers, `sharding.py`),
-soft-masks them when the
-node says so, and at every evaluation point reports Spec/Vers/Uni with a delta checkpoint
-(only the trained parameters, safetensors) through `ray.train.report`.
+`train_node(loop_config)` is the `train_loop_per_worker` of the run's TorchTrainer. It loads the
+base model, trains exactly the node's parameters at the run's learning rate (DDP or FSDP over the
+workers, `sharding.py`), soft-masks them when the node says so, and at every evaluation point
+writes a delta checkpoint (only the trained parameters, safetensors; rank 0) to
+`<run dir>/points/eval-<k>/` and reports Spec/Vers/Uni with that path (`checkpoint`) through
+`ray.train.report`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,6 +32,9 @@ from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.sharding import distribute, is_fsdp, unwrapped
 from cofitune_ray.training.softmask import SoftMask
 
+HISTORY_FILE = "history.jsonl"  # one line per evaluation point, in the run directory
+POINTS_DIR = "points"  # <run dir>/points/eval-<k>/: the delta checkpoint of evaluation point k
+
 def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, int]:
     """(steps per epoch, total steps): epochs of accumulated micro-batches, capped by max_steps."""
     per_epoch = max(1, math.ceil(micro_batches_per_epoch / config.train.grad_accum_steps))
@@ -40,22 +43,23 @@ def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, 
 
 
 class _Reporter:
-    """Evaluates, appends to the history file and reports to Ray Train (checkpoint from rank 0)."""
+    """Evaluates, writes the point's delta checkpoint and history line (rank 0), and reports to Ray Train."""
 
-    def __init__(self, evaluator, part, rank, world_size, base, history_path, trained_names, trained_params, started):
+    def __init__(self, evaluator, part, rank, world_size, base, run_dir, trained_names, trained_params, started):
         self.evaluator, self.part, self.rank, self.world_size = evaluator, part, rank, world_size
-        self.base, self.history_path, self.started = base, history_path, started
+        self.base, self.run_dir, self.started = base, Path(run_dir), started
         self.trained_names, self.trained_params = set(trained_names), trained_params
         spec = evaluator.speciality.examples[0]
         self.probe_ids = encode_example(evaluator.tokenizer, evaluator.template, spec)[0]
         self.count = 0
 
-    def __call__(self, model: torch.nn.Module, step: int, epoch: float, train_loss: float | None) -> None:
+    def __call__(self, model: torch.nn.Module, step: int, epoch: float, train_loss: float | None, total_steps: int) -> None:
         self.count += 1
         metrics = self.evaluator.evaluate(model, self.rank, self.world_size, self.base)
         hf_model = unwrapped(model)
         fingerprint = model_fingerprint(hf_model, self.trained_names, self.probe_ids)
         delta = delta_state(hf_model)  # every worker: gathering sharded parameters is a collective
+        point_dir = self.run_dir / POINTS_DIR / f"eval-{self.count}"
         metrics.update(
             eval_index=self.count,
             step=step,
@@ -63,19 +67,19 @@ class _Reporter:
             train_loss=train_loss,
             trained_params=self.trained_params,
             train_steps=step,
+            total_steps=total_steps,
             train_time_s=time.time() - self.started,
-            # DDP keeps ranks identical; a non-zero spread means they diverged.
+            checkpoint=str(point_dir) if self.part.trains else None,
+            # DDP keeps ranks identical, a non-zero spread means they diverged (FSDP's sums are global).
             rank_checksum_spread=_spread_across_ranks(fingerprint["trained_sum"], self.world_size),
         )
-        if self.rank != 0:
-            ray.train.report(metrics)
-            return
-        if self.history_path:
-            with open(self.history_path, "a") as handle:
+        if self.rank == 0:
+            if self.part.trains:
+                point_dir.mkdir(parents=True, exist_ok=True)
+                write_checkpoint(point_dir, delta, self.part, metrics, fingerprint)
+            with open(self.run_dir / HISTORY_FILE, "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
-        with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), delta, self.part, metrics, fingerprint)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report(metrics)
 
 
 def _spread_across_ranks(value: float, world_size: int) -> float:
@@ -87,7 +91,7 @@ def _spread_across_ranks(value: float, world_size: int) -> float:
 
 
 def train_node(loop_config: dict) -> None:
-    """Ray Train worker entry point. loop_config: config, node, importance_dir, base_metrics, history_path."""
+    """Ray Train worker entry point. loop_config: config, part, lr, importance_dir, importance_key, base_metrics, run_dir."""
     started = time.time()
     config = config_from_dict(loop_config["config"])
     part = ModelPart.from_dict(loop_config["part"])
@@ -95,7 +99,6 @@ def train_node(loop_config: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device()
-    strategy = config.scaling.strategy
 
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     model = load_model(config.model.path, config.model.dtype)
@@ -104,11 +107,11 @@ def train_node(loop_config: dict) -> None:
     trained_params = freeze_all_but(model, names)
     evaluator = Evaluator.from_config(config, tokenizer)
     report = _Reporter(evaluator, part, rank, world_size, loop_config.get("base_metrics"),
-                       loop_config.get("history_path"), names, trained_params, started)
-    model = distribute(model, strategy, device, bf16=use_bf16(config, device),
+                       loop_config["run_dir"], names, trained_params, started)
+    model = distribute(model, config.scaling.strategy, device, bf16=use_bf16(config, device),
                        activation_checkpointing=config.train.activation_checkpointing and part.trains)
     if not part.trains:
-        report(model, step=0, epoch=0.0, train_loss=None)
+        report(model, step=0, epoch=0.0, train_loss=None, total_steps=0)
         return
 
     softmask = None
@@ -117,7 +120,8 @@ def train_node(loop_config: dict) -> None:
         if importance is None:
             raise RuntimeError(f"no importance matching this run in {loop_config['importance_dir']}")
         softmask = SoftMask.for_model(unwrapped(model), arch, importance, config.train.softmask_mode)
-    run_training(config, part, model, tokenizer, softmask, report, rank, world_size, device)
+    for point in training_points(config, loop_config["lr"], model, tokenizer, softmask, rank, world_size, device):
+        report(model, *point)
 
 
 def use_bf16(config: Config, device: torch.device) -> bool:
@@ -125,8 +129,12 @@ def use_bf16(config: Config, device: torch.device) -> bool:
     return config.train.bf16 == "on" or (config.train.bf16 == "auto" and device.type == "cuda")
 
 
-def run_training(config, part, model, tokenizer, softmask, report, rank, world_size, device) -> None:
-    """The training loop of one node; `report(model, step, epoch, train_loss)` is called at each evaluation point."""
+def training_points(config, lr: float, model, tokenizer, softmask, rank, world_size, device):
+    """The training loop of one run at learning rate `lr`, paused at each evaluation point.
+
+    Yields `(step, epoch, train_loss, total_steps)` at every evaluation point, with `model` holding the
+    weights of that step; the caller evaluates it there. Closing the generator stops the training.
+    """
     data = tokenize_for_training(read_jsonl(config.data.speciality_train), tokenizer, config.data.prompt_template,
                                  config.data.max_seq_length, config.data.loss_on)
     if rank == 0 and data.truncated:
@@ -138,7 +146,7 @@ def run_training(config, part, model, tokenizer, softmask, report, rank, world_s
     t = config.train
     per_epoch, total_steps = optimizer_steps(config, len(loader))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=part.lr or t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     schedule = get_scheduler(t.schedule, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
                              num_training_steps=total_steps)
     # Under FSDP bf16 is its mixed-precision policy (set by `distribute`), not autocast.
@@ -173,7 +181,7 @@ def run_training(config, part, model, tokenizer, softmask, report, rank, world_s
             finished = step >= total_steps
             epoch_end = index == len(loader)
             if finished or (every and step % every == 0) or (epoch_end and config.eval.at_epoch_end):
-                report(model, step, step / per_epoch, running_loss / max(loss_count, 1))
+                yield step, step / per_epoch, running_loss / max(loss_count, 1), total_steps
                 running_loss, loss_count = 0.0, 0
             if finished:
                 return

@@ -1,4 +1,9 @@
-"""What a user sees while the search runs: a line per ended node, and Prometheus metrics.
+"""What a user sees while the search runs: a line per level and per ended node, and Prometheus metrics.
+
+The lines say which nodes a level runs and at how many learning rates, how each node ended (its
+score, why it ranks where it does, what happened to each learning-rate run) with a running count
+and an estimate of the level's remaining time. The callback also keeps tree.json current and
+deletes checkpoints no ranking can need any more once a level has ended.
 
 The metrics go through `ray.util.metrics`, so they are exported on the node's metrics port
 (as `ray_cofitune_*`) and show in Grafana and the dashboard's metrics view.
@@ -6,11 +11,14 @@ The metrics go through `ray.util.metrics`, so they are exported on the node's me
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
+from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
+from cofitune_ray.training.checkpoint import delete_checkpoints
 from cofitune_ray.tuning.searcher import TreeSearcher
 
 METRIC_NAMES = {
@@ -18,7 +26,8 @@ METRIC_NAMES = {
     "running": "cofitune_nodes_running",
     "pruned": "cofitune_nodes_pruned",
     "failed": "cofitune_nodes_failed",
-    "best_uni": "cofitune_best_uni",
+    "best_objective": "cofitune_best_objective",
+    "steps_saved": "cofitune_steps_saved",
     "depth": "cofitune_tree_depth",
 }
 
@@ -31,26 +40,67 @@ class SearchMetrics:
         self.gauges = {key: Gauge(name, description=f"CoFiTune search: {key.replace('_', ' ')}", tag_keys=("run",))
                        for key, name in METRIC_NAMES.items()}
 
-    def update(self, searcher: TreeSearcher) -> None:
-        tree = searcher.tree
+    def update(self, tree: SearchTree) -> None:
         statuses = [n.status for n in tree.nodes.values()]
         for status in ("finished", "running", "pruned", "failed"):
             self.gauges[status].set(statuses.count(status), tags=self.tags)
         best = tree.best()
-        self.gauges["best_uni"].set(best.score().uni if best else 0.0, tags=self.tags)
+        value = tree.objective.scalar(tree.score(best), tree.reference()) if best else 0.0
+        self.gauges["best_objective"].set(value, tags=self.tags)
+        self.gauges["steps_saved"].set(tree.steps_saved(), tags=self.tags)
         self.gauges["depth"].set(tree.depth, tags=self.tags)
 
 
-def ended_node_line(node) -> str:
-    """One line for an ended node: its scores and what the search did with it."""
-    score = node.score()
-    scores = f"Spec {score.spec:.3f}  Vers {score.vers:.3f}  Uni {score.uni:.3f}" if score else "no score"
+def ended_node_line(tree: SearchTree, node: TreeNode) -> str:
+    """One line for an ended node: its score, why it ranks there, its runs, and what the search did with it."""
+    best = tree.best_point(node)
+    if best is None:
+        scores = "no score"
+    else:
+        scores = (f"Spec {best.score.spec:.3f}  Vers {best.score.vers:.3f} "
+                  f"({tree.objective.explain(best.score, tree.reference())})")
+        if best.run.lr is not None:
+            scores += f" at lr {best.run.lr:.3g}"
     outcome = {"pruned": f"pruned: {node.stop_reason}", "failed": f"failed: {node.stop_reason}"}.get(node.status, node.status)
-    return f"[cofitune] node {node.id} {node.part.describe()}: {scores} -> {outcome}"
+    runs = describe_runs(tree, node)
+    return f"[cofitune] {node.id} {node.part.describe()}: {scores} -> {outcome}" + (f" [{runs}]" if runs else "")
+
+
+def level_line(tree: SearchTree, depth: int) -> str:
+    """The line that opens a level: its nodes and how many learning-rate runs each gets."""
+    nodes = [n for n in tree.at_depth(depth) if n.status != "not_expanded"]
+    runs = sum(len(n.runs) for n in nodes)
+    name = "references" if depth == 0 else _level_name(tree, nodes)
+    return (f"[cofitune] level {depth} ({name}): {len(nodes)} node(s), {runs} run(s): "
+            + (", ".join(f"{n.id} {n.part.describe()}" for n in nodes) or "none"))
+
+
+def count_line(tree: SearchTree, depth: int, level_started: float) -> str:
+    """How far the level is, and about how long it still needs at the pace of its ended runs."""
+    nodes = [n for n in tree.at_depth(depth) if n.status != "not_expanded"]
+    runs = [r for n in nodes for r in n.runs if r.status != "not_expanded"]
+    ended = [r for r in runs if r.ended]
+    ended_nodes = sum(n.status in ("finished", "pruned", "failed") for n in nodes)
+    text = f"{ended_nodes} of {len(nodes)} node(s) of level {depth} ended, {len(ended)} of {len(runs)} run(s)"
+    if ended and len(ended) < len(runs):
+        pace = (time.time() - level_started) / len(ended)
+        text += f"; about {_minutes(pace * (len(runs) - len(ended)))} left in this level"
+    return text
+
+
+def _level_name(tree: SearchTree, nodes: list[TreeNode]) -> str:
+    levels = {n.level for n in nodes if n.level is not None}
+    if len(levels) == 1:
+        return tree.space.levels[levels.pop()].name
+    return "every candidate" if tree.space.strategy == "grid" else "several rules"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 class SearchProgress(Callback):
-    """Prints a line per ended node and per new level, keeps tree.json current, updates metrics."""
+    """Prints the level and node lines, keeps tree.json current, frees unneeded checkpoints, updates metrics."""
 
     def __init__(self, searcher: TreeSearcher, run_dir: str, run_name: str):
         self.searcher = searcher
@@ -58,6 +108,8 @@ class SearchProgress(Callback):
         self.run_name = run_name
         self._metrics: SearchMetrics | None = None  # created lazily: gauges need a connected Ray
         self._depth_shown = -1
+        self._ended_shown: set[str] = set()
+        self._level_started = time.time()
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; gauges stay out
         return {**self.__dict__, "_metrics": None}
@@ -66,27 +118,30 @@ class SearchProgress(Callback):
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._node_ended(trial)
+        self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._node_ended(trial)
+        self._refresh()
 
-    def _node_ended(self, trial) -> None:
-        node = self.searcher.node_for_trial(trial.trial_id)
-        if node is not None:
-            print(ended_node_line(node), flush=True)
+    def on_experiment_end(self, trials, **info):
         self._refresh()
 
     def _refresh(self) -> None:
         tree = self.searcher.tree
+        for node in tree.nodes.values():
+            if node.id not in self._ended_shown and node.status in ("finished", "pruned", "failed"):
+                self._ended_shown.add(node.id)
+                print(f"{ended_node_line(tree, node)}  ({count_line(tree, node.depth, self._level_started)})", flush=True)
         if tree.depth != self._depth_shown:
             if self._depth_shown > 0:  # level 0 holds the references, which are never expanded
-                kept = [n.part.describe() for n in tree.at_depth(self._depth_shown) if n.promising]
+                kept = [f"{n.id} {n.part.describe()}" for n in tree.at_depth(self._depth_shown) if n.promising]
                 print(f"[cofitune] level {self._depth_shown} done; promising: {', '.join(kept) or 'none'}", flush=True)
-            self._depth_shown = tree.depth
-            names = ", ".join(n.part.describe() for n in tree.at_depth(tree.depth)) or "none"
-            print(f"[cofitune] level {tree.depth}: running {names}", flush=True)
+            self._depth_shown, self._level_started = tree.depth, time.time()
+            print(level_line(tree, tree.depth), flush=True)
+        disposable = tree.disposable_checkpoints()
+        if disposable:
+            tree.forget_checkpoints(delete_checkpoints(disposable))
         (Path(self.run_dir) / "tree.json").write_text(tree.to_json())
         if self._metrics is None:
             self._metrics = SearchMetrics(self.run_name)
-        self._metrics.update(self.searcher)
+        self._metrics.update(tree)

@@ -1,0 +1,89 @@
+"""Running a search without Ray: the same tree, node order and stop rules, runs executed in-process.
+
+The Ray path (`tuning/searcher.py`, `tuning/scheduler.py`) and this loop make the same calls on the
+same objects: `order.next_run(tree)` picks the run to start, every evaluation point goes to
+`tree.record` and then `rules.decide`, a stop goes to `tree.stop`, the run's end to `tree.complete`
+(with its last result) or `tree.fail`. The benchmark and the tests drive searches through it, so
+their tree is exactly the one the CLI would build from the same results.
+
+An executor runs one learning-rate run of a node: `executor.run(node, run)` yields one result per
+evaluation point (a dict with `eval_index`, `spec`, `vers`, `uni`, `step`, ...) and then a final
+result (`final: True`, with `train_steps`, `total_steps`, `wall_time_s`). When the rules stop a
+run, the loop closes its iterator (an executor that trains stops training there).
+`concurrency` runs advance side by side, one evaluation point each in turn, as Tune's concurrent
+trials would. Pure Python: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+from cofitune_ray.core.rules import decide
+from cofitune_ray.core.settings import StopRules
+from cofitune_ray.core.tree import Run, SearchTree, TreeNode
+
+
+class Executor(Protocol):
+    """Runs one learning-rate run of a node, yielding its results (see the module docstring)."""
+
+    def run(self, node: TreeNode, run: Run) -> Iterator[dict]: ...
+
+
+class NodeOrder(Protocol):
+    """Picks the next run to start (the tree's own order, or Optuna's)."""
+
+    def next_run(self, tree: SearchTree) -> tuple[TreeNode, Run] | None: ...
+
+
+class TreeOrder:
+    """The tree's order: children of the best parent first, each node's runs together."""
+
+    def next_run(self, tree: SearchTree) -> tuple[TreeNode, Run] | None:
+        runnable = tree.runnable()
+        return runnable[0] if runnable else None
+
+
+def drive(tree: SearchTree, executor: Executor, rules: StopRules, order: NodeOrder | None = None,
+          concurrency: int = 1) -> SearchTree:
+    """Run the search to its end; return the tree."""
+    order = order or TreeOrder()
+    active: list[tuple[str, Iterator[dict]]] = []
+    while not tree.finished or active:
+        while len(active) < concurrency and not tree.finished:
+            pick = order.next_run(tree)
+            if pick is None:
+                break
+            node, run = pick
+            tree.start(run.id, trial_id=run.id)
+            active.append((run.id, iter(executor.run(node, run))))
+        if not active:
+            raise RuntimeError(f"the search stalled at depth {tree.depth} with nothing running")
+        for run_id, results in list(active):
+            if _advance(tree, rules, run_id, results):
+                active.remove((run_id, results))
+    return tree
+
+
+def _advance(tree: SearchTree, rules: StopRules, run_id: str, results: Iterator[dict]) -> bool:
+    """Take one result of a run; return True when the run has ended."""
+    try:
+        result = next(results)
+    except StopIteration:
+        tree.fail(run_id, "the run ended without a final result")
+        return True
+    except Exception as exc:  # an executor's error fails the run, as a Tune trial's error does
+        tree.fail(run_id, f"{type(exc).__name__}: {exc}")
+        return True
+    if result.get("final"):
+        tree.complete(run_id, result)
+        return True
+    tree.record(run_id, result)
+    stop = decide(tree, run_id, rules)
+    if stop is None:
+        return False
+    tree.stop(run_id, stop.status, stop.reason)
+    close = getattr(results, "close", None)
+    if close:
+        close()
+    tree.complete(run_id, result)
+    return True

@@ -1,0 +1,115 @@
+"""When a run is stopped early: the learning-rate comparison and the stop rules (`StopRules`).
+
+Checked at every evaluation point a run reports (never on its final result):
+
+  learning rate (successive halving): the runs of a node are compared at their first evaluation
+      point (the rung, core/tree.py); a run is stopped as soon as `keep` other runs of its node are
+      better there under the objective. For the references, whose gains define the objective's
+      floor, the comparison waits until every run of the node has reached the rung.
+  vers rule (`vers_margin`, trained nodes): the run's Vers is more than `vers_margin` below the
+      incumbent's (the best node so far; under spec_floor the best qualifying node, full SFT
+      included) while its Spec is not higher: training mostly lowers Vers further, so it cannot
+      overtake the incumbent.
+  floor rule (`prune_after`, spec_floor only, trained nodes): from that fraction of its steps on,
+      a run none of whose points qualifies is stopped when its best gain so far, projected
+      linearly to the end of its steps, stays below the floor.
+  uni rule (`uni_margin`, uni only): the run's Uni is more than `uni_margin` below the incumbent's.
+
+The vers and uni rules wait for `min_evals` evaluation points. A run stopped by the learning-rate
+comparison ends `stopped`; one stopped by a rule ends `pruned` (and its node is pruned when that run
+was its best). Pure Python: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cofitune_ray.core.objective import Score
+from cofitune_ray.core.settings import StopRules
+from cofitune_ray.core.tree import SearchTree
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A decision to stop a run: `status` is "stopped" (learning rate) or "pruned" (a stop rule)."""
+
+    status: str
+    reason: str
+
+
+def decide(tree: SearchTree, run_id: str, rules: StopRules) -> Stop | None:
+    """Whether the run should stop at the evaluation point it has just reported."""
+    node, run = tree.node_of_run(run_id), tree.run(run_id)
+    if run.status != "running" or not run.history:
+        return None
+    reason = learning_rate_reason(tree, run_id)
+    if reason:
+        return Stop("stopped", reason)
+    if node.is_reference:
+        return None
+    reason = rule_reason(tree, run_id, rules)
+    return Stop("pruned", reason) if reason else None
+
+
+def learning_rate_reason(tree: SearchTree, run_id: str) -> str | None:
+    """Why the learning-rate comparison stops this run, or None."""
+    node, run = tree.node_of_run(run_id), tree.run(run_id)
+    keep = tree.learning_rates.keep
+    if len(node.runs) <= keep or run.rung_point() is None:
+        return None
+    siblings = [r for r in node.runs if r is not run and r.status != "failed"]
+    arrived = [r for r in siblings if r.rung_point() is not None]
+    if node.is_reference and len(arrived) < len(siblings):
+        return None  # the floor depends on these runs: compare once all have reached the rung
+    ranked = tree.kept_runs(node)
+    if run in ranked:
+        return None
+    better = [r for r in ranked if r is not run]
+    if len(better) < keep:
+        return None
+    winner = better[0]
+    return (f"learning rate {run.lr:g} lost to {winner.lr:g} at the first evaluation point "
+            f"({_explain(tree, run.rung_point())} against {_explain(tree, winner.rung_point())})")
+
+
+def rule_reason(tree: SearchTree, run_id: str, rules: StopRules) -> str | None:
+    """Why a stop rule stops this run of a trained node, or None."""
+    run = tree.run(run_id)
+    current = tree.point_score(run.history[-1])
+    objective, reference = tree.objective, tree.reference()
+    incumbent = tree.incumbent()
+    if len(run.history) >= rules.min_evals and incumbent is not None:
+        best = tree.score(incumbent)
+        if rules.vers_margin is not None and current.vers < best.vers - rules.vers_margin and current.spec <= best.spec:
+            return (f"vers {current.vers:.3f} is more than vers_margin {rules.vers_margin:g} below the incumbent "
+                    f"{incumbent.id}'s {best.vers:.3f}, and spec {current.spec:.3f} is not higher than its {best.spec:.3f}")
+        if objective.name == "uni" and rules.uni_margin is not None and current.uni < best.uni - rules.uni_margin:
+            return (f"uni {current.uni:.3f} is more than uni_margin {rules.uni_margin:g} below the incumbent "
+                    f"{incumbent.id}'s {best.uni:.3f}")
+    return _floor_reason(tree, run, rules)
+
+
+def _floor_reason(tree: SearchTree, run, rules: StopRules) -> str | None:
+    objective, reference = tree.objective, tree.reference()
+    floor = objective.floor_gain(reference)
+    if objective.name != "spec_floor" or rules.prune_after is None or floor is None or not run.total_steps:
+        return None
+    if not tree.reference_final():
+        return None
+    scores = [tree.point_score(p) for p in run.history]
+    if any(objective.qualifies(s, reference) for s in scores):
+        return None
+    done = run.history[-1]["step"] / run.total_steps
+    if done < rules.prune_after or done >= 1:
+        return None
+    gain = max(objective.gain(s, reference) for s in scores)
+    projected = gain / done
+    if projected >= floor:
+        return None
+    return (f"cannot reach the speciality floor: best gain {gain:.3f} after {done:.0%} of its steps "
+            f"projects to {projected:.3f}, below the floor {floor:.3f}")
+
+
+def _explain(tree: SearchTree, point: dict) -> str:
+    score = Score(point["spec"], point["vers"], point["uni"])
+    return tree.objective.explain(score, tree.reference())

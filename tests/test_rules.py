@@ -1,0 +1,144 @@
+"""The scheduler's decisions without Ray: learning-rate halving at the rung, and the stop rules."""
+
+import pytest
+
+from cofitune_ray.core.drive import drive
+from cofitune_ray.core.objective import Objective
+from cofitune_ray.core.rules import decide
+from cofitune_ray.core.settings import LearningRates, SelectionPolicy, SettingError, StopRules
+from cofitune_ray.core.space import parse_search_space
+from cofitune_ray.core.tree import SearchTree
+from score_table import TableExecutor, key
+
+SPACE = parse_search_space({
+    "strategy": "grid", "references": ["base", "full"],
+    "grid": [{"layer_ranges": [[0, 0.5], [0.5, 1]], "modules": ["all"]}],
+})
+LRS = LearningRates((1e-5, 1e-4, 1e-3))
+RULES = StopRules(vers_margin=0.1, prune_after=0.5, min_evals=1)
+
+
+def point(i, spec, vers, step=None, total=40):
+    return {"eval_index": i, "spec": spec, "vers": vers, "uni": (spec + vers) / 2, "step": step or 10 * i, "total_steps": total}
+
+
+def tree_after_references(objective="spec_floor", full=(0.9, 0.5)) -> SearchTree:
+    """Base Spec 0.1 / Vers 0.95 and full SFT as given, at every learning rate; level 1 ready to run."""
+    tree = SearchTree(SPACE, SelectionPolicy(), Objective(objective), LRS)
+    for node in tree.at_depth(0):
+        for run in node.runs:
+            tree.start(run.id, run.id)
+            tree.record(run.id, point(1, *((0.1, 0.95) if node.part.kind == "base" else full)))
+            tree.complete(run.id, {"final": True})
+    assert tree.depth == 1 and tree.reference_final()
+    return tree
+
+
+def start_all(tree):
+    node = tree.at_depth(1)[0]
+    for run in node.runs:
+        tree.start(run.id, run.id)
+    return node, node.runs
+
+
+def report(tree, run, p, rules=RULES):
+    tree.record(run.id, p)
+    return decide(tree, run.id, rules)
+
+
+def test_learning_rates_are_halved_at_the_rung_as_soon_as_enough_siblings_are_better():
+    tree = tree_after_references()  # floor: gain 0.72, i.e. Spec 0.82
+    node, (low, mid, high) = start_all(tree)
+    assert report(tree, mid, point(1, 0.85, 0.80)) is None  # first at the rung: nothing to compare with
+    stop = report(tree, high, point(1, 0.95, 0.60))  # qualifies too, with less Vers: one better sibling is enough
+    assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
+    assert "Vers 0.600" in stop.reason and "Vers 0.800" in stop.reason
+    assert report(tree, low, point(1, 0.86, 0.90)) is None  # better than mid: mid must go at its next point
+    assert decide(tree, mid.id, RULES).status == "stopped"
+    assert report(tree, low, point(2, 0.88, 0.88)) is None
+
+
+def test_references_compare_learning_rates_only_once_all_reached_the_rung():
+    tree = SearchTree(SPACE, SelectionPolicy(), Objective("spec_floor"), LRS)
+    base, full = tree.at_depth(0)
+    tree.start(base.runs[0].id, "b")
+    tree.record(base.runs[0].id, point(1, 0.1, 0.95))
+    tree.complete(base.runs[0].id, {"final": True})
+    low, mid, high = full.runs
+    for run in full.runs:
+        tree.start(run.id, run.id)
+    assert report(tree, high, point(1, 0.9, 0.3)) is None
+    # Against the floor so far (0.9 x 0.8), mid does not qualify and high does; but the floor may still move.
+    assert report(tree, mid, point(1, 0.6, 0.8)) is None
+    assert report(tree, low, point(1, 0.3, 0.9)).status == "stopped"  # every run is at the rung now
+    assert decide(tree, mid.id, RULES).status == "stopped"
+    assert decide(tree, high.id, RULES) is None
+
+
+def test_the_vers_rule_stops_runs_below_the_incumbent():
+    tree = tree_after_references()  # full SFT is the incumbent: Spec 0.9, Vers 0.5
+    node, (low, mid, high) = start_all(tree)
+    assert report(tree, low, point(1, 0.85, 0.45)) is None  # within vers_margin 0.1 of 0.5
+    stop = report(tree, low, point(2, 0.85, 0.35))
+    assert stop.status == "pruned" and stop.reason.startswith("vers 0.350 is more than vers_margin 0.1 below the incumbent n1's 0.500")
+    tree2 = tree_after_references()
+    _, (low2, _, _) = start_all(tree2)
+    assert report(tree2, low2, point(1, 0.95, 0.35)) is None  # higher Spec than the incumbent: may still win
+    assert report(tree2, low2, point(1, 0.95, 0.35), StopRules(vers_margin=None, prune_after=None)) is None
+
+
+def test_the_floor_rule_projects_the_best_gain_to_the_end():
+    tree = tree_after_references()  # floor: gain 0.72
+    node, (low, mid, high) = start_all(tree)
+    assert report(tree, low, point(1, 0.30, 0.95, step=10)) is None  # 25% of the steps: too early to judge
+    assert report(tree, low, point(2, 0.40, 0.95, step=20)).reason.startswith(
+        "cannot reach the speciality floor: best gain 0.300 after 50% of its steps projects to 0.600")
+    assert report(tree, mid, point(1, 0.50, 0.95, step=20)) is None  # gain 0.4 / 0.5 = 0.8 >= 0.72
+    tree.stop(low.id, "pruned", "floor")
+    assert report(tree, high, point(1, 0.85, 0.92, step=20)) is None  # qualifies already
+
+
+def test_the_uni_rule_only_under_the_uni_objective():
+    rules = StopRules(vers_margin=None, prune_after=None, uni_margin=0.1)
+    tree = tree_after_references("uni", full=(0.9, 0.5))  # incumbent: full SFT, Uni 0.7
+    node, (low, mid, high) = start_all(tree)
+    assert report(tree, low, point(1, 0.5, 0.6), rules).reason.startswith("uni 0.550 is more than uni_margin 0.1 below")
+    floor_tree = tree_after_references("spec_floor")
+    _, (low2, _, _) = start_all(floor_tree)
+    assert report(floor_tree, low2, point(1, 0.5, 0.6, step=10), rules) is None
+
+
+def test_min_evals_delays_the_vers_rule():
+    tree = tree_after_references()
+    node, (low, mid, high) = start_all(tree)
+    rules = StopRules(vers_margin=0.1, prune_after=None, min_evals=2)
+    assert report(tree, low, point(1, 0.85, 0.2), rules) is None
+    assert report(tree, low, point(2, 0.85, 0.2), rules).status == "pruned"
+
+
+def test_invalid_rules_name_their_field():
+    with pytest.raises(SettingError, match="prune_after: must be in"):
+        StopRules(prune_after=0)
+    with pytest.raises(SettingError, match="lr_keep: must be at least 1"):
+        LearningRates((1e-4,), keep=0)
+
+
+def test_stopped_runs_save_steps_and_the_same_table_gives_the_same_tree_at_any_concurrency():
+    table = {"base": (0.1, 0.95), "full|mask=off": (0.9, 0.5), key(0, 0.5): (0.85, 0.7), key(0.5, 1): (0.5, 0.9)}
+
+    def search(concurrency):
+        tree = SearchTree(SPACE, SelectionPolicy(), Objective("spec_floor"), LRS)
+        executor = TableExecutor(table, num_evals=4)
+        drive(tree, executor, RULES, concurrency=concurrency)
+        return tree, executor
+
+    (one, ex1), (three, ex3) = search(1), search(3)
+    for tree in (one, three):
+        assert tree.best().part.key() == key(0, 0.5)
+        kept = {n.part.key(): [r.lr for r in tree.kept_runs(n)] for n in tree.nodes.values() if n.part.trains}
+        assert kept == {"full|mask=off": [1e-4], key(0, 0.5): [1e-4], key(0.5, 1): [1e-4]}
+        assert tree.steps_saved() > 0
+    assert one.to_dict()["best"] == three.to_dict()["best"]
+    # Stopped runs were closed: the executor served them only up to the stop.
+    stopped = [r.id for n in three.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")]
+    assert stopped and all(ex3.consumed[r] < 5 for r in stopped)
