@@ -43,7 +43,7 @@ from cofitune_ray.training.runner import run_node
 from cofitune_ray.tuning.progress import SearchProgress
 from cofitune_ray.tuning.scheduler import PromisingChildScheduler
 from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
-from cofitune_ray.tuning.trial import RunContext, node_trial
+from cofitune_ray.tuning.trial import NODES_DIR, RunContext, node_trial
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
 TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
@@ -108,7 +108,7 @@ def base_result(config: Config, run_dir: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     print("[cofitune] evaluating the base model", flush=True)
-    result = run_node(config, BASE_PART, "base", run_dir / "nodes").to_dict()
+    result = run_node(config, BASE_PART, "base", run_dir / NODES_DIR).to_dict()
     path.write_text(json.dumps(result, indent=2))
     return result
 
@@ -168,7 +168,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
         importance, computed = ensure_importance(config, Path(config.storage_path))
         print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
               flush=True)
-    context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
+    context = RunContext(config.to_dict(), str(run_dir / NODES_DIR), base, importance)
     make_tuner(config, checked, run_dir, context, resume).fit()
     tree = latest_saved_tree(run_dir / EXPERIMENT)
     summary = write_results(config, tree, run_dir)

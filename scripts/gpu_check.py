@@ -1,14 +1,18 @@
-"""The prepared GPU check: one node on CUDA (bf16, nccl), the importance job, and the step-time ratios.
+"""The prepared GPU check: one node on CUDA (bf16, nccl) under DDP and FSDP, the importance job, step-time ratios.
 
     bash scripts/gpu_check.sh            # on a machine with at least one NVIDIA GPU, < 8 minutes
-    python scripts/gpu_check.py --cpu    # the same steps on a small model on CPU (checks the script)
+    python scripts/gpu_check.py --cpu    # the same steps on a small model on CPU, 2 gloo workers (checks the script)
 
 Builds a LLaMA-architecture model of about 125M parameters from a config (no download) with the
 toy world's tokenizer and data, then runs, on a fresh local Ray cluster:
   1. the importance job (Ray Train, one worker per GPU),
   2. one soft-masked node, FFN up+down in (25%, 50%], as a Ray Train DDP run with bf16 autocast,
-  3. benchmarks/node_step_time.py on the same model size in bf16,
-and prints every figure. The output belongs in docs/gpu.md.
+  3. the same node with `scaling.strategy: fsdp` (FSDP2, bf16 mixed precision) on the same workers,
+     compared with the DDP run: scores, peak memory per worker and the trained weights (skipped, with
+     the reason, on a machine with fewer than 2 GPUs: FSDP shards over 2 or more),
+  4. benchmarks/node_step_time.py on the same model size in bf16,
+and prints every figure. The output belongs in docs/gpu.md. Exits with an error when FSDP's trained
+weights differ from DDP's by more than the precision allows.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cofitune_ray.config import load_config
 from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.runner import run_node
 from cofitune_ray.toyworld.data import write_toy_data
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
@@ -72,6 +77,38 @@ def build_world(root: Path, size: dict) -> Path:
     return path
 
 
+def train_node_and_print(config, node: ModelPart, strategy: str, root: Path, importance):
+    """Train `node` under the config's scaling.strategy (`strategy`) and print its evaluation points."""
+    result = run_node(config, node, f"gpu-check-node-{strategy}", root / "runs" / "nodes", importance=importance)
+    backend = "nccl" if config.scaling.use_gpu else "gloo"
+    print(f"{strategy}: node {node.key()} on {config.scaling.num_workers} worker(s), backend {backend}, "
+          f"bf16 {config.train.bf16}: {result.train_steps} steps in {result.wall_time_s:.1f} s (including Ray Train "
+          f"start-up), {result.trained_params:,} trained parameters", flush=True)
+    for point in result.history:
+        memory = f" peak_memory {point['peak_memory_gb']:.2f} GB" if point["peak_memory_gb"] is not None else ""
+        print(f"  step {point['step']:>3}: Spec {point['spec']:.3f} Vers {point['vers']:.3f} Uni {point['uni']:.3f} "
+              f"train_loss {point['train_loss']:.4f} rank_checksum_spread {point['rank_checksum_spread']}{memory}",
+              flush=True)
+    return result
+
+
+def compare(base_path: str, ddp, fsdp, bf16: bool) -> None:
+    """FSDP's trained weights against DDP's at the last point: the difference relative to DDP's update."""
+    base = dict(LlamaForCausalLM.from_pretrained(base_path).named_parameters())
+    ddp_delta, fsdp_delta = (read_delta(r.history[-1]["checkpoint"]) for r in (ddp, fsdp))
+    difference = sum((fsdp_delta[n] - ddp_delta[n]).double().norm() ** 2 for n in ddp_delta) ** 0.5
+    update = sum((ddp_delta[n] - base[n].detach()).double().norm() ** 2 for n in ddp_delta) ** 0.5
+    ratio = float(difference / update)
+    # fp32 on CPU: the same arithmetic up to summation order; bf16 on GPU: autocast (DDP) against
+    # bf16 weights in compute (FSDP's mixed precision) drift apart by a few percent of the update.
+    limit = 0.2 if bf16 else 1e-4
+    verdict = "ok" if ratio <= limit else "MISMATCH"
+    print(f"fsdp vs ddp: trained weights differ by {ratio:.2e} of the update's norm (limit {limit:g}): {verdict}",
+          flush=True)
+    if verdict != "ok":
+        sys.exit("FSDP trained different weights than DDP")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="small model on CPU (to check the script itself)")
@@ -84,7 +121,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPUs {gpus}: "
           f"{[torch.cuda.get_device_name(i) for i in range(gpus)]}", flush=True)
     size = SIZES["cpu" if args.cpu else "gpu"]
-    overrides = ([f"scaling.use_gpu={str(not args.cpu).lower()}", f"scaling.num_workers={max(gpus, 1)}"]
+    workers = 2 if args.cpu else gpus
+    overrides = ([f"scaling.use_gpu={str(not args.cpu).lower()}", f"scaling.num_workers={workers}"]
                  + (["scaling.cpus_per_worker=0.5"] if args.cpu else ["scaling.cpus_per_worker=2"]))
     config = load_config(build_world(root, size), overrides)
     ray.init(include_dashboard=False)
@@ -92,14 +130,13 @@ def main() -> None:
     importance, _ = ensure_importance(config, root / "runs")
     print(f"importance job: {time.time() - started:.1f} s -> {importance.directory}", flush=True)
     node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
-    result = run_node(config, node, "gpu-check-node", root / "runs" / "nodes", importance=importance)
-    backend = "nccl" if config.scaling.use_gpu else "gloo"
-    print(f"node {node.key()} on {config.scaling.num_workers} worker(s), backend {backend}, bf16 {config.train.bf16}: "
-          f"{result.train_steps} steps in {result.wall_time_s:.1f} s (including Ray Train start-up), "
-          f"{result.trained_params:,} trained parameters", flush=True)
-    for point in result.history:
-        print(f"  step {point['step']:>3}: Spec {point['spec']:.3f} Vers {point['vers']:.3f} Uni {point['uni']:.3f} "
-              f"train_loss {point['train_loss']:.3f} rank_checksum_spread {point['rank_checksum_spread']}", flush=True)
+    ddp = train_node_and_print(config, node, "ddp", root, importance)
+    if workers >= 2:
+        fsdp_config = load_config(root / "gpu_check.yaml", overrides + ["scaling.strategy=fsdp"])
+        compare(config.model.path, ddp, train_node_and_print(fsdp_config, node, "fsdp", root, importance),
+                bf16=not args.cpu)
+    else:
+        print(f"FSDP step skipped: FSDP shards a node over 2 or more GPUs, this machine has {gpus}", flush=True)
     ray.shutdown()
     bench = [sys.executable, str(ROOT / "benchmarks" / "node_step_time.py"), "--layers", str(size["layers"]),
              "--hidden", str(size["hidden"]), "--intermediate", str(size["intermediate"]), "--heads", str(size["heads"]),

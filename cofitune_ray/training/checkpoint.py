@@ -24,12 +24,19 @@ METRICS_FILE = "metrics.json"
 FINGERPRINT_FILE = "fingerprint.json"
 
 
-def delta_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def delta_state(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
     """The trained parameters of an (unwrapped) model, whole and on CPU, ready to save.
 
-    Sharded (FSDP) parameters are gathered, so every worker must call this.
+    Sharded (FSDP) parameters are gathered one at a time, so every worker must call this; only a
+    worker with `keep` copies them to its memory (the others get an empty dict).
     """
-    return {n: full_tensor(p.detach()).to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    delta = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            whole = full_tensor(param.detach())
+            if keep:
+                delta[name] = whole.to("cpu").contiguous()
+    return delta
 
 
 @torch.no_grad()
