@@ -39,6 +39,7 @@ class Preflight:
     truncated: int  # training sequences longer than data.max_seq_length
     left_out: int  # of those, sequences with no response token left (not trained on)
     max_seq_length: int
+    strategy: str  # ddp | fsdp: `scaling.strategy` with `auto` resolved by the memory plan
 
     def lines(self) -> list[str]:
         """What the search will run on, in words, and a warning when training sequences do not fit."""
@@ -112,9 +113,14 @@ def preflight(config: Config) -> Preflight:
     if problems:
         raise PreflightError("\n".join(problems))
     memory = memory_plan(config, arch, space)
-    if config.scaling.strategy == "auto" and memory.choice() is None:
+    strategy = memory.choice() if config.scaling.strategy == "auto" else config.scaling.strategy
+    if strategy is None:
         raise PreflightError(f"scaling.strategy: auto: memory plan: {memory.verdict()}; {memory.advice()}")
+    harness_sets = [f"data.versatility[{i}] ({v.name})" for i, v in enumerate(config.data.versatility) if v.lm_eval]
+    if strategy == "fsdp" and harness_sets:
+        raise PreflightError(f"{', '.join(harness_sets)}: an lm-eval task is scored by one worker on the whole model, "
+                             "which scaling.strategy fsdp shards over the workers: use ddp, or a JSONL set")
     d = config.data
     fitted = tokenize_for_training(train, tokenizer, d.prompt_template, d.max_seq_length, d.loss_on)
     return Preflight(arch, space, len(train), counts, uses_softmask, memory, truncated=fitted.truncated,
-                     left_out=fitted.lost_all_labels, max_seq_length=d.max_seq_length)
+                     left_out=fitted.lost_all_labels, max_seq_length=d.max_seq_length, strategy=strategy)

@@ -11,6 +11,7 @@ soft-masks (cached), run the Tune search, write results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -45,7 +46,7 @@ from cofitune_ray.tuning.progress import SearchProgress
 from cofitune_ray.tuning.scheduler import PromisingChildScheduler
 from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
 from cofitune_ray.tuning.status_table import TrialStatusTable
-from cofitune_ray.tuning.trial import RunContext, node_trial, trial_name
+from cofitune_ray.tuning.trial import NODES_DIR, RunContext, node_trial, trial_name
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
 TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
@@ -97,7 +98,7 @@ def base_result(config: Config, run_dir: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     print("[cofitune] evaluating the base model", flush=True)
-    result = run_node(config, BASE_PART, "base", run_dir / "nodes").to_dict()
+    result = run_node(config, BASE_PART, "base", run_dir / NODES_DIR).to_dict()
     path.write_text(json.dumps(result, indent=2))
     return result
 
@@ -146,6 +147,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     checked = preflight(config)
     for line in checked.lines() + checked.memory.summary(config.scaling.strategy).splitlines():
         print(f"[cofitune] {line}", flush=True)
+    config = dataclasses.replace(config, scaling=dataclasses.replace(config.scaling, strategy=checked.strategy))
     run_dir = run_directory(config, resume)
     if (run_dir / SUMMARY_FILE).is_file():
         print("[cofitune] this run has already finished; its summary:", flush=True)
@@ -166,7 +168,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
             importance, computed = ensure_importance(config, Path(config.storage_path))
             print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
                   flush=True)
-        context = RunContext(config.to_dict(), str(run_dir / "nodes"), base, importance)
+        context = RunContext(config.to_dict(), str(run_dir / NODES_DIR), base, importance)
         make_tuner(config, space, run_dir, context, resume).fit()
         tree = latest_saved_tree(run_dir / EXPERIMENT)
         summary = write_results(config, tree, run_dir)

@@ -1,19 +1,24 @@
-"""The prepared GPU check: one node on CUDA (bf16, nccl), the importance job, the step-time ratios
-and the memory plan against torch.cuda.max_memory_allocated.
+"""The prepared GPU check: one node on CUDA (bf16, nccl) under DDP and FSDP, the importance job,
+Spectrum's scores, an lm-eval task, the step-time ratios and the memory plan against
+torch.cuda.max_memory_allocated.
 
     bash scripts/gpu_check.sh            # on a machine with at least one NVIDIA GPU, < 8 minutes
-    python scripts/gpu_check.py --cpu    # the same steps on a small model on CPU (checks the script)
+    python scripts/gpu_check.py --cpu    # the same steps on a small model on CPU, 2 gloo workers (checks the script)
 
 Builds a LLaMA-architecture model of about 125M parameters from a config (no download) with the
 toy world's tokenizer and data, then runs, on a fresh local Ray cluster:
   1. the importance job (Ray Train, one worker per GPU),
   2. Spectrum's SNR scores as a Ray task on a GPU, compared with the same scores on the CPU,
   3. one soft-masked node, FFN up+down in (25%, 50%], as a Ray Train DDP run with bf16 autocast,
-  4. an lm-evaluation-harness generation task on the model on the GPU and on the CPU,
-  5. benchmarks/node_step_time.py on the same model size in bf16,
-  6. benchmarks/memory_plan.py --device cuda: the plan's estimate vs the measured peak of nodes of
+  4. the same node with `scaling.strategy: fsdp` (FSDP2, bf16 mixed precision) on the same workers,
+     compared with the DDP run: scores, peak memory per worker and the trained weights (skipped, with
+     the reason, on a machine with fewer than 2 GPUs: FSDP shards over 2 or more),
+  5. an lm-evaluation-harness generation task on the model on the GPU and on the CPU,
+  6. benchmarks/node_step_time.py on the same model size in bf16,
+  7. benchmarks/memory_plan.py --device cuda: the plan's estimate vs the measured peak of nodes of
      the same model size (DDP and FSDP cases with 2 GPUs or more; skipped on CPU),
-and prints every figure. The output belongs in docs/gpu.md.
+and prints every figure. The output belongs in docs/gpu.md. Exits with an error when FSDP's trained
+weights differ from DDP's by more than the precision allows.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.spectrum import ensure_scores, module_scores, select
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.runner import run_node
 from cofitune_ray.toyworld.data import write_toy_data
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
@@ -99,6 +105,38 @@ def check_lm_eval(config, root: Path) -> None:
               f"{scores['documents']:.0f} documents in {time.time() - started:.1f} s", flush=True)
 
 
+def train_node_and_print(config, node: ModelPart, strategy: str, root: Path, importance):
+    """Train `node` under the config's scaling.strategy (`strategy`) and print its evaluation points."""
+    result = run_node(config, node, f"gpu-check-node-{strategy}", root / "runs" / "nodes", importance=importance)
+    backend = "nccl" if config.scaling.use_gpu else "gloo"
+    print(f"{strategy}: node {node.key()} on {config.scaling.num_workers} worker(s), backend {backend}, "
+          f"bf16 {config.train.bf16}: {result.train_steps} steps in {result.wall_time_s:.1f} s (including Ray Train "
+          f"start-up), {result.trained_params:,} trained parameters", flush=True)
+    for point in result.history:
+        memory = f" peak_memory {point['peak_memory_gb']:.2f} GB" if point["peak_memory_gb"] is not None else ""
+        print(f"  step {point['step']:>3}: Spec {point['spec']:.3f} Vers {point['vers']:.3f} Uni {point['uni']:.3f} "
+              f"train_loss {point['train_loss']:.4f} rank_checksum_spread {point['rank_checksum_spread']}{memory}",
+              flush=True)
+    return result
+
+
+def compare(base_path: str, ddp, fsdp, bf16: bool) -> None:
+    """FSDP's trained weights against DDP's at the last point: the difference relative to DDP's update."""
+    base = dict(LlamaForCausalLM.from_pretrained(base_path).named_parameters())
+    ddp_delta, fsdp_delta = (read_delta(r.history[-1]["checkpoint"]) for r in (ddp, fsdp))
+    difference = sum((fsdp_delta[n] - ddp_delta[n]).double().norm() ** 2 for n in ddp_delta) ** 0.5
+    update = sum((ddp_delta[n] - base[n].detach()).double().norm() ** 2 for n in ddp_delta) ** 0.5
+    ratio = float(difference / update)
+    # fp32 on CPU: the same arithmetic up to summation order; bf16 on GPU: autocast (DDP) against
+    # bf16 weights in compute (FSDP's mixed precision) drift apart by a few percent of the update.
+    limit = 0.2 if bf16 else 1e-4
+    verdict = "ok" if ratio <= limit else "MISMATCH"
+    print(f"fsdp vs ddp: trained weights differ by {ratio:.2e} of the update's norm (limit {limit:g}): {verdict}",
+          flush=True)
+    if verdict != "ok":
+        sys.exit("FSDP trained different weights than DDP")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="small model on CPU (to check the script itself)")
@@ -111,7 +149,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPUs {gpus}: "
           f"{[torch.cuda.get_device_name(i) for i in range(gpus)]}", flush=True)
     size = SIZES["cpu" if args.cpu else "gpu"]
-    overrides = ([f"scaling.use_gpu={str(not args.cpu).lower()}", f"scaling.num_workers={max(gpus, 1)}"]
+    workers = 2 if args.cpu else gpus
+    overrides = ([f"scaling.use_gpu={str(not args.cpu).lower()}", f"scaling.num_workers={workers}"]
                  + (["scaling.cpus_per_worker=0.5"] if args.cpu else ["scaling.cpus_per_worker=2"]))
     config = load_config(build_world(root, size), overrides)
     ray.init(include_dashboard=False)
@@ -128,14 +167,13 @@ def main() -> None:
           f"{time.time() - started:.1f} s, largest relative difference {largest:.1e}, top-25% selections equal: "
           f"{select(scores, 25) == select(on_cpu, 25)}", flush=True)
     node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
-    result = run_node(config, node, "gpu-check-node", root / "runs" / "nodes", importance=importance)
-    backend = "nccl" if config.scaling.use_gpu else "gloo"
-    print(f"node {node.key()} on {config.scaling.num_workers} worker(s), backend {backend}, bf16 {config.train.bf16}: "
-          f"{result.train_steps} steps in {result.wall_time_s:.1f} s (including Ray Train start-up), "
-          f"{result.trained_params:,} trained parameters", flush=True)
-    for point in result.history:
-        print(f"  step {point['step']:>3}: Spec {point['spec']:.3f} Vers {point['vers']:.3f} Uni {point['uni']:.3f} "
-              f"train_loss {point['train_loss']:.3f} rank_checksum_spread {point['rank_checksum_spread']}", flush=True)
+    ddp = train_node_and_print(config, node, "ddp", root, importance)
+    if workers >= 2:
+        fsdp_config = load_config(root / "gpu_check.yaml", overrides + ["scaling.strategy=fsdp"])
+        compare(config.model.path, ddp, train_node_and_print(fsdp_config, node, "fsdp", root, importance),
+                bf16=not args.cpu)
+    else:
+        print(f"FSDP step skipped: FSDP shards a node over 2 or more GPUs, this machine has {gpus}", flush=True)
     ray.shutdown()
     check_lm_eval(config, root)
     bench = [sys.executable, str(ROOT / "benchmarks" / "node_step_time.py"), "--layers", str(size["layers"]),

@@ -99,6 +99,18 @@ def test_round_trip_through_dict(tmp_path):
     assert isinstance(again, Config)
 
 
+def test_sharding_strategy_and_activation_checkpointing(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    config = load_config(path)
+    assert config.scaling.strategy == "ddp" and config.train.activation_checkpointing is False
+    config = load_config(path, ["scaling.strategy=fsdp", "train.activation_checkpointing=true"])
+    assert config.scaling.strategy == "fsdp" and config.train.activation_checkpointing is True
+    with pytest.raises(ConfigError, match="scaling.strategy: 'zero3' is not one of ddp, fsdp, auto"):
+        load_config(path, ["scaling.strategy=zero3"])
+    with pytest.raises(ConfigError, match="train.activation_checkpointing: expected true or false, got 'yes please'"):
+        load_config(path, ["train.activation_checkpointing=yes please"])
+
+
 def test_search_settings_default_to_the_speciality_floor_and_three_learning_rates_around_train_lr(tmp_path):
     from cofitune_ray.config import learning_rates, objective, stop_rules
 

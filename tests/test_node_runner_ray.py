@@ -1,6 +1,7 @@
 """One node on a real Ray cluster: 2 gloo DDP workers, importance from 1 and 2 workers, merge and export."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cofitune_ray.training.importance import load_cached_importance
 from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.training.model import load_model
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.runner import ATTEMPTS_FILE, run_node
 from tiny import make_model, make_world
 
 pytestmark = pytest.mark.ray
@@ -67,6 +68,11 @@ def test_node_trains_only_its_parameters_on_both_ranks(trained, world):
         assert sorted(delta) == sorted(f"model.layers.{i}.mlp.{m}.weight" for i in (1,) for m in ("up_proj", "down_proj"))
     first, last = (read_delta(h["checkpoint"]) for h in result.history)
     assert not torch.equal(first["model.layers.1.mlp.up_proj.weight"], last["model.layers.1.mlp.up_proj.weight"])
+    # one attempt, never resumed; its training state (for a retry) is gone once the run has finished
+    assert all(h["resumed_from_step"] == 0 and h["peak_memory_gb"] is None for h in result.history)
+    assert not [p for p in (storage / "node-a").glob("checkpoint_*") if p.is_dir()]
+    (attempt,) = [json.loads(line) for line in (storage / "node-a" / ATTEMPTS_FILE).read_text().splitlines()]
+    assert result.wall_time_s == pytest.approx(attempt["ended"] - attempt["started"]) and result.wall_time_s > 0
 
 
 def test_merged_model_reproduces_the_trained_model(trained, tmp_path):

@@ -3,8 +3,8 @@
 import pytest
 
 from cofitune_ray.config import load_config
-from cofitune_ray.preflight import preflight
-from tiny import make_world, write_config, write_jsonl
+from cofitune_ray.preflight import PreflightError, preflight
+from tiny import make_world, write_config, write_jsonl, write_lm_eval_task
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +31,15 @@ def test_training_sequences_that_do_not_fit_are_announced(tmp_path, world):
     assert (checked.truncated, checked.left_out) == (2, 1)
     assert checked.lines()[1] == ("warning: 2 of 3 training sequences are longer than data.max_seq_length (32 tokens) "
                                   "and are truncated; 1 of them keep no response token and are left out")
+
+
+def test_an_lm_eval_set_under_fsdp_is_refused_before_ray(tmp_path, world):
+    upper = world["data"]["versatility"][0]["path"]
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    write_lm_eval_task(task_dir, "upper_gen", upper)
+    harness = {"name": "upper_gen", "lm_eval": {"task": "upper_gen", "include_path": str(task_dir)}}
+    world = {**world, "data": {**world["data"], "versatility": [world["data"]["versatility"][0], harness]},
+             "scaling": {**world.get("scaling", {}), "strategy": "fsdp"}}
+    with pytest.raises(PreflightError, match=r"data.versatility\[1\] \(upper_gen\): an lm-eval task .* use ddp"):
+        preflight(load_config(write_config(tmp_path / "run.yaml", world)))

@@ -5,7 +5,8 @@ task YAML), and the smoke space has a Spectrum reference (`{snr: 50}`). The driv
 the first trained node has finished; `--resume` completes the search. Then: every output exists, no
 finished node was trained twice, best_model/ is base + delta, the lm-eval set is scored at every
 evaluation point and joins Vers, the Spectrum node trains its selection, and the report agrees with
-tree.json. A second test kills a Ray Train worker in the middle of a trial.
+tree.json. A second test kills a Ray Train worker in the middle of a run: the retried run continues
+from its last evaluation point and trains as the uninterrupted search did.
 """
 
 import json
@@ -31,6 +32,7 @@ from cofitune_ray.core.tree import ENDED, SearchTree
 from cofitune_ray.training.spectrum import snr_part
 from tiny import write_lm_eval_task
 from tool_rules import axolotl_selects
+from ray_processes import train_worker_pids
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -191,35 +193,51 @@ def test_report_agrees_with_tree_json(resumed_run):
         assert node.part.key() in rows[node_id] and node.status in rows[node_id]
 
 
-def _train_worker_pids() -> list[int]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in listing.splitlines() if "RayTrainWorker" in line]
+def _running_runs_all_past_a_point(tree_file: Path) -> bool:
+    """Every run training now (per tree.json) has reported an evaluation point before its last step.
+
+    Tune records a point only after Ray Train has registered the training state reported with it.
+    """
+    if not tree_file.is_file():
+        return False
+    running = [r for n in json.loads(tree_file.read_text())["nodes"] for r in n["runs"] if r["status"] == "running"]
+    return bool(running) and all(r["lr"] is not None and r["history"] and r["total_steps"]
+                                 and r["history"][-1]["step"] < r["total_steps"] for r in running)
 
 
-def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path, versatility):
+def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, tmp_path, versatility):
     clean_run_dir = resumed_run[0]
-    clean_winner = SearchTree.from_json((clean_run_dir / "tree.json").read_text()).best().part.key()
+    clean = SearchTree.from_json((clean_run_dir / "tree.json").read_text())
     address = ray_cluster.get_runtime_context().gcs_address
     search = subprocess.Popen(cli(tmp_path, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
     reader.start()
-    killed, deadline = None, time.time() + 600
-    while killed is None and time.time() < deadline and search.poll() is None:
-        # mid-trial: a trained node has reported its first evaluation point but not finished
-        histories = [h for h in (tmp_path / "smoke" / "nodes").glob("node-n*/history.jsonl") if h.read_text().strip()]
-        started = [h.parent for h in histories if not (h.parent / "result.json").exists()]
-        pids = _train_worker_pids()
-        if started and pids:
+    run_dir = tmp_path / "smoke"
+    killed, deadline = False, time.time() + 600
+    while not killed and time.time() < deadline and search.poll() is None:
+        # mid-run: whichever run the killed worker belongs to has saved the state of an evaluation point
+        pids = train_worker_pids(ray_cluster)
+        if pids and _running_runs_all_past_a_point(run_dir / "tree.json"):
             os.kill(pids[0], signal.SIGKILL)
-            killed = started[0].name
+            killed = True
         time.sleep(0.5)
-    assert killed, "no trained node was caught in the middle of training"
+    assert killed, "no trained run was caught in the middle of training"
     search.wait(timeout=1200)
     reader.join(timeout=10)
     assert search.returncode == 0, "".join(output[-60:])
-    run_dir = tmp_path / "smoke"
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert all(n.status == "finished" for n in tree.nodes.values()), {n.id: n.status for n in tree.nodes.values()}
-    assert max(attempts(run_dir).values()) == 2  # the interrupted node was trained again, once
-    assert tree.best().part.key() == clean_winner
+    retried = [name for name, count in attempts(run_dir).items() if count == 2]
+    assert len(retried) == 1 and max(attempts(run_dir).values()) == 2  # the interrupted run was started again, once
+    history = [json.loads(line) for line in (run_dir / "nodes" / retried[0] / "history.jsonl").read_text().splitlines()]
+    steps = [h["step"] for h in history]
+    assert steps == sorted(set(steps)) and steps[0] > 0  # no step trained twice, no evaluation point repeated
+    assert any(h["resumed_from_step"] > 0 for h in history)  # the second attempt continued from a saved state
+    run_id = retried[0].removeprefix("node-")
+    uninterrupted = {p["eval_index"]: p for p in clean.run(run_id).history}
+    for point in tree.run(run_id).history:  # the same training as in the search nobody interrupted
+        expected = uninterrupted[point["eval_index"]]
+        for key in ("step", "train_loss", "spec", "vers"):
+            assert point[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (run_id, point["eval_index"], key)
+    assert tree.best().part.key() == clean.best().part.key()

@@ -34,9 +34,9 @@ def _train(world, node, mode=None, importance=None, **train):
         original = softmask.before_step
         softmask.before_step = lambda: (calls.append(1), original())[1]
     reports = []
-    for step, epoch, loss, _ in training_points(config, node.lr or config.train.lr, model,
-                                                load_tokenizer(config.model.path), softmask, 0, 1, torch.device("cpu")):
-        reports.append((step, epoch, loss))
+    for point in training_points(config, node.lr or config.train.lr, model, load_tokenizer(config.model.path), softmask,
+                                 0, 1, torch.device("cpu")):
+        reports.append((point.step, point.epoch, point.train_loss))
     return model, reports, len(calls)
 
 
@@ -97,3 +97,36 @@ def test_adamw_cancels_grad_mode_but_not_update_mode(world):
     moved = _distance(none, base, names)
     assert _distance(grad, none, names) < 0.01 * moved  # the per-row gradient scale cancels in m / sqrt(v)
     assert _distance(update, none, names) > 0.2 * moved  # a per-row learning rate does not
+
+
+def test_a_run_resumed_from_a_saved_point_continues_exactly(world, tmp_path):
+    """Saved mid-epoch at step 3 (accumulation 2: 4 steps per epoch, 2 epochs), then resumed by a new model,
+    optimizer and schedule: the same later points and the same final weights as a run never interrupted."""
+    data = copy.deepcopy(world)
+    data["train"].update(max_steps=None, epochs=2, batch_size=4, grad_accum_steps=2)
+    data["eval"]["every_n_steps"] = 3
+    config = config_from_dict(data)
+    tokenizer = load_tokenizer(config.model.path)
+
+    def loop(resume=None):
+        model = load_model(config.model.path)
+        arch = Architecture.from_config(model.config)
+        freeze_all_but(model, trainable_parameter_names(arch, NODE, [n for n, _ in model.named_parameters()]))
+        softmask = SoftMask.for_model(model, arch, _random_importance(), "update")
+        return model, training_points(config, 1e-3, model, tokenizer, softmask, 0, 1, torch.device("cpu"), resume)
+
+    def facts(point):
+        return point.eval_index, point.step, point.epoch, point.train_loss
+
+    model, points = loop()
+    whole = [facts(p) for p in points]
+    assert [(i, step) for i, step, _, _ in whole] == [(1, 3), (2, 4), (3, 6), (4, 8)]
+    expected = model.state_dict()
+    _, points = loop()
+    first = next(points)
+    first.save_state(tmp_path)
+    points.close()
+    model, points = loop(resume=tmp_path)
+    assert [facts(first)] + [facts(p) for p in points] == whole
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, expected[name]), name

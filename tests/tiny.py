@@ -66,10 +66,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def make_world(root: Path, family: str = "llama", layers: int = 4) -> dict:
+def make_world(root: Path, family: str = "llama", layers: int = 4, intermediate: int = 48) -> dict:
     """Model + tokenizer + speciality and versatility data; returns a config dict pointing at them."""
     model_dir = root / "model"
-    make_model(model_dir, family, layers=layers)
+    make_model(model_dir, family, layers=layers, intermediate=intermediate)
     make_tokenizer(model_dir)
     spec_train = write_jsonl(root / "spec_train.jsonl", make_examples(32, seed=1, task="reverse"))
     spec_eval = write_jsonl(root / "spec_eval.jsonl", make_examples(8, seed=2, task="reverse"))

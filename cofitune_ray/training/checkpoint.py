@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.sharding import full_tensor, global_sums
 
 DELTA_FILE = "delta.safetensors"
 NODE_FILE = "node.json"
@@ -24,21 +25,32 @@ METRICS_FILE = "metrics.json"
 FINGERPRINT_FILE = "fingerprint.json"
 
 
-def delta_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trained parameters of an (unwrapped) model, on CPU, ready to save."""
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def delta_state(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The trained parameters of an (unwrapped) model, whole and on CPU, ready to save.
+
+    Sharded (FSDP) parameters are gathered one at a time, so every worker must call this; only a
+    worker with `keep` copies them to its memory (the others get an empty dict).
+    """
+    delta = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            whole = full_tensor(param.detach())
+            if keep:
+                delta[name] = whole.to("cpu").contiguous()
+    return delta
 
 
 @torch.no_grad()
 def model_fingerprint(model: torch.nn.Module, trained: set[str], probe_ids: list[int]) -> dict:
-    """Checksums of trained and frozen parameters and of the logits on `probe_ids`."""
-    trained_sum = frozen_sum = 0.0
-    for name, param in model.named_parameters():
-        value = param.detach().double().sum().item()
-        if name in trained:
-            trained_sum += value
-        else:
-            frozen_sum += value
+    """Checksums of trained and frozen parameters and of the logits on `probe_ids`.
+
+    Sharded or not, the checksums are those of the whole parameters; with a sharded model every
+    worker must call this (the sums and the probe forward are collectives).
+    """
+    names, params = zip(*model.named_parameters())
+    sums = global_sums(list(params))
+    trained_sum = sum(value for name, value in zip(names, sums) if name in trained)
+    frozen_sum = sum(value for name, value in zip(names, sums) if name not in trained)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -48,8 +60,10 @@ def model_fingerprint(model: torch.nn.Module, trained: set[str], probe_ids: list
             "probe_logits_sum": logits.double().sum().item()}
 
 
-def write_checkpoint(directory: Path, model: torch.nn.Module, part: ModelPart, metrics: dict, fingerprint: dict) -> None:
-    save_file(delta_state(model), str(directory / DELTA_FILE))
+def write_checkpoint(directory: Path, delta: dict[str, torch.Tensor], part: ModelPart, metrics: dict,
+                     fingerprint: dict) -> None:
+    """Write a delta checkpoint: `delta` (from `delta_state`), the node, its metrics and fingerprint."""
+    save_file(delta, str(directory / DELTA_FILE))
     (directory / NODE_FILE).write_text(json.dumps(part.to_dict(), indent=2))
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     (directory / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))

@@ -1,7 +1,9 @@
 """Scoring a model: exact match of greedy generation, response log-likelihood, multiple choice.
 
 Each worker scores its share of every set (example i goes to rank i % world_size); counts are
-summed across workers, so the result does not depend on the number of workers.
+summed across workers, so the result does not depend on the number of workers. Every worker runs
+as many batches as the busiest one (padding batches are discarded), and generation runs in step
+across workers: a sharded (FSDP) model's every forward is a collective all workers must join.
 
 Every score is in [0, 1]: exact match and choice accuracy as they are, log-likelihood as the
 per-token probability exp(mean response log-likelihood). Spec is the speciality set's score,
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
 from cofitune_ray.training.harness import HarnessTask
+from cofitune_ray.training.sharding import unwrapped
 
 
 @dataclass
@@ -47,25 +50,35 @@ def uni_score(spec: float, vers: float, spec_weight: float = 0.5, vers_weight: f
     return (spec_weight * spec + vers_weight * vers) / (spec_weight + vers_weight)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def _all_reduce(values: list[float], device: torch.device, op=dist.ReduceOp.SUM) -> list[float]:
+    if not _distributed():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
 
 
+def _lockstep_batches(items: list, batch_size: int, filler, device: torch.device):
+    """(batch, real) pairs: `items` in batches, then `[filler]` batches (real=False, to discard)
+    until this worker has run as many batches as the busiest worker."""
+    count = math.ceil(len(items) / batch_size)
+    (count,) = _all_reduce([count], device, op=dist.ReduceOp.MAX)
+    for start in range(0, int(count) * batch_size, batch_size):
+        batch = items[start : start + batch_size]
+        yield (batch, True) if batch else ([filler], False)
+
+
 @torch.no_grad()
-def _response_logliks(model, tokenizer, template, pairs: list[tuple[Example, str]], batch_size, device):
+def _response_logliks(model, tokenizer, template, pairs: list[tuple[Example, str]], batch_size, device, filler):
     """Summed log-likelihood and token count of each (example, response) pair."""
     results = []
-    for start in range(0, len(pairs), batch_size):
+    for chunk, real in _lockstep_batches(pairs, batch_size, filler, device):
         rows = []
-        for example, response in pairs[start : start + batch_size]:
+        for example, response in chunk:
             prompt_ids, response_ids = encode_example(tokenizer, template, example, response)
             rows.append({"input_ids": prompt_ids + response_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids})
         batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
@@ -74,16 +87,18 @@ def _response_logliks(model, tokenizer, template, pairs: list[tuple[Example, str
         logprobs = F.log_softmax(logits[:, :-1], dim=-1)
         picked = logprobs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         valid = labels != IGNORE_INDEX
-        results += list(zip((picked * valid).sum(dim=1).tolist(), valid.sum(dim=1).tolist()))
+        if real:
+            results += list(zip((picked * valid).sum(dim=1).tolist(), valid.sum(dim=1).tolist()))
     return results
 
 
 @torch.no_grad()
-def _greedy_outputs(model, tokenizer, template, examples: list[Example], batch_size, max_new_tokens, device) -> list[str]:
+def _greedy_outputs(model, tokenizer, template, examples: list[Example], batch_size, max_new_tokens, device,
+                    filler: Example) -> list[str]:
     """Greedy completions, batched with left padding."""
     outputs = []
-    for start in range(0, len(examples), batch_size):
-        prompts = [encode_example(tokenizer, template, e)[0] for e in examples[start : start + batch_size]]
+    for chunk, real in _lockstep_batches(examples, batch_size, filler, device):
+        prompts = [encode_example(tokenizer, template, e)[0] for e in chunk]
         width = max(map(len, prompts))
         input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
@@ -97,7 +112,10 @@ def _greedy_outputs(model, tokenizer, template, examples: list[Example], batch_s
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            synced_gpus=_distributed(),  # finished workers keep joining the forwards of the others
         )
+        if not real:
+            continue
         for row in generated[:, width:].tolist():
             if tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id)]
@@ -108,22 +126,24 @@ def _greedy_outputs(model, tokenizer, template, examples: list[Example], batch_s
 def score_set(model, tokenizer, template: str, eval_set: EvalSet, batch_size: int, max_new_tokens: int,
               rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """This set's score, plus exact match / accuracy and log-likelihood, summed over workers."""
-    model = _unwrap(model)
+    model = unwrapped(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     mine = eval_set.examples[rank::world_size]
+    filler = eval_set.examples[0]
+    gold_filler = (filler, filler.output)
     correct = 0.0
     if eval_set.metric == "choice":
         pairs = [(e, c) for e in mine for c in e.choices]
-        scores = iter(_response_logliks(model, tokenizer, template, pairs, batch_size, device))
+        scores = iter(_response_logliks(model, tokenizer, template, pairs, batch_size, device, gold_filler))
         for e in mine:
             option_scores = [next(scores)[0] for _ in e.choices]
             correct += float(max(range(len(option_scores)), key=option_scores.__getitem__) == e.answer)
     elif eval_set.metric == "exact_match":
-        generated = _greedy_outputs(model, tokenizer, template, mine, batch_size, max_new_tokens, device)
+        generated = _greedy_outputs(model, tokenizer, template, mine, batch_size, max_new_tokens, device, filler)
         correct = float(sum(g.strip() == e.output.strip() for g, e in zip(generated, mine)))
-    gold = _response_logliks(model, tokenizer, template, [(e, e.output) for e in mine], batch_size, device)
+    gold = _response_logliks(model, tokenizer, template, [(e, e.output) for e in mine], batch_size, device, gold_filler)
     loglik_sum = sum(s for s, _ in gold)
     tokens = sum(n for _, n in gold)
     correct, count, loglik_sum, tokens = _all_reduce([correct, len(mine), loglik_sum, tokens], device)
@@ -176,7 +196,7 @@ class Evaluator:
         vers_values = []
         for eval_set in self.versatility:
             if isinstance(eval_set, HarnessTask):
-                scores = eval_set.score(_unwrap(model), self.batch_size, rank, world_size)
+                scores = eval_set.score(unwrapped(model), self.batch_size, rank, world_size)
             else:
                 scores = score_set(model, *args, eval_set, **kwargs)
             metrics.update({f"vers/{eval_set.name}/{k}": v for k, v in scores.items()})

@@ -10,12 +10,17 @@ normalised per layer (z-score, |tanh|) and several sets combine by element-wise 
 Dropout is applied by this module to each decoder layer's input, with a mask drawn from a
 generator seeded by (seed, example, layer, pass): decoder-only checkpoints usually ship with no
 dropout, and per-example seeding makes the result independent of how examples are sharded.
+
+The model may be sharded (FSDP): the masks sit on module outputs, which are whole on every
+worker, and every worker runs the same number of batches (padding batches count for nothing),
+since each forward and backward of a sharded model is a collective.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,12 +54,12 @@ class ImportanceSettings:
 class _VirtualMasks:
     """All-ones masks hooked into a model; their .grad accumulates the importance signal."""
 
-    def __init__(self, model: torch.nn.Module, arch: Architecture, dropout: float, seed: int):
+    def __init__(self, model: torch.nn.Module, arch: Architecture, dropout: float, seed: int, device: torch.device):
         layers = model.model.layers
         self.arch, self.dropout, self.seed = arch, dropout, seed
-        self.head = torch.ones(arch.num_layers, arch.num_heads, requires_grad=True)
-        self.intermediate = torch.ones(arch.num_layers, arch.intermediate_size, requires_grad=True)
-        self.output = torch.ones(arch.num_layers, arch.hidden_size, requires_grad=True)
+        self.head = torch.ones(arch.num_layers, arch.num_heads, device=device, requires_grad=True)
+        self.intermediate = torch.ones(arch.num_layers, arch.intermediate_size, device=device, requires_grad=True)
+        self.output = torch.ones(arch.num_layers, arch.hidden_size, device=device, requires_grad=True)
         self.example_ids: list[int] = []
         self.pass_index = 0
         self._handles = []
@@ -74,7 +79,7 @@ class _VirtualMasks:
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             keep = torch.stack([self._keep_mask(example, layer, hidden.shape[1:]) for example in self.example_ids])
-            dropped = hidden * keep.to(hidden.dtype) / (1 - self.dropout)
+            dropped = hidden * keep.to(hidden.device, hidden.dtype) / (1 - self.dropout)
             if args:
                 return (dropped, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": dropped}
@@ -108,13 +113,14 @@ def accumulate_importance(
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Summed mask gradients and the number of non-pad tokens over `batches`.
 
-    Each batch is a collated dict plus `example_ids` (global example indices, for dropout seeds).
+    Each batch is a collated dict plus `example_ids` (global example indices, for dropout seeds)
+    and `padding` (True: run only to keep sharded workers in step; it adds nothing).
     """
     model.eval()  # this module's own dropout gives the two views; the model's stays off
     for param in model.parameters():
         param.requires_grad_(False)
-    masks = _VirtualMasks(model, arch, settings.dropout, settings.seed)
     device = next(model.parameters()).device
+    masks = _VirtualMasks(model, arch, settings.dropout, settings.seed, device)
     tokens = 0
     try:
         for batch in batches:
@@ -127,21 +133,29 @@ def accumulate_importance(
             kl = F.kl_div(
                 F.log_softmax(logits[1], dim=-1), F.log_softmax(logits[0], dim=-1), log_target=True, reduction="none"
             ).sum(dim=-1)
-            loss = settings.temperature * (kl * attention).sum()
+            loss = (0.0 if batch["padding"] else settings.temperature) * (kl * attention).sum()
             loss.backward()
-            tokens += int(attention.sum())
+            tokens += 0 if batch["padding"] else int(attention.sum())
     finally:
         masks.remove()
     sums = {"head": masks.head.grad, "intermediate": masks.intermediate.grad, "output": masks.output.grad}
-    return {k: (v if v is not None else torch.zeros_like(getattr(masks, k))).detach() for k, v in sums.items()}, tokens
+    return {k: (v if v is not None else torch.zeros_like(getattr(masks, k))).detach().cpu()
+            for k, v in sums.items()}, tokens
 
 
 def importance_batches(path: str, tokenizer, settings: ImportanceSettings, rank: int = 0, world_size: int = 1):
-    """This worker's share of the first `max_examples` examples of a JSONL file, as batches."""
+    """This worker's share of the first `max_examples` examples of a JSONL file, as batches.
+
+    Every worker yields as many batches as worker 0 (which has the most examples); the extra ones
+    are padding batches (`padding: True`).
+    """
     examples = read_jsonl(path)[: settings.max_examples]
     mine = list(range(rank, len(examples), world_size))
-    for start in range(0, len(mine), settings.batch_size):
+    most = math.ceil(len(examples) / world_size)
+    for start in range(0, most, settings.batch_size):
         ids = mine[start : start + settings.batch_size]
+        padding = not ids
+        ids = ids or [0]
         rows = []
         for i in ids:
             prompt_ids, response_ids = encode_example(tokenizer, settings.prompt_template, examples[i])
@@ -149,6 +163,7 @@ def importance_batches(path: str, tokenizer, settings: ImportanceSettings, rank:
             rows.append({"input_ids": sequence, "labels": sequence})
         batch = collate(rows, tokenizer.pad_token_id)
         batch["example_ids"] = ids
+        batch["padding"] = padding
         yield batch
 
 

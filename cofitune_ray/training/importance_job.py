@@ -19,6 +19,7 @@ from cofitune_ray.training.importance import (
 )
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from cofitune_ray.training.runner import ImportanceRef, scaling_config
+from cofitune_ray.training.sharding import distribute
 
 
 def importance_settings(config: Config) -> ImportanceSettings:
@@ -40,11 +41,16 @@ def importance_data(config: Config) -> list[str]:
 
 
 def importance_worker(loop_config: dict) -> None:
-    """Ray Train worker: score this worker's share, all-reduce, rank 0 writes the cache entry."""
+    """Ray Train worker: score this worker's share, all-reduce, rank 0 writes the cache entry.
+
+    Under `scaling.strategy: fsdp` the (frozen) model is sharded as for training.
+    """
     config = config_from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    model = load_model(config.model.path, config.model.dtype).to(ray.train.torch.get_device())
+    model = load_model(config.model.path, config.model.dtype)
+    model.requires_grad_(False)
+    model = distribute(model, config.scaling.strategy, ray.train.torch.get_device())
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     importance, raw_sets = compute_importance(model, Architecture.from_config(model.config), tokenizer,
                                               loop_config["data"], importance_settings(config), rank, world_size)

@@ -106,12 +106,12 @@ class LocalExecutor:
         model, loop = self._loop(part, lr, mode, model_hook)
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         point = None
-        for index, (step, epoch, train_loss, total_steps) in enumerate(loop, start=1):
-            self.trained_steps = self.trained_steps + (step - (point or {}).get("step", 0))
-            point = {"step": step}
-            if index <= skip:
+        for at in loop:
+            self.trained_steps = self.trained_steps + (at.step - (point or {}).get("step", 0))
+            point = {"step": at.step}
+            if at.eval_index <= skip:
                 continue  # cached: the weights are the same, the evaluation is not repeated
-            point = self._point(model, index, step, train_loss, total_steps, trained, started)
+            point = self._point(model, at.eval_index, at.step, at.train_loss, at.total_steps, trained, started)
             yield point
         yield _final(point, started)
 

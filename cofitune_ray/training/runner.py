@@ -5,14 +5,18 @@ the TorchTrainer is built and fitted inside the trial; pass Tune's report callba
 every evaluation point to Tune).
 
 A run's directory `storage_dir/name/` holds `history.jsonl` (one line per evaluation point),
-`points/eval-<k>/` (each point's delta checkpoint), `attempts.jsonl` (one line per start) and,
-written last, `result.json` (the run finished; a restarted trial replays it instead of training).
+`points/eval-<k>/` (each point's delta checkpoint), `attempts.jsonl` (one line per start, with its
+end when the attempt ended in this process), Ray Train's `checkpoint_*/` (the training state of
+the latest evaluation point, which a retried attempt continues from; deleted when the run
+finishes) and, written last, `result.json` (the run finished; a restarted trial replays it instead
+of training).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ from cofitune_ray.config import Config
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.worker import HISTORY_FILE, train_node
 
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the run's training was started
+ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the run's training was started, with its end
 RESULT_FILE = "result.json"  # written last: the run finished
 
 
@@ -105,11 +109,8 @@ def run_node(
     storage_dir = Path(storage_dir).resolve()
     run_dir = storage_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    history_path = run_dir / HISTORY_FILE
-    history_path.unlink(missing_ok=True)  # a retried run trains from the start again
-    started = time.time()
-    with open(run_dir / ATTEMPTS_FILE, "a") as handle:
-        handle.write(json.dumps({"node": part.key(), "lr": lr, "started": started}) + "\n")
+    history_path = run_dir / HISTORY_FILE  # a retried attempt's workers keep the points before their state
+    attempt = _start_attempt(run_dir, {"node": part.key(), "lr": lr, "started": time.time()})
     trainer = TorchTrainer(
         train_node,
         train_loop_config={
@@ -127,18 +128,63 @@ def run_node(
             storage_path=str(storage_dir),
             callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # the training state of the latest evaluation point: what a retried attempt continues from
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        _end_attempt(run_dir, attempt)
     history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()] \
         if history_path.is_file() else []
     if not history:
         raise RuntimeError(f"node {part.key()} at lr {lr} reported no evaluation (see the Ray Train logs in {run_dir})")
     last = history[-1]
     result = RunResult(part=part, lr=lr, history=history, train_steps=last["train_steps"],
-                       total_steps=last["total_steps"], wall_time_s=time.time() - started,
+                       total_steps=last["total_steps"], wall_time_s=attempts_wall_time(run_dir),
                        trained_params=last["trained_params"])
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(result.to_dict(), indent=2))
     os.replace(tmp, run_dir / RESULT_FILE)
+    discard_train_state(run_dir)  # a finished run is replayed, never resumed
     return result
+
+
+def discard_train_state(run_dir: Path) -> None:
+    """Delete the training state a retry would resume from (trained parameters and optimizer state: large).
+
+    Only for a run that is never resumed again: a finished one, or one the scheduler stopped. Ray
+    Train's record of the run still names the state, so a later attempt under the same name would fail.
+    """
+    for state in Path(run_dir).glob("checkpoint_*"):  # also the part an attempt killed mid-upload left behind
+        if state.is_dir():
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _start_attempt(run_dir: Path, entry: dict) -> int:
+    """Append an attempt to the run's attempts file; return its number (1, 2, ...)."""
+    path = run_dir / ATTEMPTS_FILE
+    count = len(path.read_text().splitlines()) if path.is_file() else 0
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return count + 1
+
+
+def _end_attempt(run_dir: Path, attempt: int) -> None:
+    """Record when attempt number `attempt` ended (it finished or its Ray Train run failed)."""
+    path = run_dir / ATTEMPTS_FILE
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    entries[attempt - 1]["ended"] = time.time()
+    tmp = path.with_name(ATTEMPTS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    os.replace(tmp, path)
+
+
+def attempts_wall_time(run_dir: Path) -> float:
+    """The run's cost in seconds: every attempt from its start to its end.
+
+    An attempt without an end (its process was killed together with the search's driver) is not counted.
+    """
+    entries = [json.loads(line) for line in (run_dir / ATTEMPTS_FILE).read_text().splitlines()]
+    return sum(e["ended"] - e["started"] for e in entries if "ended" in e)

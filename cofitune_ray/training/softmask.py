@@ -15,6 +15,9 @@ Two modes (docs/softmask.md has the measurement):
   cancels out and this mode barely changes training under AdamW.
 - "update": the same factors on the optimizer's update (a per-unit learning rate); this one does.
 Either way the factors apply once per optimizer step, whatever the gradient accumulation.
+
+Under FSDP each worker holds a slice of rows of every weight (`sharding.local_rows`); it scales
+its own rows by their own factors, so the sharded result equals the unsharded rule row for row.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from cofitune_ray.training.model import Architecture
+from cofitune_ray.training.sharding import local_rows
 
 SOFTMASK_MODES = ("update", "grad")
 
@@ -89,19 +93,20 @@ class SoftMask:
     """Applies row factors to a set of trained parameters, once per optimizer step.
 
     Call `before_step()` after the last backward of a step (before clipping) and
-    `after_step()` right after `optimizer.step()`.
+    `after_step()` right after `optimizer.step()`. Parameters may be sharded by rows (FSDP):
+    each worker scales only the rows it holds.
     """
 
     def __init__(self, factors: dict[str, tuple[torch.nn.Parameter, torch.Tensor]], mode: str):
         if mode not in SOFTMASK_MODES:
             raise ValueError(f"soft-mask mode {mode!r} is not one of {', '.join(SOFTMASK_MODES)}")
         self.mode = mode
-        self._targets = [(p, _broadcastable(f.to(p.device), p)) for p, f in factors.values()]
+        self._targets = [(p, _local_factor(f, p)) for p, f in factors.values()]
         self._before: list[torch.Tensor] = []
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, arch: Architecture, importance: Importance, mode: str) -> "SoftMask":
-        """Soft-mask every trainable parameter of `model` that feeds a unit with an importance."""
+        """Soft-mask every trainable parameter of `model` (unwrapped, sharded or not) that feeds a unit with an importance."""
         factors = {}
         for name, param in model.named_parameters():
             if param.requires_grad:
@@ -115,9 +120,9 @@ class SoftMask:
         if self.mode == "grad":
             for param, factor in self._targets:
                 if param.grad is not None:
-                    param.grad.mul_(factor)
+                    local_rows(param.grad)[0].mul_(factor)
         else:
-            self._before = [param.detach().clone() for param, _ in self._targets]
+            self._before = [local_rows(param)[0].clone() for param, _ in self._targets]
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -125,11 +130,14 @@ class SoftMask:
             return
         # new = old + factor * (stepped - old): the optimizer's update, scaled per row.
         for (param, factor), old in zip(self._targets, self._before):
-            param.sub_(old).mul_(factor).add_(old)
+            local_rows(param)[0].sub_(old).mul_(factor).add_(old)
         self._before = []
 
 
-def _broadcastable(factor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+def _local_factor(factor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The factors of the rows of `param` this worker holds, shaped to broadcast over them."""
     if factor.shape[0] != param.shape[0]:
         raise ValueError(f"factor for {tuple(param.shape)} has {factor.shape[0]} rows")
-    return factor.view(-1, *([1] * (param.dim() - 1)))
+    local, start = local_rows(param)
+    mine = factor[start : start + local.shape[0]].to(local.device)
+    return mine.view(-1, *([1] * (param.dim() - 1)))

@@ -19,7 +19,9 @@ from ray.util.metrics import Gauge
 
 from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
 from cofitune_ray.training.checkpoint import delete_checkpoints
+from cofitune_ray.training.runner import discard_train_state
 from cofitune_ray.tuning.searcher import TreeSearcher
+from cofitune_ray.tuning.trial import NODES_DIR, run_name
 
 METRIC_NAMES = {
     "finished": "cofitune_nodes_finished",
@@ -100,7 +102,8 @@ def _minutes(seconds: float) -> str:
 
 
 class SearchProgress(Callback):
-    """Prints the level and node lines, keeps tree.json current, frees unneeded checkpoints, updates metrics."""
+    """Prints the level and node lines, keeps tree.json current, frees unneeded checkpoints and the training
+    state of stopped runs, updates metrics."""
 
     def __init__(self, searcher: TreeSearcher, run_dir: str, run_name: str):
         self.searcher = searcher
@@ -141,6 +144,8 @@ class SearchProgress(Callback):
         disposable = tree.disposable_checkpoints()
         if disposable:
             tree.forget_checkpoints(delete_checkpoints(disposable))
+        for run in (r for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")):
+            discard_train_state(Path(self.run_dir) / NODES_DIR / run_name(run.id))  # never resumed
         (Path(self.run_dir) / "tree.json").write_text(tree.to_json())
         if self._metrics is None:
             self._metrics = SearchMetrics(self.run_name)
