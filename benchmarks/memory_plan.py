@@ -43,7 +43,13 @@ from cofitune_ray.core.node import ModelPart
 from cofitune_ray.plan import Workload, estimate, read_model_shape
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
 from cofitune_ray.training.memory import measure_peak
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    load_tokenizer,
+    trainable_parameter_names,
+)
 from cofitune_ray.training.softmask import Importance, SoftMask
 from cofitune_ray.training.worker import training_points
 

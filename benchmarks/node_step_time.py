@@ -15,8 +15,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.training.model import Architecture, freeze_all_but, trainable_parameter_names
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.model import Architecture, freeze_all_but, trainable_parameter_names
 from cofitune_ray.training.softmask import Importance, SoftMask
 
 VARIANTS = {

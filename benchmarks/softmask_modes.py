@@ -16,11 +16,17 @@ import time
 import torch
 
 from cofitune_ray.config import load_config
+from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.importance import compute_importance
 from cofitune_ray.training.importance_job import importance_data, importance_settings
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    load_tokenizer,
+    trainable_parameter_names,
+)
 from cofitune_ray.training.softmask import SoftMask
 from cofitune_ray.training.worker import training_points
 

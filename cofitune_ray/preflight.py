@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cofitune_ray.config import Config, objective
+from cofitune_ray.core.node import NodeError
+from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 from cofitune_ray.plan import MemoryPlan, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, versatility_set
@@ -18,8 +20,6 @@ from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.importance_job import importance_data
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
 from cofitune_ray.training.spectrum import safetensors_files
-from cofitune_ray.core.node import NodeError
-from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 
 
 class PreflightError(ValueError):

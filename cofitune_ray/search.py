@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 from ray import tune
 
+from cofitune_ray.cluster import connect
 from cofitune_ray.config import (
     PROJECT_ROOT,
     Config,
@@ -30,7 +31,6 @@ from cofitune_ray.config import (
     selection_policy,
     stop_rules,
 )
-from cofitune_ray.cluster import connect
 from cofitune_ray.console import console_output, log_locations_line
 from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.core.optuna_order import OptunaOrder

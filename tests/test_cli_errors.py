@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 import cofitune_ray.search
-
 from cofitune_ray.search import main
 from tiny import make_world, write_config, write_lm_eval_task
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 
-from cofitune_ray.config import LmEvalTaskConfig, PROJECT_ROOT
+from cofitune_ray.config import PROJECT_ROOT, LmEvalTaskConfig
 from cofitune_ray.training.data import DataError
 from cofitune_ray.training.evaluate import EvalSet, score_set
 from cofitune_ray.training.harness import HarnessTask

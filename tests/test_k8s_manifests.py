@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import ray
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version

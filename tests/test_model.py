@@ -3,8 +3,14 @@
 import pytest
 from transformers import GPT2Config
 
-from cofitune_ray.training.model import Architecture, ModelError, freeze_all_but, read_architecture, trainable_parameter_names
-from cofitune_ray.core.node import NodeError, ModelPart
+from cofitune_ray.core.node import ModelPart, NodeError
+from cofitune_ray.training.model import (
+    Architecture,
+    ModelError,
+    freeze_all_but,
+    read_architecture,
+    trainable_parameter_names,
+)
 from tiny import make_model
 
 FAMILIES = ["llama", "mistral", "qwen2"]

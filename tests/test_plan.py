@@ -13,11 +13,27 @@ from transformers import LlamaConfig
 
 from cofitune_ray.config import ConfigError, load_config
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.plan import MARGIN, MemoryPlan, ModelShape, PlanError, Workload, choose_strategy, estimate, main, memory_plan
+from cofitune_ray.plan import (
+    MARGIN,
+    MemoryPlan,
+    ModelShape,
+    PlanError,
+    Workload,
+    choose_strategy,
+    estimate,
+    main,
+    memory_plan,
+)
 from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.training.memory import measure_peak
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, read_architecture
-from cofitune_ray.training.model import trainable_parameter_names
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    load_tokenizer,
+    read_architecture,
+    trainable_parameter_names,
+)
 from cofitune_ray.training.worker import training_points
 from tiny import make_world, write_config, write_jsonl
 

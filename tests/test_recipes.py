@@ -9,7 +9,13 @@ import yaml
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ATTENTION_MODULES, FFN_MODULES, FULL_SFT_PART, ModelPart
 from cofitune_ray.outputs.recipes import AXOLOTL_FILE, LLAMAFACTORY_FILE, README_FILE, recipe_files
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, parameter_names, trainable_parameter_names
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    parameter_names,
+    trainable_parameter_names,
+)
 from tiny import make_model, make_world
 from tool_rules import axolotl_selects, llamafactory_selects
 

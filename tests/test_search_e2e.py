@@ -24,15 +24,15 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.config import load_config
+from cofitune_ray.core.tree import ENDED, SearchTree
+from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
-from cofitune_ray.core.tree import ENDED, SearchTree
 from cofitune_ray.training.spectrum import snr_part
+from ray_processes import train_worker_pids
 from tiny import write_lm_eval_task
 from tool_rules import axolotl_selects
-from ray_processes import train_worker_pids
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@ import json
 import os
 
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.tuning.searcher import latest_saved_tree
 from cofitune_ray.core.tree import SearchTree
+from cofitune_ray.tuning.searcher import latest_saved_tree
 from conftest import PROJECT
 
 

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    load_tokenizer,
+    trainable_parameter_names,
+)
 from cofitune_ray.training.softmask import Importance, SoftMask
 from cofitune_ray.training.worker import training_points
 from tiny import make_world

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import yaml
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 ALPHABET = string.ascii_letters + string.digits + " .,:;=!?-+*/()'\"\n_#"
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]

@@ -52,8 +52,8 @@ from cofitune_ray.core.node import (
     BASE_PART,
     FFN_MODULES,
     FULL_SFT_PART,
-    NodeError,
     ModelPart,
+    NodeError,
 )
 
 MODULE_GROUPS = {"all": ALL_MODULES, "attention": ATTENTION_MODULES, "ffn": FFN_MODULES}

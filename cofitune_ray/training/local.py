@@ -26,7 +26,13 @@ from cofitune_ray.config import Config
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import Run, TreeNode
 from cofitune_ray.training.evaluate import Evaluator
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    load_tokenizer,
+    trainable_parameter_names,
+)
 from cofitune_ray.training.softmask import Importance, SoftMask
 from cofitune_ray.training.worker import training_points
 

@@ -26,13 +26,19 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
 
-from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
 from cofitune_ray.config import Config, config_from_dict
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
 from cofitune_ray.training.data import collate, encode_example, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.importance import load_cached_importance
-from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.model import (
+    Architecture,
+    freeze_all_but,
+    load_model,
+    load_tokenizer,
+    trainable_parameter_names,
+)
 from cofitune_ray.training.sharding import distribute, is_fsdp, unwrapped
 from cofitune_ray.training.softmask import SoftMask
 from cofitune_ray.training.train_state import Position, load_train_state, read_position, save_train_state

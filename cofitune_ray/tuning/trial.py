@@ -17,7 +17,6 @@ from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.runner import ImportanceRef, RunResult, finished_result, run_node
 
-
 NODES_DIR = "nodes"  # <run directory>/nodes/<run name>/: each run's Ray Train run, history and checkpoints
 
 
