@@ -1,7 +1,6 @@
 """lm-evaluation-harness tasks as versatility sets, offline: local task YAMLs over local JSONL files."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -140,5 +140,6 @@ def test_stopped_runs_save_steps_and_the_same_table_gives_the_same_tree_at_any_c
         assert tree.steps_saved() > 0
     assert one.to_dict()["best"] == three.to_dict()["best"]
     # Stopped runs were closed: the executor served them only up to the stop.
-    stopped = [r.id for n in three.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")]
-    assert stopped and all(ex3.consumed[r] < 5 for r in stopped)
+    for tree, executor in ((one, ex1), (three, ex3)):
+        stopped = [r.id for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")]
+        assert stopped and all(executor.consumed[r] < 5 for r in stopped)

@@ -76,7 +76,7 @@ def rule_reason(tree: SearchTree, run_id: str, rules: StopRules) -> str | None:
     """Why a stop rule stops this run of a trained node, or None."""
     run = tree.run(run_id)
     current = tree.point_score(run.history[-1])
-    objective, reference = tree.objective, tree.reference()
+    objective = tree.objective
     incumbent = tree.incumbent()
     if len(run.history) >= rules.min_evals and incumbent is not None:
         best = tree.score(incumbent)
