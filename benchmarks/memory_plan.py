@@ -163,13 +163,15 @@ def measure(config_path: Path, case: Case, strategy: str, rank: int, world_size:
                                 output=torch.rand(arch.num_layers, arch.hidden_size, generator=g))
         softmask = SoftMask.for_model(model, arch, importance, config.train.softmask_mode)
     if strategy == "ddp" and world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(model,
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
     elif strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (world_size,))
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if case.bf16 else MixedPrecisionPolicy()
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if case.bf16
+                  else MixedPrecisionPolicy())
         for layer in model.model.layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -183,7 +185,8 @@ def planned(config_path: Path, case: Case, strategy: str, world_size: int, devic
     """The plan's estimate for the same case."""
     config = load_config(config_path, case.overrides(config_path.parent, world_size, device))
     work = Workload.from_config(config)
-    return estimate(read_model_shape(config.model.path), NODES[case.node], work, "fsdp" if strategy == "fsdp" else "ddp")
+    return estimate(read_model_shape(config.model.path), NODES[case.node], work,
+                    "fsdp" if strategy == "fsdp" else "ddp")
 
 
 def runnable(case: Case, strategy: str) -> bool:
@@ -241,7 +244,8 @@ def main() -> None:
             params = read_model_shape(str(Path(tmp, name, "model"))).count()
             print(f"{name}: {size}, {params / 1e6:.2f}M parameters")
         print(f"{STEPS} optimizer steps per case, float32 weights, AdamW, torch threads {args.threads}, {args.device}")
-        print(f"{'case':<44}{'strategy':>9}{'estimate MB':>13}{'measured MB':>13}{'est/meas':>10}  plan's peak terms (MB)")
+        print(f"{'case':<44}{'strategy':>9}{'estimate MB':>13}{'measured MB':>13}{'est/meas':>10}"
+              f"  plan's peak terms (MB)")
         ratios = []
         for strategy in args.strategies:
             measured = run_strategy(strategy, worlds, args.device)

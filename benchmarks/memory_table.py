@@ -66,7 +66,8 @@ def main() -> None:
                          for s, w in (("ddp", work), ("ddp", checkpointed), ("fsdp", work), ("fsdp", checkpointed))]
                 trained = estimate(shape, part, work, "ddp").trained_params
                 print(f"{name:<12} {node:<14} {f'{batch} x {seq}':>11} {trained / 1e9:>7.2f}B "
-                      f"{peaks[0]:>7.1f} {peaks[1]:>7.1f} {peaks[2]:>7.1f} {peaks[3]:>8.1f}  {verdict(shape, part, work)}")
+                      f"{peaks[0]:>7.1f} {peaks[1]:>7.1f} {peaks[2]:>7.1f} {peaks[3]:>8.1f}  "
+                      f"{verdict(shape, part, work)}")
 
 
 if __name__ == "__main__":

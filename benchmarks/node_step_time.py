@@ -22,8 +22,10 @@ from cofitune_ray.training.softmask import Importance, SoftMask
 VARIANTS = {
     "full SFT": (ModelPart(kind="full"), None),
     "FFN up+down (25%,50%]": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj")), None),
-    "  + soft-mask (grad)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True), "grad"),
-    "  + soft-mask (update)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True), "update"),
+    "  + soft-mask (grad)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True),
+                             "grad"),
+    "  + soft-mask (update)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True),
+                               "update"),
 }
 
 

@@ -122,7 +122,8 @@ class WorkerScaling:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     trial_cpus: float = 0.5  # the Tune trial driver itself
-    gpu_memory_gb: float = 80.0  # memory of one GPU (of one worker process with use_gpu false): the memory plan's budget
+    # memory of one GPU (of one worker process with use_gpu false): the memory plan's budget
+    gpu_memory_gb: float = 80.0
 
 
 @dataclass
@@ -287,7 +288,8 @@ def _build(hint: Any, node: yaml.Node | None, source: str, key: str) -> Any:
             raise ConfigError(f"{where}: {key}: expected a list")
         return [_build(item_hint, item, source, f"{key}[{i}]") for i, item in enumerate(node.value)]
     if not isinstance(node, yaml.ScalarNode):
-        raise ConfigError(f"{where}: {key}: expected a single value, got a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+        raise ConfigError(f"{where}: {key}: expected a single value, "
+                          f"got a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
     value = yaml.safe_load(yaml.serialize(node))
     if hint is bool:
         if not isinstance(value, bool):
@@ -377,7 +379,8 @@ def validate(config: Config) -> None:
             need(bool(item.path), f"{key}.path", "a JSONL file (or an lm_eval task) is required")
             continue
         need(not item.path, key, "give either path (a JSONL file) or lm_eval (a task), not both")
-        need(item.metric == "auto", f"{key}.metric", "applies to JSONL sets; an lm-eval set names its metric in lm_eval.metric")
+        need(item.metric == "auto", f"{key}.metric",
+             "applies to JSONL sets; an lm-eval set names its metric in lm_eval.metric")
         need(bool(task.task), f"{key}.lm_eval.task", "a task name is required, e.g. arc_easy")
         need(task.limit is None or task.limit >= 1, f"{key}.lm_eval.limit", "must be at least 1 or null")
         need(task.include_path is None or Path(task.include_path).is_dir(), f"{key}.lm_eval.include_path",
@@ -407,7 +410,8 @@ def validate(config: Config) -> None:
     need(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "must be positive or null")
     e = config.eval
     need(e.every_n_steps is None or e.every_n_steps >= 1, "eval.every_n_steps", "must be at least 1 or null")
-    need(e.every_n_steps is not None or e.at_epoch_end, "eval", "no evaluation point: set every_n_steps or at_epoch_end")
+    need(e.every_n_steps is not None or e.at_epoch_end, "eval",
+         "no evaluation point: set every_n_steps or at_epoch_end")
     need(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
     need(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be at least 1")
     need(e.spec_weight >= 0 and e.vers_weight >= 0 and e.spec_weight + e.vers_weight > 0,

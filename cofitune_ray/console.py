@@ -76,4 +76,5 @@ def log_locations_line(log_dir: Path, ray_session_dir: str | None, verbose: bool
     """The start-up line that says where the logs are."""
     ray_logs = f"{ray_session_dir}/logs" if ray_session_dir else "the Ray cluster's session log directory"
     shown = "also shown here (--verbose)" if verbose else "not shown here (--verbose shows them)"
-    return f"[cofitune] logs: Ray's workers and Ray Train in {ray_logs}, this driver's in {log_dir / DRIVER_LOG}; {shown}"
+    return (f"[cofitune] logs: Ray's workers and Ray Train in {ray_logs}, "
+            f"this driver's in {log_dir / DRIVER_LOG}; {shown}")

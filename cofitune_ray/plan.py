@@ -136,7 +136,8 @@ class Workload:
         compute = "bf16 compute" if self.bf16 else f"{self.weight_dtype} compute"
         share = f", {self.workers_per_gpu} workers per GPU" if self.workers_per_gpu > 1 else ""
         return (f"micro-batch {self.batch_size} x {self.seq_len} tokens, {self.weight_dtype} weights, {compute}, "
-                f"{self.num_workers} worker(s){share}, activation checkpointing {'on' if self.activation_checkpointing else 'off'}")
+                f"{self.num_workers} worker(s){share}, "
+                f"activation checkpointing {'on' if self.activation_checkpointing else 'off'}")
 
 
 TERMS = ("weights", "gradients", "optimizer", "activations", "transient")
@@ -461,7 +462,8 @@ class MemoryPlan:
         work = self.work
         options = []
         if not work.activation_checkpointing:
-            options.append(("train.activation_checkpointing=true", dataclasses.replace(work, activation_checkpointing=True)))
+            options.append(("train.activation_checkpointing=true",
+                            dataclasses.replace(work, activation_checkpointing=True)))
         for workers in (2, 4, 8, 16, 32, 64):
             if workers > work.num_workers:
                 options.append((f"scaling.num_workers={workers} (FSDP shards over {workers} GPUs)",
@@ -476,7 +478,8 @@ class MemoryPlan:
             options.append((f"data.max_seq_length={seq}", dataclasses.replace(work, seq_len=seq)))
             seq //= 2
         if work.workers_per_gpu > 1:
-            options.append(("scaling.gpus_per_worker=1 (one GPU per worker)", dataclasses.replace(work, gpus_per_worker=1)))
+            options.append(("scaling.gpus_per_worker=1 (one GPU per worker)",
+                            dataclasses.replace(work, gpus_per_worker=1)))
         found, seen = [], set()
         for label, changed in options:
             key = label.split("=")[0]
@@ -533,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cofitune_ray.plan", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run's YAML config")
     parser.add_argument("--search-space", help="search-space YAML (overrides search.space)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.batch_size=4")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted config overrides, e.g. train.batch_size=4")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = list(args.overrides) + ([f"search.space={Path(args.search_space).resolve()}"] if args.search_space else [])
+    overrides = list(args.overrides) + ([f"search.space={Path(args.search_space).resolve()}"]
+                                        if args.search_space else [])
     try:
         config = load_config(args.config, overrides)
         space = load_search_space(config.search.space)

@@ -61,11 +61,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--search-space", help="search-space YAML (overrides search.space)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run named in the config (starts it if it does not exist yet)")
-    parser.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'; default: $RAY_ADDRESS or a new local one)")
+    parser.add_argument("--address",
+                        help="join a running Ray cluster (e.g. 'auto'; default: $RAY_ADDRESS or a new local one)")
     parser.add_argument("--dashboard", action="store_true",
                         help="the local dashboard on its usual port 8265, with Ray Train runs tracked on it")
     parser.add_argument("--verbose", action="store_true",
-                        help="show Ray's worker and Ray Train logs and INFO records here too (default: only in log files)")
+                        help="show Ray's worker and Ray Train logs and INFO records here too "
+                             "(default: only in log files)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.lr=1e-4")
     return parser.parse_args(argv)
 

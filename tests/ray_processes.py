@@ -11,7 +11,8 @@ def train_worker_pids(ray) -> list[int]:
     """PIDs of the live Ray Train workers of the cluster `ray` is connected to."""
     node_id = ray.get_runtime_context().get_node_id()
     rows = []
-    listing = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout  # -ww: whole lines
+    # -ww: whole lines
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     for line in listing.splitlines()[1:]:
         pid, ppid, args = line.split(None, 2)
         rows.append((int(pid), int(ppid), args))

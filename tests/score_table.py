@@ -79,7 +79,8 @@ def table_results(part: ModelPart, lr: float | None, table: dict, num_evals: int
         lag = evals - i
         s = round(spec_value + d_spec - 0.1 * lag, 6)
         v = round(vers_value + d_vers + 0.02 * lag, 6)
-        results.append({"eval_index": i, "spec": s, "vers": v, "uni": (s + v) / 2, "step": STEPS_PER_EVAL * i if part.trains else 0,
+        results.append({"eval_index": i, "spec": s, "vers": v, "uni": (s + v) / 2,
+                        "step": STEPS_PER_EVAL * i if part.trains else 0,
                         "total_steps": total, "trained_params": trained_params(part),
                         "checkpoint": f"ckpt/{part.key()}/{lr}/{i}" if part.trains else None})
     results.append({"final": True, "train_steps": total, "total_steps": total, "wall_time_s": float(evals),

@@ -157,7 +157,8 @@ def test_spectrum_reference_needs_safetensors_weights(tmp_path, world, capsys):
 def test_soft_masking_without_jsonl_general_data(tmp_path, world, capsys):
     write_lm_eval_task(tmp_path / "tasks", "toy_upper", Path(world["data"]["versatility"][0]["path"]))
     only_lm_eval = [{"name": "upper-lm", "lm_eval": {"task": "toy_upper", "include_path": str(tmp_path / "tasks")}}]
-    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(versatility=only_lm_eval))  # paper space soft-masks
+    # paper space soft-masks
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(versatility=only_lm_eval))
     assert code == 2 and "importance.data: soft-masking nodes need general JSONL data" in err
 
 

@@ -25,7 +25,8 @@ def endless_training(config):
 
 
 def trial(config):
-    TorchTrainer(endless_training, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+    TorchTrainer(endless_training,
+                 scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
                  run_config=ray.train.RunConfig(name=f"train-{tune.get_context().get_trial_id()}",
                                                 storage_path=config["storage"], callbacks=[TuneReportCallback()])).fit()
 

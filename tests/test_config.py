@@ -128,6 +128,8 @@ def test_search_settings_are_checked_once_and_named_by_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     text = str(err.value)
-    for message in ("search.objective: 'best' is not one of spec_floor, uni", "search.max_depth: must be at least 1 or null",
-                    "search.lr_candidates: needs at least one learning rate", "search.prune_after: must be in (0, 1] or null"):
+    for message in ("search.objective: 'best' is not one of spec_floor, uni",
+                    "search.max_depth: must be at least 1 or null",
+                    "search.lr_candidates: needs at least one learning rate",
+                    "search.prune_after: must be in (0, 1] or null"):
         assert f"{path}: {message}" in text

@@ -57,13 +57,15 @@ def test_multiple_choice_by_option_loglik(taught):
 def test_loglik_metric_is_a_token_probability(taught):
     model, tokenizer = taught
     scores = score_set(model, tokenizer, "compact", EvalSet("l", TAUGHT, "loglik"), 2, 8)
-    assert 0.5 < scores["score"] <= 1.0 and scores["score"] == pytest.approx(torch.tensor(scores["loglik"]).exp().item())
+    assert 0.5 < scores["score"] <= 1.0
+    assert scores["score"] == pytest.approx(torch.tensor(scores["loglik"]).exp().item())
 
 
 def test_evaluator_spec_vers_uni_and_relative(taught):
     model, tokenizer = taught
     evaluator = Evaluator(EvalSet("spec", TAUGHT, "exact_match"),
-                          [EvalSet("a", TAUGHT, "exact_match"), EvalSet("b", [Example("rev", "abc", "x")], "exact_match")],
+                          [EvalSet("a", TAUGHT, "exact_match"),
+                           EvalSet("b", [Example("rev", "abc", "x")], "exact_match")],
                           tokenizer, "compact", 4, 8, spec_weight=1.0, vers_weight=3.0)
     metrics = evaluator.evaluate(model, base={"spec": 0.5, "vers": 0.25})
     assert metrics["spec"] == 1.0 and metrics["vers"] == 0.5

@@ -70,13 +70,15 @@ def runs(ray_cluster, world, importance, tmp_path_factory):
             config = _config(world, strategy, mode, activation_checkpointing=(strategy == "fsdp" and mode == "grad"))
             name = f"{strategy}-{mode}"
             if name == "fsdp-update":
-                results[strategy, mode] = _run_with_a_worker_killed(ray_cluster, config, name, storage, importance["ddp"])
+                results[strategy, mode] = _run_with_a_worker_killed(ray_cluster, config, name, storage,
+                                                                    importance["ddp"])
             else:
                 results[strategy, mode] = run_node(config, NODE, name, storage, importance=importance["ddp"])
     return results
 
 
-class _MarkRegistered(ray.train.UserCallback):  # runs in the Train controller: pickled by value (tests/ is not on its path)
+# runs in the Train controller: pickled by value (tests/ is not on its path)
+class _MarkRegistered(ray.train.UserCallback):
     """Touches `path` once Ray Train has registered a reported checkpoint: the state a restart gets back.
 
     (The checkpoint's directory appears while it is still being uploaded; a kill then restarts from scratch.)
@@ -162,7 +164,8 @@ def test_the_soft_mask_changed_the_update_in_both_strategies(runs):
     # `update` scales each row's step by its factor; `grad` is nearly cancelled by AdamW: they differ.
     for strategy in ("ddp", "fsdp"):
         update, grad = (_last_delta(runs[strategy, m]) for m in ("update", "grad"))
-        assert not torch.allclose(update["model.layers.1.mlp.up_proj.weight"], grad["model.layers.1.mlp.up_proj.weight"])
+        assert not torch.allclose(update["model.layers.1.mlp.up_proj.weight"],
+                                  grad["model.layers.1.mlp.up_proj.weight"])
 
 
 def test_best_model_from_fsdp_matches_ddp_and_keeps_frozen_weights(runs, world, tmp_path):

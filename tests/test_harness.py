@@ -114,7 +114,8 @@ def test_unknown_task_names_the_key(tasks):
 
 
 def test_unknown_metric_lists_the_task_s_metrics(tasks):
-    with pytest.raises(DataError, match=r"lm_eval.metric: 'f1' is not a metric of task 'toy_pick' \(it has acc, acc_norm\)"):
+    with pytest.raises(DataError,
+                       match=r"lm_eval.metric: 'f1' is not a metric of task 'toy_pick' \(it has acc, acc_norm\)"):
         _task(tasks, "pick", task="toy_pick", metric="f1").load()
 
 
@@ -123,7 +124,8 @@ def test_lower_is_better_metric_is_refused(tasks, tmp_path):
     folder = tmp_path / "tasks"
     folder.mkdir()
     (folder / "toy_pick_low.yaml").write_text(
-        text.replace("task: toy_pick", "task: toy_pick_low").replace("higher_is_better: true", "higher_is_better: false"))
+        text.replace("task: toy_pick", "task: toy_pick_low")
+        .replace("higher_is_better: true", "higher_is_better: false"))
     task = HarnessTask.from_config("low", LmEvalTaskConfig(task="toy_pick_low", include_path=str(folder)),
                                    str(TOY_MODEL), None, "k")
     with pytest.raises(DataError, match="'acc' is lower-is-better"):

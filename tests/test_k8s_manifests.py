@@ -299,7 +299,8 @@ def structural_to_jsonschema(schema: dict, root: bool = True) -> dict:
     unknown fields are errors unless x-kubernetes-preserve-unknown-fields; int-or-string accepts
     both; nullable accepts null; int32/int64 are range-checked. Top-level metadata is ObjectMeta,
     which the API server checks itself (see _check_object_meta)."""
-    out = {k: v for k, v in schema.items() if k not in ("properties", "items", "additionalProperties", "anyOf", "allOf", "oneOf", "not")}
+    out = {k: v for k, v in schema.items()
+           if k not in ("properties", "items", "additionalProperties", "anyOf", "allOf", "oneOf", "not")}
     if "properties" in schema:
         out["properties"] = {name: structural_to_jsonschema(sub, False) for name, sub in schema["properties"].items()}
         if root:
@@ -345,7 +346,8 @@ def _list_type(validator, list_type, instance, schema):
             seen.add(ident)
 
 
-StructuralValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"x-kubernetes-list-type": _list_type})
+StructuralValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                                   {"x-kubernetes-list-type": _list_type})
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -378,7 +380,8 @@ def crd_errors(obj: dict, schema: dict) -> list[str]:
     """Every reason an API server with this CRD would reject `obj` (CEL rules excepted: see the
     test that shows no field carrying one is set)."""
     validator = _validator(id(schema), schema)
-    errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)]
+    errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+              for e in validator.iter_errors(obj)]
     return errors + _check_object_meta(obj.get("metadata", {}))
 
 
@@ -447,7 +450,8 @@ def gpu_groups(rayjob: dict) -> list[dict]:
     return [
         g
         for g in rayjob["spec"]["rayClusterSpec"].get("workerGroupSpecs", [])
-        if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in g["template"]["spec"]["containers"])
+        if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+               for c in g["template"]["spec"]["containers"])
     ]
 
 
@@ -466,7 +470,8 @@ def parse_entrypoint(entrypoint: str) -> dict:
     [--address A] [--dashboard] [key=value ...]; anything else is an error."""
     argv = shlex.split(entrypoint)
     assert argv[:3] == ["python", "-m", "cofitune_ray.search"], f"entrypoint must run the search module: {argv}"
-    parsed: dict[str, Any] = {"config": None, "search_space": None, "resume": False, "address": None, "dashboard": False, "overrides": []}
+    parsed: dict[str, Any] = {"config": None, "search_space": None, "resume": False, "address": None,
+                              "dashboard": False, "overrides": []}
     args = iter(argv[3:])
     for arg in args:
         if arg in ("--config", "--search-space", "--address"):
@@ -560,7 +565,8 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path):
     with pytest.raises(KustomizeError, match="namePrefix"):
         render(tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
-        "resources: [cm.yaml]\npatches:\n  - target: {version: v1, kind: ConfigMap}\n    patch: |-\n      data: {a: b}\n"
+        "resources: [cm.yaml]\npatches:\n"
+        "  - target: {version: v1, kind: ConfigMap}\n    patch: |-\n      data: {a: b}\n"
     )
     (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
     with pytest.raises(KustomizeError, match="JSON 6902"):
@@ -648,7 +654,8 @@ def test_a_broken_copy_of_k8s_fails(tmp_path):
     errors = crd_errors(rayjob, _crd_schema("RayJob"))
     assert any("minReplica" in e for e in errors), errors
 
-    patch.write_text(patch.read_text().replace("path: /spec/rayClusterSpec/workerGroupSpecs/-", "path: /spec/rayClusterSpec/workerGroupSpec/-"))
+    patch.write_text(patch.read_text().replace("path: /spec/rayClusterSpec/workerGroupSpecs/-",
+                                               "path: /spec/rayClusterSpec/workerGroupSpec/-"))
     with pytest.raises(KustomizeError, match="does not exist"):
         render(broken / "overlays" / "gpu")
 
@@ -659,7 +666,8 @@ def test_core_objects_and_pod_templates_match_kubernetes_schemas(overlay, render
         if res["apiVersion"] in ("v1", "apps/v1", "batch/v1"):
             kubernetes_validate.validate(res, K8S_VERSION, strict=True)
     for name, template in pod_templates(one(rendered[overlay], "RayJob")).items():
-        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace(":", "-")}, "template": template}
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace(":", "-")},
+                   "template": template}
         kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
 
 
@@ -712,7 +720,8 @@ PODMONITOR_SCHEMA = {
                         "properties": {
                             "port": {"type": "string"},
                             "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "interval": {"type": "string",
+                                         "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
                             "relabelings": {"type": "array", "items": _RELABEL},
                         },
                     },
@@ -746,7 +755,8 @@ def test_podmonitor_scrapes_the_ray_metrics_ports(overlay, rendered):
     assert ports_by_pod["head"]["as-metrics"] == 44217 and ports_by_pod["head"]["dash-metrics"] == 44227
     # The ray_io_cluster label the Ray Grafana dashboards filter on.
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-        assert {"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"], "targetLabel": "ray_io_cluster"} in endpoint["relabelings"]
+        assert {"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
+                "targetLabel": "ray_io_cluster"} in endpoint["relabelings"]
 
 
 # --------------------------------------------------------------------------- project rules
@@ -762,7 +772,8 @@ def test_autoscaling_cluster_shape(overlay, rendered):
     groups = cluster["workerGroupSpecs"]
     assert groups[0]["groupName"] == "cpu"
     for group in groups:
-        assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"], group["groupName"]
+        assert (0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"])
+                <= group["maxReplicas"]), group["groupName"]
         assert group["idleTimeoutSeconds"] > 0, group["groupName"]
 
 
@@ -981,10 +992,12 @@ def test_security_settings(overlay, rendered):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_dashboard_service_reaches_only_the_head(overlay, rendered):
     rayjob = one(rendered[overlay], "RayJob")
-    service = next(r for r in rendered[overlay] if r["kind"] == "Service" and r["metadata"]["name"] == "cofitune-dashboard")
+    service = next(r for r in rendered[overlay]
+                   if r["kind"] == "Service" and r["metadata"]["name"] == "cofitune-dashboard")
     selector = service["spec"]["selector"]
     selected = [n for n, t in ray_templates(rayjob).items() if selector.items() <= t["metadata"]["labels"].items()]
     assert selected == ["head"]
-    head_ports = {p["name"]: p["containerPort"] for p in rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head_ports = {p["name"]: p["containerPort"] for p in head["ports"]}
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "dashboard" and head_ports["dashboard"] == 8265 == port["port"]

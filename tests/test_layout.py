@@ -7,7 +7,8 @@ import sys
 def test_core_imports_neither_ray_nor_torch():
     code = (
         "import sys, pkgutil, importlib, cofitune_ray.core; "
-        "[importlib.import_module(f'cofitune_ray.core.{m.name}') for m in pkgutil.iter_modules(cofitune_ray.core.__path__)]; "
+        "[importlib.import_module(f'cofitune_ray.core.{m.name}') "
+        "for m in pkgutil.iter_modules(cofitune_ray.core.__path__)]; "
         "heavy = sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules); "
         "assert not heavy, heavy"
     )

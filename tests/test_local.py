@@ -50,7 +50,8 @@ def test_closing_a_run_stops_its_training_and_the_cache_serves_it_later(config, 
     assert again.trained_steps == 6  # trained from the start to reach the points not cached yet
     reference = list(LocalExecutor(config).results(PART, 1e-3))
     for cached_point, fresh in zip(full[1:-1], reference[1:-1]):
-        assert cached_point["spec"] == fresh["spec"] and cached_point["train_loss"] == pytest.approx(fresh["train_loss"])
+        assert cached_point["spec"] == fresh["spec"]
+        assert cached_point["train_loss"] == pytest.approx(fresh["train_loss"])
     third = LocalExecutor(config, cache=RunCache(tmp_path / "runs.json", {"world": "tiny"}))
     assert list(third.results(PART, 1e-3)) == full and third.trained_steps == 0
     assert RunCache(tmp_path / "runs.json", {"world": "other"}).get("anything") is None  # other settings: new cache

@@ -47,7 +47,9 @@ def test_ffn_up_down_in_second_quarter(tiny):
 def test_attention_of_top_half_includes_qwen2_biases(tiny):
     family, _, model = tiny
     arch = Architecture.from_config(model.config)
-    selected = trainable_parameter_names(arch, ModelPart(layer_range=(0.5, 1.0), modules=("q_proj", "k_proj", "v_proj", "o_proj")), _names(model))
+    selected = trainable_parameter_names(arch, ModelPart(layer_range=(0.5, 1.0),
+                                                         modules=("q_proj", "k_proj", "v_proj", "o_proj")),
+                                         _names(model))
     per_layer = 7 if family == "qwen2" else 4  # q, k, v biases
     assert len(selected) == 4 * per_layer
     assert {int(n.split(".")[2]) for n in selected} == {4, 5, 6, 7}
@@ -85,7 +87,9 @@ def test_layer_range_outside_the_model_is_an_error(tiny):
 
 
 def test_unknown_module_lists_valid_names():
-    with pytest.raises(NodeError, match="unknown module.*fc1.*valid modules: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"):
+    with pytest.raises(NodeError,
+                       match="unknown module.*fc1.*valid modules: "
+                             "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"):
         ModelPart(modules=("fc1",))
 
 

@@ -62,10 +62,12 @@ def test_node_trains_only_its_parameters_on_both_ranks(trained, world):
     assert result.train_steps == 4 and result.trained_params == 1 * 2 * 48 * 32  # layer 1 of 4: up and down
     assert all(h["rank_checksum_spread"] == 0.0 for h in result.history)  # DDP ranks identical
     # every evaluation point's delta checkpoint, in the run's points/ folder
-    assert [h["checkpoint"] for h in result.history] == [str(storage / "node-a" / "points" / f"eval-{k}") for k in (1, 2)]
+    assert [h["checkpoint"] for h in result.history] == [str(storage / "node-a" / "points" / f"eval-{k}")
+                                                         for k in (1, 2)]
     for point in result.history:
         delta = read_delta(point["checkpoint"])
-        assert sorted(delta) == sorted(f"model.layers.{i}.mlp.{m}.weight" for i in (1,) for m in ("up_proj", "down_proj"))
+        assert sorted(delta) == sorted(f"model.layers.{i}.mlp.{m}.weight"
+                                       for i in (1,) for m in ("up_proj", "down_proj"))
     first, last = (read_delta(h["checkpoint"]) for h in result.history)
     assert not torch.equal(first["model.layers.1.mlp.up_proj.weight"], last["model.layers.1.mlp.up_proj.weight"])
     # one attempt, never resumed; its training state (for a retry) is gone once the run has finished

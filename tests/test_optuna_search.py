@@ -49,7 +49,8 @@ def test_candidates_are_every_reachable_node_and_survive_json(name):
     candidates = space.as_grid()
     assert candidates.strategy == "grid"
     assert [r.key() for r in candidates.references] == REFERENCES
-    assert [n.key() for n in candidates.references + candidates.grid_nodes] == [n.key() for n in space.reachable_nodes()]
+    assert ([n.key() for n in candidates.references + candidates.grid_nodes]
+            == [n.key() for n in space.reachable_nodes()])
     tree = SearchTree(candidates)
     assert SearchTree.from_json(tree.to_json()).to_dict() == tree.to_dict()
 
@@ -62,7 +63,8 @@ def test_candidates_keep_explicit_layers_and_learning_rates():
     }
     space = parse_search_space(grid)
     candidates = space.as_grid()
-    assert [n.key() for n in candidates.references + candidates.grid_nodes] == [n.key() for n in space.reachable_nodes()]
+    assert ([n.key() for n in candidates.references + candidates.grid_nodes]
+            == [n.key() for n in space.reachable_nodes()])
     assert {node_params(n)["range"] for n in candidates.grid_nodes} == {"(0,0.5]", "layers 0,2", "layers 1,3"}
     assert {node_params(n)["lr"] for n in candidates.grid_nodes} == {"candidates", "0.0001"}
 

@@ -103,7 +103,8 @@ def _padded_world(root):
     return world
 
 
-@pytest.mark.parametrize("part", [ModelPart(kind="full"), ModelPart(layer_range=(0.5, 0.75), modules=("up_proj", "down_proj"))],
+@pytest.mark.parametrize("part", [ModelPart(kind="full"),
+                                  ModelPart(layer_range=(0.5, 0.75), modules=("up_proj", "down_proj"))],
                          ids=["full SFT", "up+down (50%,75%]"])
 def test_estimate_is_within_25_percent_of_the_measured_peak(tmp_path, part):
     config = load_config(write_config(tmp_path / "run.yaml", _padded_world(tmp_path)))
@@ -149,11 +150,14 @@ def test_auto_picks_ddp_then_fsdp_then_says_what_to_change(tmp_path, world):
     assert fsdp < ddp
     usable = 1 / (1 - MARGIN) / 1e9  # GB of GPU memory per usable byte
 
-    assert choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=ddp * 1.01 * usable), arch) == "ddp"
+    assert choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=ddp * 1.01 * usable),
+                           arch) == "ddp"
     between = (ddp + fsdp) / 2 * usable
-    assert choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=between), arch) == "fsdp"
+    assert choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=between),
+                           arch) == "fsdp"
     with pytest.raises(PlanError) as error:
-        choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=fsdp * 0.9 * usable), arch)
+        choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=fsdp * 0.9 * usable),
+                        arch)
     message = str(error.value)
     assert "nothing fits" in message
     assert "train.activation_checkpointing=true" in message and "scaling.num_workers=" in message
@@ -232,7 +236,8 @@ def test_spectrum_node_is_planned_before_its_layers_are_chosen():
     plan = MemoryPlan.build(shape, [unchosen], _work())
     (bound,) = plan.estimates["ddp"]
     chosen = unchosen.with_(selection=(("q_proj", (5, 6)), ("up_proj", (3, 7)), ("down_proj", (4, 6)),
-                                       ("k_proj", (6, 7)), ("v_proj", (2, 5)), ("o_proj", (6, 7)), ("gate_proj", (3, 4))))
+                                       ("k_proj", (6, 7)), ("v_proj", (2, 5)), ("o_proj", (6, 7)),
+                                       ("gate_proj", (3, 4))))
     exact = estimate(shape, chosen, _work(), "ddp")
     assert bound.trained_params == exact.trained_params == 2 * (4 * 64 + 3 * 128)  # 2 of 8 layers per type
     assert bound.peak >= exact.peak  # the bound keeps activations from layer 0 up

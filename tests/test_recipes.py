@@ -76,8 +76,8 @@ def test_readme_says_why_llamafactory_cannot(model_dir, config):
     arch = Architecture.from_config(load_model(str(model_dir)).config)
     middle = trainable_parameter_names(arch, ModelPart(layer_range=(0.25, 0.75)), names)
     subset = trainable_parameter_names(arch, ModelPart(layers=(3,), modules=("up_proj",)), names)
-    assert "it trains layer(s) 1, 2 of a 4-layer model" in recipe_files(ModelPart(layer_range=(0.25, 0.75)), middle, names, 1e-4,
-                                                        config)[README_FILE]
+    assert "it trains layer(s) 1, 2 of a 4-layer model" in recipe_files(ModelPart(layer_range=(0.25, 0.75)), middle,
+                                                                         names, 1e-4, config)[README_FILE]
     why = recipe_files(ModelPart(layers=(3,), modules=("up_proj",)), subset, names, 1e-4, config)[README_FILE]
     assert "whole blocks (mlp)" in why and "model.layers.3.mlp.gate_proj.weight" in why
 

@@ -87,7 +87,8 @@ def test_the_story_runs_as_intended(searched_tree):
     statuses = {n.part.key(): n.status for n in tree.nodes.values()}
     assert statuses[key(0.5, 1)] == "failed" and statuses[key(0, 0.5)] == "pruned"
     # every trained node's second learning rate lost at the first evaluation point (less Vers, same gain)
-    assert {r.status for n in tree.nodes.values() if n.part.trains and n.status != "failed" for r in n.runs[1:]} == {"stopped"}
+    assert {r.status for n in tree.nodes.values() if n.part.trains and n.status != "failed"
+            for r in n.runs[1:]} == {"stopped"}
 
 
 def test_report_files_and_images(searched_tree, tmp_path):
@@ -128,11 +129,13 @@ def test_tree_drawing_shows_every_node_with_status_reason_and_learning_rate(sear
     by_key = {n.part.key(): n.id for n in searched_tree.nodes.values()}
     pruned, failed = lines[by_key[key(0, 0.5)]], lines[by_key[key(0.5, 1)]]
     assert pruned.startswith("├── n2 (0%, 50%] all modules |")
-    assert "| 3,500 params | pruned: cannot reach the speciality floor: best gain 0.400 after 67% of its steps" in pruned
+    assert ("| 3,500 params | pruned: cannot reach the speciality floor: best gain 0.400 after 67% of its steps"
+            in pruned)
     assert failed.endswith(f"| no score | n/a params | failed: {FAIL_REASON}")
     assert lines[by_key[key(0.25, 0.75)]].endswith("| 3,500 params | expanded (promising)")
     winner = lines[by_key[key(0.25, 0.5, UP_DOWN, softmask=True)]]
-    assert "(25%, 50%] up+down soft-mask [winner] [Pareto] | Spec 0.820  Vers 0.800  Uni 0.810 at lr 0.0001 | 500 params" in winner
+    assert ("(25%, 50%] up+down soft-mask [winner] [Pareto] | Spec 0.820  Vers 0.800  Uni 0.810 at lr 0.0001 "
+            "| 500 params" in winner)
     assert winner.endswith("promising (no deeper level to expand)")
     assert lines["n0"].startswith("├── n0 base model |") and lines["n0"].endswith("| 0 params | reference")
 
@@ -140,13 +143,16 @@ def test_tree_drawing_shows_every_node_with_status_reason_and_learning_rate(sear
 def test_summary_ranking_and_pareto(searched_tree, tmp_path):
     md = write_report(searched_tree, tmp_path)["markdown"].read_text()
     costs = [n.cost() for n in searched_tree.nodes.values()]
-    assert "- Objective: spec_floor at spec_floor 0.9; learning rates 0.0001, 0.0003 (best 1 kept at the first evaluation point)" in md
+    assert ("- Objective: spec_floor at spec_floor 0.9; learning rates 0.0001, 0.0003 "
+            "(best 1 kept at the first evaluation point)" in md)
     assert "- Nodes run: 11 (7 finished, 3 pruned, 1 failed); not expanded: 0" in md
-    assert (f"- Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; train steps: {sum(c['train_steps'] for c in costs):,}; "
+    assert (f"- Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; "
+            f"train steps: {sum(c['train_steps'] for c in costs):,}; "
             f"steps saved by early stops: {searched_tree.steps_saved():,};") in md
     ranking = md.split("## Ranking", 1)[1].split("## Pareto front", 1)[0]
     rows = [line for line in ranking.splitlines() if line.startswith("| ")][2:]
-    assert rows[0].startswith("| 1 | n10 (25%, 50%] up+down soft-mask [winner] [Pareto] | 0.0001 | 0.820 | 0.800 | 0.810 | "
+    assert rows[0].startswith("| 1 | n10 (25%, 50%] up+down soft-mask [winner] [Pareto] "
+                              "| 0.0001 | 0.820 | 0.800 | 0.810 | "
                               "qualifies: 90% of full SFT's speciality gain, Vers 0.800 | 114.3% | 500 | 2 |")
     assert rows[-1].startswith("| 10 | n0 base model | n/a | 0.100 | 0.700 | 0.400 | below the floor: 0% of full SFT's")
     front = md.split("## Pareto front", 1)[1].split("## Curves", 1)[0]

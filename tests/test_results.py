@@ -17,10 +17,12 @@ def test_summary_states_the_answer_the_cost_and_the_steps_saved(tmp_path):
     text = summary_text(summary)
     lines = text.splitlines()
     planned = summary["train_steps"] + summary["steps_saved"]
-    assert lines[0].startswith(f"CoFiTune search done (search space exhausted): 11 nodes (7 finished, 3 pruned, 1 failed, "
-                               f"0 not run), {summary['trials']} trials; depth 5; {summary['train_steps']:,} train steps; "
+    assert lines[0].startswith(f"CoFiTune search done (search space exhausted): 11 nodes "
+                               f"(7 finished, 3 pruned, 1 failed, 0 not run), {summary['trials']} trials; depth 5; "
+                               f"{summary['train_steps']:,} train steps; "
                                f"12 run(s) stopped early saved {summary['steps_saved']:,} of {planned:,} planned steps")
-    assert lines[1] == f"Answer: {summary['verdict']}" and lines[1].startswith("Answer: The answer is n10 (25%, 50%] up+down")
+    assert lines[1] == f"Answer: {summary['verdict']}"
+    assert lines[1].startswith("Answer: The answer is n10 (25%, 50%] up+down")
     assert lines[2].startswith("Winner      (25%, 50%] up+down soft-mask lr 0.0001: Spec 0.820  Vers 0.800")
     assert lines[-1] == f"Results: {tmp_path}"
 
@@ -47,7 +49,8 @@ def test_best_node_yaml_names_the_answer_and_its_point(tmp_path, monkeypatch):
     from cofitune_ray.outputs import results
 
     tree = searched()
-    monkeypatch.setattr(results, "export_best_model", lambda config, tree, out: None)  # no model files in a table search
+    # no model files in a table search
+    monkeypatch.setattr(results, "export_best_model", lambda config, tree, out: None)
     monkeypatch.setattr(results, "export_recipes", lambda config, tree, out: None)
     monkeypatch.setattr(results, "write_report", lambda tree, run_dir: None)
     results.write_results(None, tree, tmp_path)

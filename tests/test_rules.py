@@ -19,7 +19,8 @@ RULES = StopRules(vers_margin=0.1, prune_after=0.5, min_evals=1)
 
 
 def point(i, spec, vers, step=None, total=40):
-    return {"eval_index": i, "spec": spec, "vers": vers, "uni": (spec + vers) / 2, "step": step or 10 * i, "total_steps": total}
+    return {"eval_index": i, "spec": spec, "vers": vers, "uni": (spec + vers) / 2, "step": step or 10 * i,
+            "total_steps": total}
 
 
 def tree_after_references(objective="spec_floor", full=(0.9, 0.5)) -> SearchTree:
@@ -80,7 +81,8 @@ def test_the_vers_rule_stops_runs_below_the_incumbent():
     node, (low, mid, high) = start_all(tree)
     assert report(tree, low, point(1, 0.85, 0.45)) is None  # within vers_margin 0.1 of 0.5
     stop = report(tree, low, point(2, 0.85, 0.35))
-    assert stop.status == "pruned" and stop.reason.startswith("vers 0.350 is more than vers_margin 0.1 below the incumbent n1's 0.500")
+    assert stop.status == "pruned"
+    assert stop.reason.startswith("vers 0.350 is more than vers_margin 0.1 below the incumbent n1's 0.500")
     tree2 = tree_after_references()
     _, (low2, _, _) = start_all(tree2)
     assert report(tree2, low2, point(1, 0.95, 0.35)) is None  # higher Spec than the incumbent: may still win

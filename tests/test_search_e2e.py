@@ -69,7 +69,8 @@ def resumed_run(ray_cluster, tmp_path_factory, versatility):
     """(run_dir, resume output, nodes finished before the kill, attempts before the kill)."""
     storage = tmp_path_factory.mktemp("storage")
     address = ray_cluster.get_runtime_context().gcs_address
-    first = subprocess.Popen(cli(storage, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(cli(storage, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     finished_before = []
     for line in first.stdout:
         match = FINISHED_TRAINED_NODE.match(line.strip())
@@ -81,7 +82,8 @@ def resumed_run(ray_cluster, tmp_path_factory, versatility):
     assert finished_before, "the first run ended before any trained node finished"
     run_dir = storage / "smoke"
     before = attempts(run_dir)
-    resumed = subprocess.run(cli(storage, address, versatility, "--resume"), capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run(cli(storage, address, versatility, "--resume"), capture_output=True, text=True,
+                             timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return run_dir, resumed.stdout, finished_before, before
 
@@ -209,7 +211,8 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
     clean_run_dir = resumed_run[0]
     clean = SearchTree.from_json((clean_run_dir / "tree.json").read_text())
     address = ray_cluster.get_runtime_context().gcs_address
-    search = subprocess.Popen(cli(tmp_path, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    search = subprocess.Popen(cli(tmp_path, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
     reader.start()

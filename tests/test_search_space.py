@@ -92,18 +92,39 @@ def test_learning_rate_level_and_yaml_exponents():
     [
         ({"strategy": "bayes", "levels": []}, "x.yaml: strategy: 'bayes' is not one of tree, grid"),
         ({"root": {"layer_range": [0, 1.5]}, "levels": [{"softmask": [True]}]}, "x.yaml: root: layer_range (0, 1.5]"),
-        ({"levels": [{"split_modules": ["attention", ["foo_proj"]]}]}, "x.yaml: levels[0].split_modules[1]: unknown module(s) foo_proj"),
-        ({"levels": [{"split_modules": ["ffn", ["gate_proj", "up_proj", "down_proj"]]}]}, "x.yaml: levels[0].split_modules[1]: duplicate"),
-        ({"levels": [{"split_range": {"pieces": 1}}]}, "x.yaml: levels[0].split_range.pieces: expected an integer >= 2"),
-        ({"levels": [{"softmask": [True], "split_range": {"pieces": 2}}]}, "x.yaml: levels[0]: a level needs exactly one rule"),
-        ({"levels": [{"learning_rate": [0]}]}, "x.yaml: levels[0].learning_rate[0]: a learning rate must be a positive number"),
+        (
+            {"levels": [{"split_modules": ["attention", ["foo_proj"]]}]},
+            "x.yaml: levels[0].split_modules[1]: unknown module(s) foo_proj",
+        ),
+        (
+            {"levels": [{"split_modules": ["ffn", ["gate_proj", "up_proj", "down_proj"]]}]},
+            "x.yaml: levels[0].split_modules[1]: duplicate",
+        ),
+        (
+            {"levels": [{"split_range": {"pieces": 1}}]},
+            "x.yaml: levels[0].split_range.pieces: expected an integer >= 2",
+        ),
+        (
+            {"levels": [{"softmask": [True], "split_range": {"pieces": 2}}]},
+            "x.yaml: levels[0]: a level needs exactly one rule",
+        ),
+        (
+            {"levels": [{"learning_rate": [0]}]},
+            "x.yaml: levels[0].learning_rate[0]: a learning rate must be a positive number",
+        ),
         ({"references": ["base", "base"], "levels": [{"softmask": [True]}]}, "x.yaml: references[1]: duplicate base"),
         ({"levels": [{"softmask": [True]}], "beam": 2}, "x.yaml: beam: unknown key(s) beam"),
         (
-            {"strategy": "grid", "grid": [{"layer_ranges": [[0, 0.5]]}, {"layer_ranges": [[0, 0.5]], "modules": ["all"]}]},
+            {
+                "strategy": "grid",
+                "grid": [{"layer_ranges": [[0, 0.5]]}, {"layer_ranges": [[0, 0.5]], "modules": ["all"]}],
+            },
             "x.yaml: grid[1]: duplicate node partial|range=(0,0.5]",
         ),
-        ({"strategy": "grid", "grid": [{"layer_ranges": [[0.5, 0.5]]}]}, "x.yaml: grid[0].layer_ranges[0]: layer_range (0.5, 0.5]"),
+        (
+            {"strategy": "grid", "grid": [{"layer_ranges": [[0.5, 0.5]]}]},
+            "x.yaml: grid[0].layer_ranges[0]: layer_range (0.5, 0.5]",
+        ),
     ],
 )
 def test_validation_errors_name_file_and_key(data, message):

@@ -59,7 +59,8 @@ def make_tuner(tmp_path, callbacks=(), **failures):
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=PromisingChildScheduler(searcher, RULES),
                                     num_samples=-1, max_concurrent_trials=1),
         run_config=tune.RunConfig(name="search", storage_path=str(tmp_path / "storage"),
-                                  failure_config=tune.FailureConfig(max_failures=1), callbacks=list(callbacks), verbose=0),
+                                  failure_config=tune.FailureConfig(max_failures=1), callbacks=list(callbacks),
+                                  verbose=0),
     )
 
 

@@ -27,7 +27,8 @@ def test_down_proj_rows_follow_output_units():
     imp = _importance()
     imp.output[0, 3] = 0.9
     factors = row_factors(ARCH, imp, "model.layers.0.mlp.down_proj.weight")
-    assert factors.shape == (8,) and factors[3].item() == pytest.approx(0.1) and factors.sum().item() == pytest.approx(7.1)
+    assert factors.shape == (8,) and factors[3].item() == pytest.approx(0.1)
+    assert factors.sum().item() == pytest.approx(7.1)
 
 
 def test_head_rows_and_grouped_key_value_heads():

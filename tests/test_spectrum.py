@@ -82,7 +82,8 @@ def ranked_model(tmp_path_factory):
             block = "self_attn" if module.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
             shape = getattr(model.model.layers[0], block).__getattr__(module).weight.shape
             noise = torch.randn(shape, generator=generator)
-            spike = 3 * torch.outer(torch.randn(shape[0], generator=generator), torch.randn(shape[1], generator=generator))
+            spike = 3 * torch.outer(torch.randn(shape[0], generator=generator),
+                                    torch.randn(shape[1], generator=generator))
             base = noise + spike / shape[0] ** 0.5  # random noise plus one strong direction: signal and noise
             for layer, factor in enumerate(factors):
                 getattr(getattr(model.model.layers[layer], block), module).weight.copy_(factor * base)
@@ -94,7 +95,8 @@ def test_scores_follow_the_known_ranking(ranked_model):
     scores = module_scores(str(ranked_model))
     for module, factors in SCALES.items():
         first = scores[module][0] * factors[0]
-        assert [s * f for s, f in zip(scores[module], factors)] == pytest.approx([first] * 4, rel=1e-6), module  # float32 weights
+        # float32 weights
+        assert [s * f for s, f in zip(scores[module], factors)] == pytest.approx([first] * 4, rel=1e-6), module
         assert 0 < first < float("inf")
 
 

@@ -53,7 +53,8 @@ def test_beam_1_follows_the_paper_path():
     assert best.part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
     assert tree.score(best).uni == pytest.approx(0.78) and best.depth == 5
     path = [n.part.key() for n in tree.nodes.values() if n.promising]
-    assert path == [key(0.25, 0.75), key(0.25, 0.5), key(0.25, 0.5, FFN_MODULES), key(0.25, 0.5, UP_DOWN), best.part.key()]
+    assert path == [key(0.25, 0.75), key(0.25, 0.5), key(0.25, 0.5, FFN_MODULES), key(0.25, 0.5, UP_DOWN),
+                    best.part.key()]
     (run,) = best.runs
     assert run.id == f"{best.id}-lr0.0001" and [p["eval_index"] for p in run.history] == [1, 2]
     assert tree.best_point(best).point["eval_index"] == 2 and tree.best_point(best).checkpoint.endswith("/2")
@@ -189,7 +190,8 @@ def test_json_round_trip_mid_search_continues_identically():
     run_level(tree)
     node, run = tree.runnable()[0]
     tree.start(run.id, "trial-x")
-    tree.record(run.id, {"eval_index": 1, "spec": 0.5, "vers": 0.4, "uni": 0.45, "trained_params": 7, "vers/copy/score": 0.4})
+    tree.record(run.id, {"eval_index": 1, "spec": 0.5, "vers": 0.4, "uni": 0.45, "trained_params": 7,
+                         "vers/copy/score": 0.4})
     restored = SearchTree.from_json(tree.to_json())
     assert restored.to_dict() == tree.to_dict()
     assert restored.run(run.id).status == "running" and restored.node(node.id).trained_params == 7

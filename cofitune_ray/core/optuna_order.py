@@ -86,7 +86,8 @@ class OptunaOrder:
                          for p in NODE_PARAMS}
         study = optuna.create_study(
             directions=["maximize", "maximize"],
-            sampler=TPESampler(n_startup_trials=self.startup_trials, seed=sampler_seed(self.seed, tree.trials_started())),
+            sampler=TPESampler(n_startup_trials=self.startup_trials,
+                               seed=sampler_seed(self.seed, tree.trials_started())),
         )
         for node in tree.scored(include_references=False):
             score = tree.score(node)

@@ -82,7 +82,8 @@ def rule_reason(tree: SearchTree, run_id: str, rules: StopRules) -> str | None:
         best = tree.score(incumbent)
         if rules.vers_margin is not None and current.vers < best.vers - rules.vers_margin and current.spec <= best.spec:
             return (f"vers {current.vers:.3f} is more than vers_margin {rules.vers_margin:g} below the incumbent "
-                    f"{incumbent.id}'s {best.vers:.3f}, and spec {current.spec:.3f} is not higher than its {best.spec:.3f}")
+                    f"{incumbent.id}'s {best.vers:.3f}, and spec {current.spec:.3f} is not higher than its "
+                    f"{best.spec:.3f}")
         if objective.name == "uni" and rules.uni_margin is not None and current.uni < best.uni - rules.uni_margin:
             return (f"uni {current.uni:.3f} is more than uni_margin {rules.uni_margin:g} below the incumbent "
                     f"{incumbent.id}'s {best.uni:.3f}")

@@ -81,7 +81,8 @@ class SplitRange:
         stride = width / 2 if self.overlap else width
         count = 2 * self.pieces - 1 if self.overlap else self.pieces
         return [
-            parent.with_(layer_range=(round(lo + i * stride, _DIGITS), round(lo + i * stride + width, _DIGITS)), label="")
+            parent.with_(layer_range=(round(lo + i * stride, _DIGITS), round(lo + i * stride + width, _DIGITS)),
+                         label="")
             for i in range(count)
         ]
 
@@ -240,7 +241,8 @@ class _Where:
     def no_unknown_keys(self, key: str, mapping: dict, allowed: set[str]) -> None:
         unknown = sorted(set(mapping) - allowed)
         if unknown:
-            raise self.error(key or unknown[0], f"unknown key(s) {', '.join(map(str, unknown))}; expected {', '.join(sorted(allowed))}")
+            raise self.error(key or unknown[0],
+                             f"unknown key(s) {', '.join(map(str, unknown))}; expected {', '.join(sorted(allowed))}")
 
     def list_of(self, key: str, value, min_len: int = 1) -> list:
         if not isinstance(value, list) or len(value) < min_len:
@@ -263,7 +265,8 @@ def _parse_references(value, where: _Where) -> tuple[ModelPart, ...]:
             where.no_unknown_keys(key, item, {"snr"})
             percent = item.get("snr")
             if not _is_number(percent) or not 0 < percent <= 100:
-                raise where.error(f"{key}.snr", f"expected the top percent of layers per module type, in (0, 100], got {percent!r}")
+                raise where.error(f"{key}.snr",
+                                  f"expected the top percent of layers per module type, in (0, 100], got {percent!r}")
             parts.append(ModelPart(kind="snr", top_percent=float(percent)))
         elif isinstance(item, str) and item in REFERENCE_NODES:
             parts.append(REFERENCE_NODES[item])
@@ -342,9 +345,11 @@ def _parse_grid(value, where: _Where, references: tuple[ModelPart, ...]) -> tupl
         ranges += [(f"layers[{i}]", {"layers": ids}) for i, ids in enumerate(block.get("layers") or [])]
         if not ranges:
             raise where.error(key, "a grid block needs layer_ranges or layers")
-        modules = [_modules(m, where, f"{key}.modules[{i}]") for i, m in enumerate(where.list_of(f"{key}.modules", block.get("modules", ["all"])))]
+        modules = [_modules(m, where, f"{key}.modules[{i}]")
+                   for i, m in enumerate(where.list_of(f"{key}.modules", block.get("modules", ["all"])))]
         masks = where.list_of(f"{key}.softmask", block.get("softmask", [False]))
-        lrs = [None if v is None else _learning_rate(v, where, f"{key}.lr[{i}]") for i, v in enumerate(where.list_of(f"{key}.lr", block.get("lr", [None])))]
+        lrs = [None if v is None else _learning_rate(v, where, f"{key}.lr[{i}]")
+               for i, v in enumerate(where.list_of(f"{key}.lr", block.get("lr", [None])))]
         for (axis, layers), mods, mask, lr in itertools.product(ranges, modules, masks, lrs):
             spec = {**layers, "modules": list(mods), "softmask": mask, "lr": lr}
             nodes.append((key, _node(spec, where, f"{key}.{axis}")))
@@ -361,7 +366,8 @@ def _node(value, where: _Where, key: str) -> ModelPart:
         raise where.error(key, "a node is a mapping with layer_range or layers, modules, softmask, lr")
     where.no_unknown_keys(key, value, {"layer_range", "layers", "modules", "softmask", "lr"})
     layers = value.get("layers")
-    if layers is not None and not (isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+    if layers is not None and not (isinstance(layers, list) and layers
+                                   and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
         raise where.error(key, f"layers must be a list of 0-based layer indices, got {layers!r}")
     layer_range = value.get("layer_range", [0, 1])
     if not (isinstance(layer_range, list) and len(layer_range) == 2 and all(_is_number(x) for x in layer_range)):
@@ -393,7 +399,8 @@ def _modules(value, where: _Where, key: str) -> tuple[str, ...]:
     names = where.list_of(key, value)
     unknown = [m for m in names if m not in ALL_MODULES]
     if unknown:
-        raise where.error(key, f"unknown module(s) {', '.join(map(str, unknown))}; valid modules: {', '.join(ALL_MODULES)}")
+        raise where.error(key,
+                          f"unknown module(s) {', '.join(map(str, unknown))}; valid modules: {', '.join(ALL_MODULES)}")
     where.no_duplicates(key, names)
     return tuple(m for m in ALL_MODULES if m in names)
 

@@ -230,7 +230,8 @@ class SearchTree:
     def runnable(self) -> list[tuple[TreeNode, Run]]:
         """Pending runs of the current level that the trial budget allows: best parent first, then
         creation order, each node's runs together."""
-        nodes = sorted((n for n in self.at_depth(self.depth) if n.status in ("pending", "running")), key=self.run_priority)
+        nodes = sorted((n for n in self.at_depth(self.depth) if n.status in ("pending", "running")),
+                       key=self.run_priority)
         pending = [(n, r) for n in nodes for r in n.runs if r.status == "pending"]
         budget = self.policy.max_trials
         if budget is not None:

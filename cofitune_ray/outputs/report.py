@@ -206,7 +206,8 @@ def build_report(tree: SearchTree, title: str) -> list:
         pareto_table(tree),
         Image("Spec vs Vers of every node, Pareto front and winner marked", REPORT_FILES["pareto"]),
         Heading(2, "Curves"),
-        Paragraph("Spec, Vers and Uni at each evaluation point of each node's best run; its other learning-rate runs dotted."),
+        Paragraph("Spec, Vers and Uni at each evaluation point of each node's best run; "
+                  "its other learning-rate runs dotted."),
         Image("Spec, Vers and Uni over the evaluation points of each node", REPORT_FILES["curves"]),
         Heading(2, "Scores per set"),
         Paragraph("Each scored node's score on every evaluation set at its best point, in ranking order: the "
@@ -228,7 +229,8 @@ def ranking_rule(tree: SearchTree) -> str:
 
 def summary_lines(tree: SearchTree) -> list[str]:
     """The run summary: space, objective, learning rates, how the search ended, node counts and cost."""
-    counts = {s: sum(n.status == s for n in tree.nodes.values()) for s in ("finished", "pruned", "failed", "not_expanded")}
+    counts = {s: sum(n.status == s for n in tree.nodes.values())
+              for s in ("finished", "pruned", "failed", "not_expanded")}
     unfinished = sum(n.status in ("pending", "running") for n in tree.nodes.values())
     costs = [n.cost() for n in tree.nodes.values()]
     policy, objective, rates = tree.policy, tree.objective, tree.learning_rates
@@ -243,7 +245,8 @@ def summary_lines(tree: SearchTree) -> list[str]:
         f"Nodes run: {counts['finished'] + counts['pruned'] + counts['failed']} "
         f"({counts['finished']} finished, {counts['pruned']} pruned, {counts['failed']} failed); "
         f"not expanded: {counts['not_expanded']}" + (f"; pending or running: {unfinished}" if unfinished else ""),
-        f"Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; train steps: {fmt_count(sum(c['train_steps'] for c in costs))}; "
+        f"Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; "
+        f"train steps: {fmt_count(sum(c['train_steps'] for c in costs))}; "
         f"steps saved by early stops: {fmt_count(sum(c['steps_saved'] for c in costs))}; "
         f"total run wall time: {fmt_duration(sum(c['wall_time_s'] for c in costs))}",
     ]
@@ -267,11 +270,13 @@ def _draw(tree: SearchTree, node: TreeNode, prefix: str, last: bool, lines: list
 
 
 def drawing_line(tree: SearchTree, node: TreeNode) -> str:
-    """One node of the tree drawing: name, scores at its best point (and that point's lr), trained parameters, status."""
+    """One node of the tree drawing: name, scores at its best point (and that point's lr), trained parameters,
+    status."""
     best = tree.best_point(node)
     scores = "no score"
     if best:
-        scores = f"Spec {fmt_score(best.score.spec)}  Vers {fmt_score(best.score.vers)}  Uni {fmt_score(best.score.uni)}"
+        scores = (f"Spec {fmt_score(best.score.spec)}  Vers {fmt_score(best.score.vers)}  "
+                  f"Uni {fmt_score(best.score.uni)}")
         scores += f" at lr {best.run.lr:.3g}" if best.run.lr is not None else ""
     return (
         f"{node.id} {node.part.describe()}{_marks(tree, node)} | {scores} | "
@@ -408,7 +413,8 @@ def verdict(tree: SearchTree) -> str:
         sentences = [f"The answer is full SFT{at_lr} ({objective.explain(best.score, reference)}): "
                      f"no trained part {rule}.{closest}"]
     else:
-        sentences = [f"The answer is {winner.id} {winner.part.describe()}{at_lr}: {objective.explain(best.score, reference)}."]
+        sentences = [f"The answer is {winner.id} {winner.part.describe()}{at_lr}: "
+                     f"{objective.explain(best.score, reference)}."]
         claim = []
         if full:
             claim.append(f"Vers {fmt_score(best.score.vers)} against full SFT's {fmt_score(full.vers)} "
@@ -419,7 +425,8 @@ def verdict(tree: SearchTree) -> str:
         if full_node is not None and winner.trained_params is not None and full_node.trained_params:
             params += f" ({fmt_percent(winner.trained_params, full_node.trained_params)} of full SFT's)"
         sentences.append("It keeps " + ", ".join(claim + [params]) + "." if claim else params.capitalize() + ".")
-    missing = [m for m in (_missing_reference(tree, "base", "base model"), _missing_reference(tree, "full", "full SFT")) if m]
+    missing = [m for m in (_missing_reference(tree, "base", "base model"), _missing_reference(tree, "full", "full SFT"))
+               if m]
     if missing:
         sentences.append("Not compared: " + "; ".join(missing) + ".")
     return " ".join(sentences)
@@ -439,26 +446,32 @@ def plot_pareto(tree: SearchTree, path: Path) -> None:
     scored = _scored(tree)
     front = tree.pareto_front()
     best = tree.best()
-    special = {n.id for n in front} | {n.id for n in (best, tree.reference_node("base"), tree.reference_node("full")) if n}
+    special = {n.id for n in front} | {n.id for n in (best, tree.reference_node("base"), tree.reference_node("full"))
+                                       if n}
     others = [(n, s) for n, s in scored if n.id not in special]
-    for status, marker, label in (("finished", "o", "other finished nodes"), ("pruned", "x", "pruned (best point before the stop)")):
+    for status, marker, label in (("finished", "o", "other finished nodes"),
+                                  ("pruned", "x", "pruned (best point before the stop)")):
         points = [s for n, s in others if n.status == status]
         if points:
-            ax.scatter([s.spec for s in points], [s.vers for s in points], marker=marker, color="0.55", s=30, label=label, zorder=2)
+            ax.scatter([s.spec for s in points], [s.vers for s in points], marker=marker, color="0.55", s=30,
+                       label=label, zorder=2)
     if front:
         xs, ys = [tree.score(n).spec for n in front], [tree.score(n).vers for n in front]
         ax.plot(xs, ys, "-o", color="tab:orange", lw=2, ms=8, label="Pareto front", zorder=3)
     if best is not None:
-        ax.scatter([tree.score(best).spec], [tree.score(best).vers], marker="*", s=320, color="tab:red", edgecolor="k", label=f"winner ({best.id})", zorder=5)
+        ax.scatter([tree.score(best).spec], [tree.score(best).vers], marker="*", s=320, color="tab:red",
+                   edgecolor="k", label=f"winner ({best.id})", zorder=5)
     for kind, marker, name in (("base", "s", "base model"), ("full", "D", "full SFT")):
         node = tree.reference_node(kind)
         score = tree.score(node) if node else None
         if score is not None:
             ax.scatter([score.spec], [score.vers], marker=marker, s=70, color="k", zorder=4)
-            ax.annotate(name, (score.spec, score.vers), xytext=(8, -12), textcoords="offset points", fontsize=10, weight="bold")
+            ax.annotate(name, (score.spec, score.vers), xytext=(8, -12), textcoords="offset points", fontsize=10,
+                        weight="bold")
     for node, score in scored:
         if not node.is_reference:
-            ax.annotate(node.id, (score.spec, score.vers), xytext=(5, 4), textcoords="offset points", fontsize=8, color="0.25", zorder=6)
+            ax.annotate(node.id, (score.spec, score.vers), xytext=(5, 4), textcoords="offset points", fontsize=8,
+                        color="0.25", zorder=6)
     if not scored:
         ax.text(0.5, 0.5, "no node has a score yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("Spec (speciality)")
@@ -519,15 +532,18 @@ def _plot_node_curves(ax, tree: SearchTree, node: TreeNode, x_key: str, is_winne
         if run is main or not run.history:
             continue
         for metric, color in (("spec", "tab:blue"), ("vers", "tab:orange")):
-            ax.plot([p[x_key] for p in run.history], [p[metric] for p in run.history], ":", color=color, lw=0.9, alpha=0.5)
+            ax.plot([p[x_key] for p in run.history], [p[metric] for p in run.history], ":", color=color, lw=0.9,
+                    alpha=0.5)
     for metric, style, color in (("spec", "-o", "tab:blue"), ("vers", "-s", "tab:orange"), ("uni", "--^", "tab:green")):
         pts = [p for p in main.history if metric in p]
-        ax.plot([p[x_key] for p in pts], [p[metric] for p in pts], style, color=color, ms=3, lw=1.4, label=metric.capitalize())
+        ax.plot([p[x_key] for p in pts], [p[metric] for p in pts], style, color=color, ms=3, lw=1.4,
+                label=metric.capitalize())
     name = node.part.describe()
     name = name if len(name) <= 30 else name[:29] + "…"
     status = "" if node.status == "finished" else f" ({node.status})"
     lr = f" lr {main.lr:.3g}" if main.lr is not None else ""
-    ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{lr}{status}", fontsize=8, weight="bold" if is_winner else "normal")
+    ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{lr}{status}", fontsize=8,
+                 weight="bold" if is_winner else "normal")
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=7, labelbottom=True, labelleft=True)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -101,7 +101,8 @@ class TokenizedData:
     lost_all_labels: int  # sequences whose response was cut away entirely
 
 
-def encode_example(tokenizer, template: str, example: Example, response: str | None = None) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer, template: str, example: Example,
+                   response: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the response (closed by EOS), tokenised separately.
 
     Separate tokenisation gives an exact prompt/response boundary for response-only loss.

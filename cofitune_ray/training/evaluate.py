@@ -80,7 +80,8 @@ def _response_logliks(model, tokenizer, template, pairs: list[tuple[Example, str
         rows = []
         for example, response in chunk:
             prompt_ids, response_ids = encode_example(tokenizer, template, example, response)
-            rows.append({"input_ids": prompt_ids + response_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids})
+            rows.append({"input_ids": prompt_ids + response_ids,
+                         "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids})
         batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]

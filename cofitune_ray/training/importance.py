@@ -176,7 +176,8 @@ def compute_importance(model, arch: Architecture, tokenizer, data_paths: list[st
     """
     raw_sets, normalised = [], []
     for path in data_paths:
-        sums, tokens = accumulate_importance(model, arch, importance_batches(path, tokenizer, settings, rank, world_size),
+        sums, tokens = accumulate_importance(model, arch,
+                                             importance_batches(path, tokenizer, settings, rank, world_size),
                                              settings)
         if dist.is_available() and dist.is_initialized() and world_size > 1:
             flat = torch.cat([sums["head"].flatten(), sums["intermediate"].flatten(), sums["output"].flatten(),
@@ -207,7 +208,8 @@ def cache_dir(storage_path: str, key: dict) -> Path:
     return Path(storage_path) / "importance" / digest
 
 
-def save_importance(directory: Path, importance: Importance, key: dict, raw_sets: list[dict[str, torch.Tensor]]) -> None:
+def save_importance(directory: Path, importance: Importance, key: dict,
+                    raw_sets: list[dict[str, torch.Tensor]]) -> None:
     """Write the combined normalised importance, each raw set, and the key (written last)."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in importance.as_dict().items()}

@@ -76,7 +76,8 @@ def read_architecture(model_path: str) -> Architecture:
 
 
 #: The weight files `from_pretrained` looks for in a local directory, in its order of preference.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def check_weights(model_path: str) -> str:
@@ -95,10 +96,12 @@ def check_weights(model_path: str) -> str:
         try:
             shards = sorted(set(json.loads((directory / found).read_text())["weight_map"].values()))
         except (ValueError, KeyError, AttributeError) as exc:
-            raise ModelError(f"model.path: {directory / found}: not a weight index with a 'weight_map' ({exc})") from None
+            raise ModelError(f"model.path: {directory / found}: not a weight index with a 'weight_map' "
+                             f"({exc})") from None
         missing = [shard for shard in shards if not (directory / shard).is_file()]
         if missing:
-            raise ModelError(f"model.path: {directory / found} names weight shards that are missing: {', '.join(missing)}")
+            raise ModelError(f"model.path: {directory / found} names weight shards that are missing: "
+                             f"{', '.join(missing)}")
     return found
 
 
@@ -108,7 +111,8 @@ def weights_fingerprint(model_path: str) -> str:
     directory = Path(model_path)
     weights = sorted(directory.glob("*.safetensors"))
     return hashlib.sha256(
-        (directory / "config.json").read_bytes() + b"".join(str(w.stat().st_size).encode() + w.name.encode() for w in weights)
+        (directory / "config.json").read_bytes()
+        + b"".join(str(w.stat().st_size).encode() + w.name.encode() for w in weights)
     ).hexdigest()[:16]
 
 

@@ -47,7 +47,8 @@ def distribute(model: torch.nn.Module, strategy: str, device: torch.device, bf16
     if device.type == "cuda":
         torch.cuda.set_device(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+              else MixedPrecisionPolicy())
     # fully_shard moves each unit to the mesh's device as it shards it: a GPU never holds more
     # than one whole unit besides its shards. (The host holds the whole model once per worker.)
     for layer in model.model.layers:

@@ -106,7 +106,8 @@ class SoftMask:
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, arch: Architecture, importance: Importance, mode: str) -> "SoftMask":
-        """Soft-mask every trainable parameter of `model` (unwrapped, sharded or not) that feeds a unit with an importance."""
+        """Soft-mask every trainable parameter of `model` (unwrapped, sharded or not) that feeds a unit with an
+        importance."""
         factors = {}
         for name, param in model.named_parameters():
             if param.requires_grad:

@@ -93,7 +93,8 @@ def select(scores: dict[str, list[float]], top_percent: float) -> tuple[tuple[st
 
 def snr_part(model_path: str, top_percent: float, device: str = "cpu") -> ModelPart:
     """The snr node of a model directory, with its selection (computed here, in this process)."""
-    return ModelPart(kind="snr", top_percent=top_percent, selection=select(module_scores(model_path, device), top_percent))
+    return ModelPart(kind="snr", top_percent=top_percent,
+                     selection=select(module_scores(model_path, device), top_percent))
 
 
 def with_selections(space: SearchSpace, scores: dict[str, list[float]]) -> SearchSpace:

@@ -141,7 +141,8 @@ def _spread_across_ranks(value: float, world_size: int) -> float:
 
 
 def train_node(loop_config: dict) -> None:
-    """Ray Train worker entry point. loop_config: config, part, lr, importance_dir, importance_key, base_metrics, run_dir."""
+    """Ray Train worker entry point. loop_config: config, part, lr, importance_dir, importance_key, base_metrics,
+    run_dir."""
     started = time.time()
     config = config_from_dict(loop_config["config"])
     part = ModelPart.from_dict(loop_config["part"])

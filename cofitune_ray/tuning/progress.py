@@ -63,7 +63,8 @@ def ended_node_line(tree: SearchTree, node: TreeNode) -> str:
                   f"({tree.objective.explain(best.score, tree.reference())})")
         if best.run.lr is not None:
             scores += f" at lr {best.run.lr:.3g}"
-    outcome = {"pruned": f"pruned: {node.stop_reason}", "failed": f"failed: {node.stop_reason}"}.get(node.status, node.status)
+    outcome = {"pruned": f"pruned: {node.stop_reason}",
+               "failed": f"failed: {node.stop_reason}"}.get(node.status, node.status)
     runs = describe_runs(tree, node)
     return f"[cofitune] {node.id} {node.part.describe()}: {scores} -> {outcome}" + (f" [{runs}]" if runs else "")
 
@@ -134,7 +135,8 @@ class SearchProgress(Callback):
         for node in tree.nodes.values():
             if node.id not in self._ended_shown and node.status in ("finished", "pruned", "failed"):
                 self._ended_shown.add(node.id)
-                print(f"{ended_node_line(tree, node)}  ({count_line(tree, node.depth, self._level_started)})", flush=True)
+                print(f"{ended_node_line(tree, node)}  ({count_line(tree, node.depth, self._level_started)})",
+                      flush=True)
         if tree.depth != self._depth_shown:
             if self._depth_shown > 0:  # level 0 holds the references, which are never expanded
                 kept = [f"{n.id} {n.part.describe()}" for n in tree.at_depth(self._depth_shown) if n.promising]

@@ -64,4 +64,5 @@ class PromisingChildScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         runs = [r for n in self.searcher.tree.nodes.values() for r in n.runs]
         stopped = sum(r.status in ("stopped", "pruned") for r in runs)
-        return f"PromisingChildScheduler: {stopped} run(s) stopped early, {self.searcher.tree.steps_saved()} steps saved"
+        return (f"PromisingChildScheduler: {stopped} run(s) stopped early, "
+                f"{self.searcher.tree.steps_saved()} steps saved")
