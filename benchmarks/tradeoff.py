@@ -45,7 +45,7 @@ from cofitune_ray.optuna_search import OptunaNodeSearcher, candidate_space
 from cofitune_ray.search_space import load_search_space
 from cofitune_ray.searcher import TreeSearcher
 from cofitune_ray.softmask import SoftMask
-from cofitune_ray.toyworld.prepare import ensure_toy_world
+from cofitune_ray.toyworld.prepare import config_for_seed
 from cofitune_ray.train_worker import run_training
 from cofitune_ray.tree import SelectionPolicy
 
@@ -109,16 +109,6 @@ class ResultCache:
         self.results[key] = result.__dict__
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps({"settings": self.settings, "results": self.results}, indent=1))
-
-
-def world_config(config: Config, seed: int) -> Config:
-    """The config pointed at the toy world of `seed`: its own paths for its seed, else the cached world's."""
-    if seed == config.seed:
-        return config
-    seed_root = str(Path(config.model.path).parent)
-    world = ensure_toy_world(seed=seed)
-    data = json.loads(json.dumps(config.to_dict()).replace(seed_root, str(world.root)))
-    return config_from_dict({**data, "seed": seed}, source=f"{config.source} (toy world seed {seed})")
 
 
 def lora_rank(model: torch.nn.Module, target_params: int) -> int:
@@ -371,7 +361,7 @@ def main() -> None:
     started = time.time()
     per_seed = {}
     for seed in args.seeds:
-        bench = SeedBench(world_config(config, seed), seed, ResultCache(Path(args.cache) / f"seed-{seed}.json", settings))
+        bench = SeedBench(config_for_seed(config, seed), seed, ResultCache(Path(args.cache) / f"seed-{seed}.json", settings))
         per_seed[seed] = bench_seed(bench, space, policy, args.lrs, optuna_seed=config.seed)
         print(f"\n== toy world seed {seed} (base model {bench.config.model.path})\n{seed_table(per_seed[seed])}\n", flush=True)
     if len(per_seed) > 1:
