@@ -15,15 +15,15 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.model import Architecture, freeze_all_but, trainable_parameter_names
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.softmask import Importance, SoftMask
+from cofitune_ray.training.model import Architecture, freeze_all_but, trainable_parameter_names
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.softmask import Importance, SoftMask
 
 VARIANTS = {
-    "full SFT": (NodeSpec(kind="full"), None),
-    "FFN up+down (25%,50%]": (NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj")), None),
-    "  + soft-mask (grad)": (NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True), "grad"),
-    "  + soft-mask (update)": (NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True), "update"),
+    "full SFT": (ModelPart(kind="full"), None),
+    "FFN up+down (25%,50%]": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj")), None),
+    "  + soft-mask (grad)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True), "grad"),
+    "  + soft-mask (update)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True), "update"),
 }
 
 
@@ -38,7 +38,7 @@ def build_model(args) -> LlamaForCausalLM:
 class Variant:
     """One model set up to train one node (optionally soft-masked), stepping on demand."""
 
-    def __init__(self, args, node: NodeSpec, mode: str | None):
+    def __init__(self, args, node: ModelPart, mode: str | None):
         self.model = build_model(args)
         arch = Architecture.from_config(self.model.config)
         names = trainable_parameter_names(arch, node, [n for n, _ in self.model.named_parameters()])

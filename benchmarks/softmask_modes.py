@@ -3,7 +3,7 @@
     python benchmarks/softmask_modes.py [--config configs/toy.yaml] [--steps 150] [--lr 1e-3]
 
 Trains the paper's final node (FFN up+down in (25%, 50%]) three times from the same base with the
-same batches (no Ray: the training loop of `train_worker.py` in-process), with importance computed
+same batches (no Ray: the training loop of `training/worker.py` in-process), with importance computed
 on the config's general data, and prints Spec, Vers, Uni and how far each run's trained weights
 are from the unmasked run's, relative to how far the unmasked run moved from the base.
 """
@@ -16,15 +16,15 @@ import time
 import torch
 
 from cofitune_ray.config import load_config
-from cofitune_ray.evaluate import Evaluator
-from cofitune_ray.importance import compute_importance
-from cofitune_ray.importance_job import importance_data, importance_settings
-from cofitune_ray.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.softmask import SoftMask
-from cofitune_ray.train_worker import run_training
+from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.training.importance import compute_importance
+from cofitune_ray.training.importance_job import importance_data, importance_settings
+from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.softmask import SoftMask
+from cofitune_ray.training.worker import run_training
 
-NODE = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
 
 
 def train(config, tokenizer, mode, importance):

@@ -16,7 +16,7 @@ per-node step budget and has its learning rate tuned over the same grid:
   exhaustive grid   every node the tree could reach (`candidate_space`), then the winner's lr;
   Optuna            `OptunaNodeSearcher` with as many candidate trials as the tree ran, then the winner's lr.
 
-Nodes are trained in-process with the project's own loop (`train_worker.run_training`), without Ray,
+Nodes are trained in-process with the project's own loop (`training.worker.run_training`), without Ray,
 so Ray start-up does not dominate the timings; cost is reported in trials and optimizer steps, which
 is what Ray would spread over workers. A node's score is its best evaluation point (as in a search).
 Each trained node's result is cached by (seed, node, lr, soft-mask mode) in a JSON file, so the tree,
@@ -35,21 +35,21 @@ from pathlib import Path
 
 import torch
 
-from cofitune_ray.config import Config, config_from_dict, load_config
-from cofitune_ray.evaluate import Evaluator
-from cofitune_ray.importance import compute_importance
-from cofitune_ray.importance_job import importance_data, importance_settings
-from cofitune_ray.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.node import ALL_MODULES, FULL_SFT_NODE, NodeSpec
-from cofitune_ray.optuna_search import OptunaNodeSearcher, candidate_space
-from cofitune_ray.search_space import load_search_space
-from cofitune_ray.searcher import TreeSearcher
-from cofitune_ray.softmask import SoftMask
+from cofitune_ray.config import Config, load_config
+from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.training.importance import compute_importance
+from cofitune_ray.training.importance_job import importance_data, importance_settings
+from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
+from cofitune_ray.core.node import ALL_MODULES, FULL_SFT_PART, ModelPart
+from cofitune_ray.tuning.optuna_searcher import OptunaNodeSearcher, candidate_space
+from cofitune_ray.core.space import load_search_space
+from cofitune_ray.tuning.searcher import TreeSearcher
+from cofitune_ray.training.softmask import SoftMask
 from cofitune_ray.toyworld.prepare import config_for_seed
-from cofitune_ray.train_worker import run_training
-from cofitune_ray.tree import SelectionPolicy
+from cofitune_ray.training.worker import run_training
+from cofitune_ray.core.tree import SelectionPolicy
 
-PAPER_NODE = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), label="FFN up+down (25%,50%]")
+PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), label="FFN up+down (25%,50%]")
 COLUMNS = ("Spec", "Vers", "Vers/base", "Uni", "trained", "trials", "steps", "wall s")
 
 
@@ -142,7 +142,7 @@ class SeedBench:
     def base(self) -> NodeResult:
         return self._cached(f"seed={self.seed}|base", self._evaluate_base)
 
-    def node(self, spec: NodeSpec, lr: float, mode: str | None = None) -> NodeResult:
+    def node(self, spec: ModelPart, lr: float, mode: str | None = None) -> NodeResult:
         """A search node trained at `lr`; a soft-masked node uses `mode`, else the config's softmask_mode."""
         if spec.kind == "base":
             return self.base()
@@ -168,7 +168,7 @@ class SeedBench:
         metrics = self.evaluator.evaluate(load_model(self.config.model.path))
         return NodeResult([_point(metrics, 0)], 0, 0, time.time() - started)
 
-    def _train_node(self, spec: NodeSpec, lr: float, mode: str | None) -> NodeResult:
+    def _train_node(self, spec: ModelPart, lr: float, mode: str | None) -> NodeResult:
         torch.manual_seed(self.config.seed)
         model = load_model(self.config.model.path)
         names = trainable_parameter_names(self.arch, spec, [n for n, _ in model.named_parameters()])
@@ -185,9 +185,9 @@ class SeedBench:
                                           task_type="CAUSAL_LM"))
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         # run_training takes only the learning rate from the node; the PEFT model marks its own trainable parameters.
-        return self._train(model, FULL_SFT_NODE.with_(lr=lr, label="LoRA"), None, trained)
+        return self._train(model, FULL_SFT_PART.with_(lr=lr, label="LoRA"), None, trained)
 
-    def _train(self, model, spec: NodeSpec, softmask, trained: int) -> NodeResult:
+    def _train(self, model, spec: ModelPart, softmask, trained: int) -> NodeResult:
         history: list[dict] = []
         started = time.time()
 
@@ -204,7 +204,7 @@ def _point(metrics: dict, eval_index: int, step: int = 0, train_loss: float | No
             "step": step, "train_loss": train_loss}
 
 
-def run_search(bench: SeedBench, searcher: TreeSearcher, lr: float) -> tuple[NodeSpec, list[NodeResult]]:
+def run_search(bench: SeedBench, searcher: TreeSearcher, lr: float) -> tuple[ModelPart, list[NodeResult]]:
     """Drive a searcher in-process, one node at a time, until its tree ends; the winner and each trial's result."""
     tree, results = searcher.tree, []
     while not tree.finished:
@@ -213,7 +213,7 @@ def run_search(bench: SeedBench, searcher: TreeSearcher, lr: float) -> tuple[Nod
             raise RuntimeError(f"the search stalled with nothing in flight ({tree.depth=})")
         trial_id = f"trial-{len(results)}"
         searcher.start_trial(node, trial_id)
-        result = bench.node(node.spec, lr)
+        result = bench.node(node.part, lr)
         for point in result.history:
             searcher.on_trial_result(trial_id, {**point, "trained_params": result.trained_params})
         best = result.best
@@ -223,7 +223,7 @@ def run_search(bench: SeedBench, searcher: TreeSearcher, lr: float) -> tuple[Nod
             "train_steps": result.train_steps, "wall_time_s": result.wall_time_s, "checkpoint": None,
         })
         results.append(result)
-    return tree.best().spec, results
+    return tree.best().part, results
 
 
 def tune_lr(name: str, choice: str, train, lrs: list[float], searched: list[NodeResult] = (),
@@ -252,7 +252,7 @@ def bench_seed(bench: SeedBench, space, policy: SelectionPolicy, lrs: list[float
     default_lr = bench.config.train.lr
     base = bench.base()
     methods = [MethodResult("base model", "no training", base.best, 0)]
-    methods.append(tune_lr("full SFT", "all parameters", lambda lr: bench.node(FULL_SFT_NODE, lr), lrs))
+    methods.append(tune_lr("full SFT", "all parameters", lambda lr: bench.node(FULL_SFT_PART, lr), lrs))
     paper_params = bench.node(PAPER_NODE, default_lr).trained_params
     rank = lora_rank(load_model(bench.config.model.path), paper_params)
     methods.append(tune_lr(f"LoRA r={rank}", "all projections", lambda lr: bench.lora(rank, lr), lrs))

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cofitune_ray.prompt import PromptError, resolve_template
+from cofitune_ray.training.prompt import PromptError, resolve_template
 
 
 class ConfigError(ValueError):
@@ -98,7 +98,7 @@ class ImportanceConfig:
 
 
 @dataclass
-class ScalingConfig:
+class WorkerScaling:
     """Ray Train workers for each node."""
 
     num_workers: int = 2
@@ -138,7 +138,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    scaling: WorkerScaling = field(default_factory=WorkerScaling)
     search: SearchConfig = field(default_factory=SearchConfig)
     name: str = "cofitune"
     storage_path: str = "runs"

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cofitune_ray.config import Config
-from cofitune_ray.data import DataError, read_jsonl
-from cofitune_ray.evaluate import EvalSet
-from cofitune_ray.importance_job import importance_data
-from cofitune_ray.model import Architecture, ModelError, load_tokenizer, read_architecture
-from cofitune_ray.node import NodeError
-from cofitune_ray.search_space import SearchSpace, SearchSpaceError, load_search_space
+from cofitune_ray.training.data import DataError, read_jsonl
+from cofitune_ray.training.evaluate import EvalSet
+from cofitune_ray.training.importance_job import importance_data
+from cofitune_ray.training.model import Architecture, ModelError, load_tokenizer, read_architecture
+from cofitune_ray.core.node import NodeError
+from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 
 
 class PreflightError(ValueError):

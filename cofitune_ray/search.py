@@ -21,19 +21,19 @@ import yaml
 from ray import tune
 
 from cofitune_ray.config import PROJECT_ROOT, Config, ConfigError, load_config
-from cofitune_ray.data import DataError
-from cofitune_ray.importance_job import ensure_importance
-from cofitune_ray.node import BASE_NODE
-from cofitune_ray.node_runner import run_node
-from cofitune_ray.optuna_search import LearningRateTuner, OptunaNodeSearcher, candidate_space
+from cofitune_ray.training.data import DataError
+from cofitune_ray.training.importance_job import ensure_importance
+from cofitune_ray.core.node import BASE_PART
+from cofitune_ray.training.runner import run_node
+from cofitune_ray.tuning.optuna_searcher import LearningRateTuner, OptunaNodeSearcher, candidate_space
 from cofitune_ray.preflight import Preflight, PreflightError, preflight
-from cofitune_ray.progress import SearchProgress
-from cofitune_ray.results import SUMMARY_FILE, summary_text, write_results
-from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
-from cofitune_ray.search_space import SearchSpace
-from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
-from cofitune_ray.tree import SelectionPolicy
-from cofitune_ray.trial import RunContext, node_trial
+from cofitune_ray.tuning.progress import SearchProgress
+from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
+from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
+from cofitune_ray.core.space import SearchSpace
+from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
+from cofitune_ray.core.tree import SelectionPolicy
+from cofitune_ray.tuning.trial import RunContext, node_trial
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
 TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
@@ -99,7 +99,7 @@ def base_result(config: Config, run_dir: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     print("[cofitune] evaluating the base model", flush=True)
-    result = run_node(config, BASE_NODE, "base", run_dir / "nodes").to_dict()
+    result = run_node(config, BASE_PART, "base", run_dir / "nodes").to_dict()
     path.write_text(json.dumps(result, indent=2))
     return result
 

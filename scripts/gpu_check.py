@@ -26,9 +26,9 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cofitune_ray.config import load_config
-from cofitune_ray.importance_job import ensure_importance
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.node_runner import run_node
+from cofitune_ray.training.importance_job import ensure_importance
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.runner import run_node
 from cofitune_ray.toyworld.data import write_toy_data
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
 
@@ -91,7 +91,7 @@ def main() -> None:
     started = time.time()
     importance, _ = ensure_importance(config, root / "runs")
     print(f"importance job: {time.time() - started:.1f} s -> {importance.directory}", flush=True)
-    node = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+    node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
     result = run_node(config, node, "gpu-check-node", root / "runs" / "nodes", importance=importance)
     backend = "nccl" if config.scaling.use_gpu else "gloo"
     print(f"node {node.key()} on {config.scaling.num_workers} worker(s), backend {backend}, bf16 {config.train.bf16}: "

@@ -4,11 +4,11 @@ The values follow the paper's story on the `search_spaces/cofitune.yaml` tree: m
 level 1, (25%, 50%] level 2, FFN level 3, up+down level 4, and soft-mask on the fine level.
 """
 
-from cofitune_ray.node import ATTENTION_MODULES, FFN_MODULES, NodeSpec
+from cofitune_ray.core.node import ATTENTION_MODULES, FFN_MODULES, ModelPart
 
 
 def key(lo: float, hi: float, modules=None, softmask: bool = False) -> str:
-    spec = NodeSpec(layer_range=(lo, hi), softmask=softmask, **({"modules": modules} if modules else {}))
+    spec = ModelPart(layer_range=(lo, hi), softmask=softmask, **({"modules": modules} if modules else {}))
     return spec.key()
 
 
@@ -40,7 +40,7 @@ PAPER_PATH_BEAM_1 = [
 ]
 
 
-def trained_params(spec: NodeSpec) -> int:
+def trained_params(spec: ModelPart) -> int:
     """A stand-in parameter count: proportional to the layers and modules trained."""
     if spec.kind == "base":
         return 0
@@ -48,7 +48,7 @@ def trained_params(spec: NodeSpec) -> int:
     return round(1000 * (hi - lo) * len(spec.modules))
 
 
-def evaluation_points(spec: NodeSpec, table: dict, num_evals: int = 1, default=None) -> list[dict]:
+def evaluation_points(spec: ModelPart, table: dict, num_evals: int = 1, default=None) -> list[dict]:
     """The results one trial reports: Spec, Vers and Uni rise to the table's values at the last point."""
     spec_value, vers_value = table.get(spec.key(), default) if default else table[spec.key()]
     points = []

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cofitune_ray.data import IGNORE_INDEX, DataError, collate, encode_example, read_jsonl, tokenize_for_training
-from cofitune_ray.prompt import format_prompt
+from cofitune_ray.training.data import IGNORE_INDEX, DataError, collate, encode_example, read_jsonl, tokenize_for_training
+from cofitune_ray.training.prompt import format_prompt
 from tiny import make_tokenizer, write_jsonl
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from cofitune_ray.data import Example, collate, tokenize_for_training
-from cofitune_ray.evaluate import EvalSet, Evaluator, score_set, uni_score
-from cofitune_ray.model import load_model, load_tokenizer
+from cofitune_ray.training.data import Example, collate, tokenize_for_training
+from cofitune_ray.training.evaluate import EvalSet, Evaluator, score_set, uni_score
+from cofitune_ray.training.model import load_model, load_tokenizer
 from tiny import make_model, make_tokenizer
 
 TAUGHT = [Example("rev", "abc", "cba"), Example("rev", "xyz", "zyx")]

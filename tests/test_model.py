@@ -3,8 +3,8 @@
 import pytest
 from transformers import GPT2Config
 
-from cofitune_ray.model import Architecture, ModelError, freeze_all_but, read_architecture, trainable_parameter_names
-from cofitune_ray.node import NodeError, NodeSpec
+from cofitune_ray.training.model import Architecture, ModelError, freeze_all_but, read_architecture, trainable_parameter_names
+from cofitune_ray.core.node import NodeError, ModelPart
 from tiny import make_model
 
 FAMILIES = ["llama", "mistral", "qwen2"]
@@ -31,7 +31,7 @@ def test_architecture_read_from_config_only(tiny):
 def test_ffn_up_down_in_second_quarter(tiny):
     family, _, model = tiny
     arch = Architecture.from_config(model.config)
-    node = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
+    node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
     assert trainable_parameter_names(arch, node, _names(model)) == [
         "model.layers.2.mlp.up_proj.weight", "model.layers.2.mlp.down_proj.weight",
         "model.layers.3.mlp.up_proj.weight", "model.layers.3.mlp.down_proj.weight",
@@ -41,7 +41,7 @@ def test_ffn_up_down_in_second_quarter(tiny):
 def test_attention_of_top_half_includes_qwen2_biases(tiny):
     family, _, model = tiny
     arch = Architecture.from_config(model.config)
-    selected = trainable_parameter_names(arch, NodeSpec(layer_range=(0.5, 1.0), modules=("q_proj", "k_proj", "v_proj", "o_proj")), _names(model))
+    selected = trainable_parameter_names(arch, ModelPart(layer_range=(0.5, 1.0), modules=("q_proj", "k_proj", "v_proj", "o_proj")), _names(model))
     per_layer = 7 if family == "qwen2" else 4  # q, k, v biases
     assert len(selected) == 4 * per_layer
     assert {int(n.split(".")[2]) for n in selected} == {4, 5, 6, 7}
@@ -51,14 +51,14 @@ def test_attention_of_top_half_includes_qwen2_biases(tiny):
 def test_explicit_layer_indices(tiny):
     _, _, model = tiny
     arch = Architecture.from_config(model.config)
-    selected = trainable_parameter_names(arch, NodeSpec(layers=(0, 7), modules=("gate_proj",)), _names(model))
+    selected = trainable_parameter_names(arch, ModelPart(layers=(0, 7), modules=("gate_proj",)), _names(model))
     assert selected == ["model.layers.0.mlp.gate_proj.weight", "model.layers.7.mlp.gate_proj.weight"]
 
 
 def test_full_and_base_nodes(tiny):
     _, _, model = tiny
     arch = Architecture.from_config(model.config)
-    assert trainable_parameter_names(arch, NodeSpec(kind="full"), _names(model)) == _names(model)
+    assert trainable_parameter_names(arch, ModelPart(kind="full"), _names(model)) == _names(model)
 
 
 def test_freeze_leaves_exactly_the_selection_trainable(tiny):
@@ -73,14 +73,14 @@ def test_layer_range_outside_the_model_is_an_error(tiny):
     _, _, model = tiny
     arch = Architecture.from_config(model.config)
     with pytest.raises(NodeError, match=r"layers \[8, 9\] are outside the model, which has 8 layers"):
-        trainable_parameter_names(arch, NodeSpec(layers=(8, 9)), _names(model))
+        trainable_parameter_names(arch, ModelPart(layers=(8, 9)), _names(model))
     with pytest.raises(NodeError, match="selects no layer of a 8-layer model"):
-        NodeSpec(layer_range=(0.5, 0.55)).layer_indices(8)
+        ModelPart(layer_range=(0.5, 0.55)).layer_indices(8)
 
 
 def test_unknown_module_lists_valid_names():
     with pytest.raises(NodeError, match="unknown module.*fc1.*valid modules: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"):
-        NodeSpec(modules=("fc1",))
+        ModelPart(modules=("fc1",))
 
 
 def test_unsupported_family_lists_supported_ones():
@@ -97,4 +97,4 @@ def test_paper_layer_sets_on_32_layers():
     bands = {(0, .25): range(0, 8), (.25, .5): range(8, 16), (.5, .75): range(16, 24), (.75, 1): range(24, 32),
              (0, .5): range(0, 16), (.25, .75): range(8, 24), (.5, 1): range(16, 32)}
     for band, layers in bands.items():
-        assert NodeSpec(layer_range=band).layer_indices(32) == list(layers)
+        assert ModelPart(layer_range=band).layer_indices(32) == list(layers)

@@ -7,18 +7,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cofitune_ray.checkpoint import read_delta
+from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.export import MergeError, export_merged, merge_delta
-from cofitune_ray.importance import load_cached_importance
-from cofitune_ray.importance_job import ensure_importance
-from cofitune_ray.model import load_model
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.node_runner import run_node
+from cofitune_ray.training.export import MergeError, export_merged, merge_delta
+from cofitune_ray.training.importance import load_cached_importance
+from cofitune_ray.training.importance_job import ensure_importance
+from cofitune_ray.training.model import load_model
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.runner import run_node
 from tiny import make_model, make_world
 
 pytestmark = pytest.mark.ray
-NODE = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,6 @@ def test_merge_into_a_different_base_is_refused(trained, tmp_path):
 
 def test_base_node_is_evaluated_not_trained(trained, ray_cluster):
     config, storage, _, _, _ = trained
-    result = run_node(config, NodeSpec(kind="base"), "base", storage)
+    result = run_node(config, ModelPart(kind="base"), "base", storage)
     assert result.trained_params == 0 and result.train_steps == 0 and set(read_delta(result.checkpoint)) == set()
     assert 0.0 <= result.metrics["spec"] <= 1.0 and 0.0 <= result.metrics["vers"] <= 1.0

@@ -12,8 +12,8 @@ from ray import tune
 from ray.tune.search import Searcher
 
 import score_table
-from cofitune_ray.node import FFN_MODULES, NodeSpec
-from cofitune_ray.optuna_search import (
+from cofitune_ray.core.node import FFN_MODULES, ModelPart
+from cofitune_ray.tuning.optuna_searcher import (
     LearningRateTuner,
     OptunaNodeSearcher,
     candidate_space,
@@ -21,10 +21,10 @@ from cofitune_ray.optuna_search import (
     is_tuning_node,
     node_params,
 )
-from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
-from cofitune_ray.search_space import load_search_space, parse_search_space
-from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
-from cofitune_ray.tree import SearchTree, TreeNode
+from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
+from cofitune_ray.core.space import load_search_space, parse_search_space
+from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
+from cofitune_ray.core.tree import SearchTree, TreeNode
 from score_table import PAPER_PATH_BEAM_1, PAPER_SCORES, UP_DOWN, evaluation_points, key
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -37,21 +37,21 @@ DEFAULT_LR = 3e-5  # the learning rate of nodes without one
 WINNER = key(0.25, 0.5, UP_DOWN, softmask=True)
 
 
-def scores(spec: NodeSpec) -> tuple[float, float]:
+def scores(spec: ModelPart) -> tuple[float, float]:
     """(Spec, Vers): the paper table's (LOW if absent), lowered by 0.1 per decade the lr is off BEST_LR."""
     spec_value, vers_value = PAPER_SCORES.get(spec.with_(lr=None).key(), LOW)
     penalty = 0.1 * abs(math.log10((spec.lr or DEFAULT_LR) / BEST_LR))
     return spec_value - penalty, vers_value - penalty
 
 
-def points(spec: NodeSpec) -> list[dict]:
+def points(spec: ModelPart) -> list[dict]:
     return evaluation_points(spec, {spec.key(): scores(spec)}, num_evals=2)
 
 
 _trial_ids = itertools.count()
 
 
-def run(searcher: Searcher, trials: int | None = None) -> list[NodeSpec]:
+def run(searcher: Searcher, trials: int | None = None) -> list[ModelPart]:
     """Run trials one at a time (suggest, report, complete) until FINISHED or `trials` trials."""
     specs = []
     while trials is None or len(specs) < trials:
@@ -60,8 +60,8 @@ def run(searcher: Searcher, trials: int | None = None) -> list[NodeSpec]:
         if config == Searcher.FINISHED:
             break
         assert config is not None, "a searcher driven one trial at a time must always have a node to run"
-        spec = NodeSpec.from_dict(config["node"])
-        assert searcher.tree.node(config["node_id"]).spec == spec
+        spec = ModelPart.from_dict(config["part"])
+        assert searcher.tree.node(config["node_id"]).part == spec
         for point in points(spec):
             searcher.on_trial_result(trial_id, point)
         searcher.on_trial_complete(trial_id, point)
@@ -111,9 +111,9 @@ def test_candidates_keep_explicit_layers_and_learning_rates():
 
 def test_closest_node_prefers_an_exact_match_then_most_params_then_the_first_param():
     specs = [
-        NodeSpec(layer_range=(0.25, 0.5)),
-        NodeSpec(layer_range=(0.25, 0.5), modules=FFN_MODULES),
-        NodeSpec(layer_range=(0.5, 0.75), modules=FFN_MODULES, softmask=True),
+        ModelPart(layer_range=(0.25, 0.5)),
+        ModelPart(layer_range=(0.25, 0.5), modules=FFN_MODULES),
+        ModelPart(layer_range=(0.5, 0.75), modules=FFN_MODULES, softmask=True),
     ]
     pending = [TreeNode(f"n{i}", s, None, 1, None) for i, s in enumerate(specs)]
 
@@ -128,13 +128,13 @@ def test_references_run_first_and_candidates_wait_for_them():
     searcher = OptunaNodeSearcher(SPACE, max_trials=3)
 
     first, second = searcher.suggest("a"), searcher.suggest("b")
-    assert [NodeSpec.from_dict(c["node"]).key() for c in (first, second)] == REFERENCES
+    assert [ModelPart.from_dict(c["part"]).key() for c in (first, second)] == REFERENCES
     assert searcher.suggest("c") is None
     for trial_id, config in (("a", first), ("b", second)):
-        searcher.on_trial_complete(trial_id, points(NodeSpec.from_dict(config["node"]))[-1])
+        searcher.on_trial_complete(trial_id, points(ModelPart.from_dict(config["part"]))[-1])
     third = searcher.suggest("c")
     assert searcher.tree.node(third["node_id"]).depth == 1
-    assert NodeSpec.from_dict(third["node"]).key() not in REFERENCES
+    assert ModelPart.from_dict(third["part"]).key() not in REFERENCES
 
 
 @pytest.mark.parametrize("budget", [1, 6])
@@ -151,8 +151,8 @@ def test_a_budgeted_search_runs_the_references_then_budget_distinct_nodes(budget
     assert statuses.count("finished") == budget + 2
     assert statuses.count("not_expanded") == CANDIDATES - budget
     assert searcher.suggest("after") == Searcher.FINISHED
-    assert tree.best().spec.key() in ran[2:]
-    assert {n.spec.key() for n in tree.pareto_front()} <= set(ran)
+    assert tree.best().part.key() in ran[2:]
+    assert {n.part.key() for n in tree.pareto_front()} <= set(ran)
 
 
 def test_without_a_budget_every_candidate_runs_once():
@@ -162,7 +162,7 @@ def test_without_a_budget_every_candidate_runs_once():
     assert len(ran) == len(set(ran)) == CANDIDATES + 2
     assert set(ran) == set(keys(SPACE.reachable_nodes()))
     assert searcher.tree.end_reason == "search space exhausted"
-    assert searcher.tree.best().spec.key() == WINNER
+    assert searcher.tree.best().part.key() == WINNER
 
 
 def test_the_order_depends_on_the_seed_only_and_a_restored_search_continues_it(tmp_path):
@@ -198,7 +198,7 @@ def test_tuning_runs_n_trials_for_the_winner_and_full_sft_after_the_tree():
     assert len({s.lr for s in tuned[0::2]}) == len({s.lr for s in tuned[1::2]}) == 3
     nodes = [n for n in tree.nodes.values() if is_tuning_node(n)]
     assert len(nodes) == 6 and all(n.status == "finished" and n.depth == 6 for n in nodes)
-    assert {tree.node(n.parent).spec.key() for n in nodes} == {WINNER, "full|mask=off"}
+    assert {tree.node(n.parent).part.key() for n in nodes} == {WINNER, "full|mask=off"}
     assert tree.depth == 6 and tree.end_reason == "search space exhausted"
     assert searcher.suggest("after") == Searcher.FINISHED
     assert SearchTree.from_json(tree.to_json()).to_dict() == tree.to_dict()
@@ -254,7 +254,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def table_trainable(config):
-    for point in points(NodeSpec.from_dict(config["node"])):
+    for point in points(ModelPart.from_dict(config["part"])):
         tune.report(point)
 
 
@@ -275,9 +275,9 @@ def test_a_budgeted_optuna_search_with_tuning_on_ray(ray_cluster, tmp_path):
     tree = latest_saved_tree(tmp_path / "storage" / "optuna")
 
     assert len(results) == 2 + 3 + 2 and not results.errors
-    ran = [NodeSpec.from_dict(r.config["node"]).key() for r in results]
+    ran = [ModelPart.from_dict(r.config["part"]).key() for r in results]
     assert len(set(ran)) == len(ran)
     started = [n for n in tree.nodes.values() if n.status == "finished"]
-    assert sorted(n.spec.key() for n in started) == sorted(ran)
+    assert sorted(n.part.key() for n in started) == sorted(ran)
     assert sum(n.depth == 0 for n in started) == 2 and sum(n.depth == 1 for n in started) == 3
-    assert sorted(tree.node(n.parent).spec.kind for n in started if is_tuning_node(n)) == ["full", "partial"]
+    assert sorted(tree.node(n.parent).part.kind for n in started if is_tuning_node(n)) == ["full", "partial"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cofitune_ray.report import NODE_TABLE_HEADERS, fmt_score, write_report
-from cofitune_ray.search_space import load_search_space
-from cofitune_ray.tree import SearchTree, SelectionPolicy
+from cofitune_ray.outputs.report import NODE_TABLE_HEADERS, fmt_score, write_report
+from cofitune_ray.core.space import load_search_space
+from cofitune_ray.core.tree import SearchTree, SelectionPolicy
 from score_table import PAPER_SCORES, UP_DOWN, evaluation_points, key
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -21,7 +21,7 @@ STEPS_PER_NODE, WALL_PER_NODE = 60, 12.5
 def finish(tree: SearchTree, node_id: str) -> None:
     """Run one started node to its end: three evaluation points (with steps) and a cost."""
     node = tree.node(node_id)
-    points = [{**p, "step": 20 * p["eval_index"]} for p in evaluation_points(node.spec, PAPER_SCORES, num_evals=3)]
+    points = [{**p, "step": 20 * p["eval_index"]} for p in evaluation_points(node.part, PAPER_SCORES, num_evals=3)]
     for point in points:
         tree.record(node_id, point)
     tree.complete(node_id, {**points[-1], "train_steps": STEPS_PER_NODE, "wall_time_s": WALL_PER_NODE})
@@ -33,12 +33,12 @@ def run_level(tree: SearchTree, special=None) -> None:
     for node in batch:
         tree.start(node.id, f"trial-{node.id}")
     for node in batch:
-        (special or {}).get(node.spec.key(), finish)(tree, node.id)
+        (special or {}).get(node.part.key(), finish)(tree, node.id)
 
 
 def prune(tree: SearchTree, node_id: str) -> None:
     """One evaluation point, then the scheduler stops the trial with a reason."""
-    first = evaluation_points(tree.node(node_id).spec, PAPER_SCORES, num_evals=2)[0]
+    first = evaluation_points(tree.node(node_id).part, PAPER_SCORES, num_evals=2)[0]
     tree.record(node_id, {**first, "step": 20})
     tree.prune(node_id, PRUNE_REASON)
     tree.complete(node_id, {"train_steps": 20, "wall_time_s": 4.0})
@@ -115,7 +115,7 @@ def test_tree_drawing_shows_every_node_with_status_and_reason(searched_tree, tmp
     drawing = md.split("## Search tree", 1)[1].split("```")[1]
     lines = {line.split("── ", 1)[1].split(" ", 1)[0]: line for line in drawing.strip().splitlines()}
     assert set(lines) == set(searched_tree.nodes)
-    by_key = {n.spec.key(): n.id for n in searched_tree.nodes.values()}
+    by_key = {n.part.key(): n.id for n in searched_tree.nodes.values()}
     pruned, failed = lines[by_key[key(0, 0.5)]], lines[by_key[key(0.5, 1)]]
     assert pruned.startswith("├── n2 (0%, 50%] all modules |")
     assert f"| Spec 0.580  Vers 0.380  Uni 0.480 | 3,500 params | pruned: {PRUNE_REASON}" in pruned
@@ -203,6 +203,6 @@ def test_short_names():
 
 
 def tree_spec(node_key: str):
-    """The NodeSpec of a node key of the paper tree's reachable nodes."""
+    """The ModelPart of a node key of the paper tree's reachable nodes."""
     space = load_search_space(SPACES / "cofitune.yaml")
     return next(s for s in space.reachable_nodes() if s.key() == node_key)

@@ -6,10 +6,10 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from cofitune_ray.scheduler import PromisingChildScheduler, StopRules, stop_reason, uni_stop_reason, vers_stop_reason
-from cofitune_ray.search_space import load_search_space
-from cofitune_ray.searcher import TreeSearcher
-from cofitune_ray.tree import Score, SelectionPolicy
+from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules, stop_reason, uni_stop_reason, vers_stop_reason
+from cofitune_ray.core.space import load_search_space
+from cofitune_ray.tuning.searcher import TreeSearcher
+from cofitune_ray.core.tree import Score, SelectionPolicy
 from score_table import PAPER_SCORES, evaluation_points, key
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -61,7 +61,7 @@ def stub_trial(searcher: TreeSearcher, trial_id: str) -> Trial:
 
 def finish(searcher: TreeSearcher, trial: Trial) -> None:
     node = searcher.node_for_trial(trial.trial_id)
-    for point in evaluation_points(node.spec, PAPER_SCORES):
+    for point in evaluation_points(node.part, PAPER_SCORES):
         searcher.on_trial_result(trial.trial_id, point)
     searcher.on_trial_complete(trial.trial_id, point)
 
@@ -71,7 +71,7 @@ def at_level_1(rules: StopRules):
     searcher = TreeSearcher(load_search_space(SPACES / "cofitune.yaml"))
     for i in range(2):
         finish(searcher, stub_trial(searcher, f"ref{i}"))
-    trials = {searcher.node_for_trial(t.trial_id).spec.key(): t for t in (stub_trial(searcher, f"l1-{i}") for i in range(3))}
+    trials = {searcher.node_for_trial(t.trial_id).part.key(): t for t in (stub_trial(searcher, f"l1-{i}") for i in range(3))}
     return searcher, PromisingChildScheduler(searcher, rules), trials
 
 
@@ -117,7 +117,7 @@ def test_choose_trial_to_run_prefers_children_of_the_best_parent():
         finish(searcher, stub_trial(searcher, f"t{i}"))
     # Level 2: children of middle-plus (0.60) and of bottom-plus (0.50); Tune lists them in any order.
     level_2 = [stub_trial(searcher, f"l2-{i}") for i in range(3)]
-    parents = {t.trial_id: searcher.tree.node(searcher.node_for_trial(t.trial_id).parent).spec.key() for t in level_2}
+    parents = {t.trial_id: searcher.tree.node(searcher.node_for_trial(t.trial_id).parent).part.key() for t in level_2}
     scheduler = PromisingChildScheduler(searcher)
     stranger = Trial("__fake", config={}, trial_id="stranger", stub=True)
     listed = [stranger, *reversed(level_2)]

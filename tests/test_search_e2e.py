@@ -19,11 +19,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cofitune_ray.checkpoint import read_delta
+from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.config import load_config
-from cofitune_ray.model import load_model
-from cofitune_ray.node_runner import ATTEMPTS_FILE
-from cofitune_ray.tree import ENDED, SearchTree
+from cofitune_ray.training.model import load_model
+from cofitune_ray.training.runner import ATTEMPTS_FILE
+from cofitune_ray.core.tree import ENDED, SearchTree
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
     for node_id in finished_before:
         assert after[f"node-{node_id}"] == 1 == before[f"node-{node_id}"]
     assert all(n.status in ENDED for n in tree.nodes.values())
-    trained = [n for n in tree.nodes.values() if n.status == "finished" and n.spec.trains]
+    trained = [n for n in tree.nodes.values() if n.status == "finished" and n.part.trains]
     assert trained and all(after[f"node-{n.id}"] in (1, 2) for n in trained)  # 2 only if it ran during the kill
     # Tune ran each node once, across both drivers: no trial of a finished node was repeated.
     trial_ids = [n.trial_id for n in tree.nodes.values() if n.trial_id]
@@ -86,7 +86,7 @@ def test_every_output_is_written(resumed_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert summary["best"]["id"] == tree.best().id and "Winner" in output
-    assert [n.spec.kind for n in tree.at_depth(0)] == ["base", "full"]
+    assert [n.part.kind for n in tree.at_depth(0)] == ["base", "full"]
     assert len(tree.at_depth(1)) == 2 and {c.depth for c in tree.at_depth(2)} <= {2}
     for node in tree.nodes.values():
         if node.status == "finished":
@@ -100,7 +100,7 @@ def test_best_model_is_base_plus_delta(resumed_run):
     config = load_config(SMOKE)
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "best_model")
     base = load_model(config.model.path).state_dict()
-    delta = read_delta(best.checkpoint) if best.spec.trains else {}
+    delta = read_delta(best.checkpoint) if best.part.trains else {}
     for name, value in merged.state_dict().items():
         assert torch.equal(value, delta.get(name, base[name])), name
 
@@ -116,7 +116,7 @@ def test_report_agrees_with_tree_json(resumed_run):
             rows[cells[1]] = [c.replace("\x00", "|") for c in cells]
     assert set(rows) == set(tree.nodes)
     for node_id, node in tree.nodes.items():
-        assert node.spec.key() in rows[node_id] and node.status in rows[node_id]
+        assert node.part.key() in rows[node_id] and node.status in rows[node_id]
 
 
 def _train_worker_pids() -> list[int]:
@@ -126,7 +126,7 @@ def _train_worker_pids() -> list[int]:
 
 def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, ray_cluster, tmp_path):
     clean_run_dir = resumed_run[0]
-    clean_winner = SearchTree.from_json((clean_run_dir / "tree.json").read_text()).best().spec.key()
+    clean_winner = SearchTree.from_json((clean_run_dir / "tree.json").read_text()).best().part.key()
     address = ray_cluster.get_runtime_context().gcs_address
     search = subprocess.Popen(cli(tmp_path, address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
@@ -150,4 +150,4 @@ def test_killed_train_worker_is_retried_and_the_winner_is_the_same(resumed_run, 
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert all(n.status == "finished" for n in tree.nodes.values()), {n.id: n.status for n in tree.nodes.values()}
     assert max(attempts(run_dir).values()) == 2  # the interrupted node was trained again, once
-    assert tree.best().spec.key() == clean_winner
+    assert tree.best().part.key() == clean_winner

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cofitune_ray.node import ATTENTION_MODULES, FFN_MODULES, NodeSpec
-from cofitune_ray.search_space import (
+from cofitune_ray.core.node import ATTENTION_MODULES, FFN_MODULES, ModelPart
+from cofitune_ray.core.space import (
     SearchSpaceError,
     SplitModules,
     SplitRange,
@@ -16,10 +16,10 @@ from cofitune_ray.search_space import (
 )
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-ROOT = NodeSpec(layer_range=(0.0, 1.0))
+ROOT = ModelPart(layer_range=(0.0, 1.0))
 
 
-def _layer_span(node: NodeSpec, num_layers: int) -> tuple[int, int]:
+def _layer_span(node: ModelPart, num_layers: int) -> tuple[int, int]:
     layers = node.layer_indices(num_layers)
     return layers[0], layers[-1]
 
@@ -46,7 +46,7 @@ def test_paper_tree_gives_the_paper_layer_sets(num_layers, plus, quarters):
 
 def test_paper_tree_levels_below_the_ranges():
     space = load_search_space(SPACES / "cofitune.yaml")
-    quarter = NodeSpec(layer_range=(0.25, 0.5))
+    quarter = ModelPart(layer_range=(0.25, 0.5))
     level, by_block = space.expand(quarter, 1)
     assert level == 2 and [c.modules for c in by_block] == [ATTENTION_MODULES, FFN_MODULES]
     ffn = by_block[1]

@@ -9,11 +9,11 @@ import ray.cloudpickle
 from ray import tune
 
 import score_table
-from cofitune_ray.node import ATTENTION_MODULES
-from cofitune_ray.scheduler import PromisingChildScheduler, StopRules
-from cofitune_ray.search_space import load_search_space
-from cofitune_ray.searcher import TreeSearcher, latest_saved_tree
-from cofitune_ray.tree import SearchTree
+from cofitune_ray.core.node import ATTENTION_MODULES
+from cofitune_ray.tuning.scheduler import PromisingChildScheduler, StopRules
+from cofitune_ray.core.space import load_search_space
+from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
+from cofitune_ray.core.tree import SearchTree
 from score_table import PAPER_PATH_BEAM_1, PAPER_SCORES, UP_DOWN, evaluation_points, key
 
 pytestmark = pytest.mark.ray
@@ -29,14 +29,14 @@ UP_DOWN_KEY = key(0.25, 0.5, UP_DOWN)
 
 def table_trainable(config, log_dir: str, always_fail=(), fail_once=()):
     """Reports the table's two evaluation points; fails after the first where told to."""
-    from cofitune_ray.node import NodeSpec
+    from cofitune_ray.core.node import ModelPart
 
-    node_key = NodeSpec.from_dict(config["node"]).key()
+    node_key = ModelPart.from_dict(config["part"]).key()
     log = Path(log_dir) / "attempts.log"
     with log.open("a") as f:
         f.write(node_key + "\n")
     attempt = log.read_text().splitlines().count(node_key)
-    for point in evaluation_points(NodeSpec.from_dict(config["node"]), PAPER_SCORES, num_evals=2):
+    for point in evaluation_points(ModelPart.from_dict(config["part"]), PAPER_SCORES, num_evals=2):
         tune.report(point)
         if node_key in always_fail or (node_key in fail_once and attempt == 1):
             raise RuntimeError(f"injected failure in {node_key}")
@@ -67,7 +67,7 @@ def make_tuner(tmp_path, trainable, callbacks=()):
 
 
 def levels(tree: SearchTree) -> list[list[str]]:
-    return [[n.spec.key() for n in tree.at_depth(d) if n.status != "not_expanded"] for d in range(tree.depth + 1)]
+    return [[n.part.key() for n in tree.at_depth(d) if n.status != "not_expanded"] for d in range(tree.depth + 1)]
 
 
 def attempts(tmp_path) -> Counter:
@@ -81,13 +81,13 @@ def test_search_visits_the_tree_level_by_level_prunes_and_retries(ray_cluster, t
 
     assert levels(tree) == PAPER_PATH_BEAM_1
     assert tree.end_reason == "search space exhausted"
-    assert tree.best().spec.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
-    status = {n.spec.key(): n.status for n in tree.nodes.values()}
+    assert tree.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
+    status = {n.part.key(): n.status for n in tree.nodes.values()}
     # Scheduler: vers at the first evaluation point is below middle-plus's by more than 0.1.
     assert status[key(0.5, 1)] == status[key(0.5, 0.75)] == "pruned"
-    pruned = next(n for n in tree.nodes.values() if n.spec.key() == key(0.5, 1))
+    pruned = next(n for n in tree.nodes.values() if n.part.key() == key(0.5, 1))
     assert pruned.stop_reason.startswith("vers 0.2800 is below the best finished node of its level (0.5000)")
-    assert status[ATTENTION] == "failed" and not tree.node(next(n.id for n in tree.nodes.values() if n.spec.key() == ATTENTION)).children
+    assert status[ATTENTION] == "failed" and not tree.node(next(n.id for n in tree.nodes.values() if n.part.key() == ATTENTION)).children
     assert status[UP_DOWN_KEY] == "finished"
     assert sum(s == "finished" for s in status.values()) == 8
     # One trial per node; the failing ones ran twice (max_failures=1), the pruned ones once.
@@ -117,14 +117,14 @@ def test_restore_continues_the_tree_without_rerunning_finished_nodes(ray_cluster
         make_tuner(tmp_path, trainable, [interrupt]).fit()
     experiment = tmp_path / "storage" / "search"
     before = latest_saved_tree(experiment)
-    finished_before = {n.spec.key() for n in before.nodes.values() if n.status in ("finished", "pruned")}
+    finished_before = {n.part.key() for n in before.nodes.values() if n.status in ("finished", "pruned")}
     assert len(finished_before) >= 4 and not before.finished
 
     tune.Tuner.restore(str(experiment), trainable).fit()
     after = latest_saved_tree(experiment)
 
     assert levels(after) == PAPER_PATH_BEAM_1
-    assert after.best().spec.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
+    assert after.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
     counts = attempts(tmp_path)
     assert all(counts[k] == 1 for k in finished_before)
     assert set(counts) == {k for level in PAPER_PATH_BEAM_1 for k in level}

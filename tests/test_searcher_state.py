@@ -3,9 +3,9 @@
 import json
 import os
 
-from cofitune_ray.search_space import load_search_space
-from cofitune_ray.searcher import latest_saved_tree
-from cofitune_ray.tree import SearchTree
+from cofitune_ray.core.space import load_search_space
+from cofitune_ray.tuning.searcher import latest_saved_tree
+from cofitune_ray.core.tree import SearchTree
 from conftest import PROJECT
 
 

@@ -10,10 +10,10 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.data import read_jsonl
-from cofitune_ray.evaluate import EvalSet, score_set
-from cofitune_ray.model import load_model, load_tokenizer
-from cofitune_ray.prompt import format_prompt
+from cofitune_ray.training.data import read_jsonl
+from cofitune_ray.training.evaluate import EvalSet, score_set
+from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.training.prompt import format_prompt
 from cofitune_ray.toyworld import tasks as t
 from cofitune_ray.toyworld.data import draw_splits, write_toy_data
 from cofitune_ray.toyworld.prepare import MARKER, ToyWorldError, config_for_seed, ensure_toy_world

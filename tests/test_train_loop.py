@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.softmask import Importance, SoftMask
-from cofitune_ray.train_worker import run_training
+from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.softmask import Importance, SoftMask
+from cofitune_ray.training.worker import run_training
 from tiny import make_world
 
-NODE = NodeSpec(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
 
 
 @pytest.fixture(scope="module")

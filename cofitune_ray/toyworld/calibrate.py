@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from cofitune_ray.config import Config, load_config
-from cofitune_ray.evaluate import Evaluator
-from cofitune_ray.model import load_model, load_tokenizer
-from cofitune_ray.node import FULL_SFT_NODE
+from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.core.node import FULL_SFT_PART
 from cofitune_ray.toyworld.prepare import config_for_seed
-from cofitune_ray.train_worker import run_training
+from cofitune_ray.training.worker import run_training
 
 SPEC_TARGET = 0.9  # Spec at the best point
 VERS_BAND = (0.5, 0.85)  # Vers / base Vers at the best point
@@ -117,7 +117,7 @@ def full_sft(config: Config, evaluator: Evaluator, tokenizer, lr: float) -> Run:
         run.eval_seconds += time.perf_counter() - evaluated
         run.points.append(Point(step, metrics["spec"], metrics["vers"], versatility_scores(metrics)))
 
-    run_training(config, FULL_SFT_NODE.with_(lr=lr), model, tokenizer, None, report, 0, 1, torch.device("cpu"))
+    run_training(config, FULL_SFT_PART.with_(lr=lr), model, tokenizer, None, report, 0, 1, torch.device("cpu"))
     run.train_seconds = time.perf_counter() - started - run.eval_seconds
     return run
 

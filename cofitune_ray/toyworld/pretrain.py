@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.data import Example, collate, read_jsonl, tokenize_for_training
-from cofitune_ray.evaluate import EvalSet, score_set
+from cofitune_ray.training.data import Example, collate, read_jsonl, tokenize_for_training
+from cofitune_ray.training.evaluate import EvalSet, score_set
 from cofitune_ray.toyworld.tokenizer import build_tokenizer
 
 TEMPLATE = "compact"

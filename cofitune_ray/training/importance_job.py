@@ -9,7 +9,7 @@ import ray.train.torch
 from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config, config_from_dict
-from cofitune_ray.importance import (
+from cofitune_ray.training.importance import (
     ImportanceSettings,
     cache_dir,
     cache_key,
@@ -17,8 +17,8 @@ from cofitune_ray.importance import (
     load_cached_importance,
     save_importance,
 )
-from cofitune_ray.model import Architecture, load_model, load_tokenizer
-from cofitune_ray.node_runner import ImportanceRef, scaling_config
+from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.training.runner import ImportanceRef, scaling_config
 
 
 def importance_settings(config: Config) -> ImportanceSettings:

@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from cofitune_ray.prompt import format_prompt
+from cofitune_ray.training.prompt import format_prompt
 
 IGNORE_INDEX = -100
 REQUIRED_FIELDS = ("instruction", "output")

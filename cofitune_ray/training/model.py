@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from cofitune_ray.node import ATTENTION_MODULES, NodeSpec
+from cofitune_ray.core.node import ATTENTION_MODULES, ModelPart
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -72,15 +72,15 @@ def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
-def trainable_parameter_names(arch: Architecture, node: NodeSpec, parameter_names: list[str]) -> list[str]:
+def trainable_parameter_names(arch: Architecture, part: ModelPart, parameter_names: list[str]) -> list[str]:
     """The exact parameter names a node trains, in model order.
 
     "full" trains everything (embeddings, norms and lm_head included); "base" trains nothing.
     """
-    if node.kind == "full":
+    if part.kind == "full":
         return list(parameter_names)
     prefixes = tuple(
-        arch.module_prefix(layer, module) for layer in node.layer_indices(arch.num_layers) for module in node.modules
+        arch.module_prefix(layer, module) for layer in part.layer_indices(arch.num_layers) for module in part.modules
     )
     selected = [name for name in parameter_names if name.startswith(prefixes)]
     missing = [p for p in prefixes if not any(n.startswith(p) for n in selected)]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from cofitune_ray.checkpoint import FINGERPRINT_FILE, NODE_FILE, model_fingerprint, read_delta, read_json
-from cofitune_ray.model import load_model, load_tokenizer
+from cofitune_ray.training.checkpoint import FINGERPRINT_FILE, NODE_FILE, model_fingerprint, read_delta, read_json
+from cofitune_ray.training.model import load_model, load_tokenizer
 
 
 class MergeError(ValueError):

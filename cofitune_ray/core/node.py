@@ -21,7 +21,7 @@ class NodeError(ValueError):
 
 
 @dataclass(frozen=True)
-class NodeSpec:
+class ModelPart:
     """One point of the CoFiTune search space.
 
     kind: "base" (no training: the reference point), "full" (every parameter, i.e. full SFT) or
@@ -129,7 +129,7 @@ class NodeSpec:
             parts.append(f"lr {self.lr:g}")
         return " ".join(parts)
 
-    def with_(self, **changes) -> "NodeSpec":
+    def with_(self, **changes) -> "ModelPart":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -146,7 +146,7 @@ class NodeSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NodeSpec":
+    def from_dict(cls, data: dict) -> "ModelPart":
         data = dict(data)
         if "layer_range" in data:
             data["layer_range"] = tuple(float(x) for x in data["layer_range"])
@@ -157,8 +157,8 @@ class NodeSpec:
         return cls(**data)
 
 
-BASE_NODE = NodeSpec(kind="base", label="base model")
-FULL_SFT_NODE = NodeSpec(kind="full", label="full SFT")
+BASE_PART = ModelPart(kind="base", label="base model")
+FULL_SFT_PART = ModelPart(kind="full", label="full SFT")
 
 
 def _round_half_up(x: float) -> int:

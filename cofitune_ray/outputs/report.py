@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cofitune_ray.tree import Score, SearchTree, TreeNode
+from cofitune_ray.core.tree import Score, SearchTree, TreeNode
 
 #: Names of the files `write_report` writes, by the key it returns them under.
 REPORT_FILES = {"markdown": "report.md", "html": "report.html", "pareto": "pareto.png", "curves": "curves.png"}
@@ -242,13 +242,13 @@ def tree_drawing(tree: SearchTree) -> str:
 
 def _draw(tree: SearchTree, node: TreeNode, prefix: str, last: bool, lines: list[str]) -> None:
     """Append `node`'s line and, below it, its children's subtrees."""
-    lines.append(prefix + ("└── " if last else "├── ") + node_line(tree, node))
+    lines.append(prefix + ("└── " if last else "├── ") + drawing_line(tree, node))
     children = [tree.node(c) for c in node.children]
     for i, child in enumerate(children):
         _draw(tree, child, prefix + ("    " if last else "│   "), i == len(children) - 1, lines)
 
 
-def node_line(tree: SearchTree, node: TreeNode) -> str:
+def drawing_line(tree: SearchTree, node: TreeNode) -> str:
     """One node of the tree drawing: name, scores, trained parameters, status."""
     score = node.score()
     marks = _marks(tree, node)
@@ -258,7 +258,7 @@ def node_line(tree: SearchTree, node: TreeNode) -> str:
         else "no score"
     )
     return (
-        f"{node.id} {node.spec.describe()}{marks} | {scores} | "
+        f"{node.id} {node.part.describe()}{marks} | {scores} | "
         f"{fmt_count(node.trained_params)} params | {status_text(node, tree)}"
     )
 
@@ -281,7 +281,7 @@ def ranking_table(tree: SearchTree) -> Table:
         cost = node.cost()
         rows.append((
             str(rank),
-            f"{node.id} {node.spec.describe()}{_marks(tree, node)}",
+            f"{node.id} {node.part.describe()}{_marks(tree, node)}",
             fmt_score(score.spec),
             fmt_score(score.vers),
             fmt_score(score.uni),
@@ -297,7 +297,7 @@ def ranking_table(tree: SearchTree) -> Table:
 def pareto_table(tree: SearchTree) -> Table:
     """The Pareto front, highest Spec first."""
     rows = [
-        (f"{n.id} {n.spec.describe()}", fmt_score(n.score().spec), fmt_score(n.score().vers), fmt_score(n.score().uni), fmt_count(n.trained_params))
+        (f"{n.id} {n.part.describe()}", fmt_score(n.score().spec), fmt_score(n.score().vers), fmt_score(n.score().uni), fmt_count(n.trained_params))
         for n in tree.pareto_front()
     ]
     return Table(("Node", "Spec", "Vers", "Uni", "Trained params"), rows)
@@ -311,7 +311,7 @@ def node_table(tree: SearchTree) -> Table:
         cost = node.cost()
         rows.append((
             node.id,
-            node.spec.key(),
+            node.part.key(),
             node.status,
             fmt_score(score.spec),
             fmt_score(score.vers),
@@ -327,7 +327,7 @@ def node_table(tree: SearchTree) -> Table:
 # ---- verdict ------------------------------------------------------------------------------------
 def reference(tree: SearchTree, kind: str) -> TreeNode | None:
     """The level-0 reference node of `kind` ("base" or "full"), if the search space has one."""
-    return next((n for n in tree.at_depth(0) if n.spec.kind == kind), None)
+    return next((n for n in tree.at_depth(0) if n.part.kind == kind), None)
 
 
 def reference_score(tree: SearchTree, kind: str) -> Score | None:
@@ -356,7 +356,7 @@ def verdict(tree: SearchTree) -> str:
     base, full = reference_score(tree, "base"), reference_score(tree, "full")
     full_node = reference(tree, "full")
     sentences = [
-        f"The winner, {winner.id} {winner.spec.describe()}, has Spec {fmt_score(win.spec)}, "
+        f"The winner, {winner.id} {winner.part.describe()}, has Spec {fmt_score(win.spec)}, "
         f"Vers {fmt_score(win.vers)}, Uni {fmt_score(win.uni)}."
     ]
     claim = "The winner"
@@ -471,7 +471,7 @@ def _plot_node_curves(ax, node: TreeNode, x_key: str, is_winner: bool) -> None:
     for metric, style, color in (("spec", "-o", "tab:blue"), ("vers", "-s", "tab:orange"), ("uni", "--^", "tab:green")):
         pts = [p for p in node.history if metric in p]
         ax.plot([p[x_key] for p in pts], [p[metric] for p in pts], style, color=color, ms=3, lw=1.4, label=metric.capitalize())
-    name = node.spec.describe()
+    name = node.part.describe()
     name = name if len(name) <= 34 else name[:33] + "…"
     status = "" if node.status == "finished" else f" ({node.status})"
     ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{status}", fontsize=8, weight="bold" if is_winner else "normal")

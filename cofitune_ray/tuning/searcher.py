@@ -1,7 +1,7 @@
 """`TreeSearcher`: Ray Tune's search algorithm for the CoFiTune tree (and the flat grid).
 
 Tune asks for trials; the searcher hands out the runnable nodes of the tree's current level as
-`{"node": NodeSpec.to_dict(), "node_id": id}`, returns None while the level's results are still
+`{"part": ModelPart.to_dict(), "node_id": id}`, returns None while the level's results are still
 in flight, and `Searcher.FINISHED` once the tree has ended. Results and completions go into the
 tree (`tree.py`), which expands the next level. A grid space (`strategy: grid`) runs through the
 same class: its one level holds every grid node.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from cofitune_ray.search_space import SearchSpace
-from cofitune_ray.tree import SearchTree, SelectionPolicy, TreeNode
+from cofitune_ray.core.space import SearchSpace
+from cofitune_ray.core.tree import SearchTree, SelectionPolicy, TreeNode
 
 
 class TreeSearcher(Searcher):
@@ -47,7 +47,7 @@ class TreeSearcher(Searcher):
         """Mark `node` running as Tune trial `trial_id`; returns the trial's config."""
         self.tree.start(node.id, trial_id)
         self.trial_nodes[trial_id] = node.id
-        return {"node": node.spec.to_dict(), "node_id": node.id}
+        return {"part": node.part.to_dict(), "node_id": node.id}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.trial_nodes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cofitune_ray.model import Architecture
+from cofitune_ray.training.model import Architecture
 
 SOFTMASK_MODES = ("update", "grad")
 

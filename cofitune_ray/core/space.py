@@ -41,18 +41,18 @@ from typing import Union
 
 import yaml
 
-from cofitune_ray.node import (
+from cofitune_ray.core.node import (
     ALL_MODULES,
     ATTENTION_MODULES,
-    BASE_NODE,
+    BASE_PART,
     FFN_MODULES,
-    FULL_SFT_NODE,
+    FULL_SFT_PART,
     NodeError,
-    NodeSpec,
+    ModelPart,
 )
 
 MODULE_GROUPS = {"all": ALL_MODULES, "attention": ATTENTION_MODULES, "ffn": FFN_MODULES}
-REFERENCE_NODES = {"base": BASE_NODE, "full": FULL_SFT_NODE}
+REFERENCE_NODES = {"base": BASE_PART, "full": FULL_SFT_PART}
 STRATEGIES = ("tree", "grid")
 _DIGITS = 6  # range bounds are rounded so that (0.25 + 0.25) is exactly 0.5 in node keys
 
@@ -68,7 +68,7 @@ class SplitRange:
     pieces: int
     overlap: bool = False
 
-    def children(self, parent: NodeSpec) -> list[NodeSpec]:
+    def children(self, parent: ModelPart) -> list[ModelPart]:
         if parent.kind != "partial" or parent.layers is not None:
             return []
         lo, hi = parent.layer_range
@@ -87,7 +87,7 @@ class SplitModules:
 
     groups: tuple[tuple[str, ...], ...]
 
-    def children(self, parent: NodeSpec) -> list[NodeSpec]:
+    def children(self, parent: ModelPart) -> list[ModelPart]:
         if parent.kind != "partial":
             return []
         return [parent.with_(modules=g, label="") for g in self.groups if set(g) <= set(parent.modules)]
@@ -99,7 +99,7 @@ class ToggleSoftmask:
 
     values: tuple[bool, ...]
 
-    def children(self, parent: NodeSpec) -> list[NodeSpec]:
+    def children(self, parent: ModelPart) -> list[ModelPart]:
         return [parent.with_(softmask=v, label="") for v in self.values if parent.trains]
 
 
@@ -109,7 +109,7 @@ class TuneLearningRate:
 
     values: tuple[float, ...]
 
-    def children(self, parent: NodeSpec) -> list[NodeSpec]:
+    def children(self, parent: ModelPart) -> list[ModelPart]:
         return [parent.with_(lr=v, label="") for v in self.values if parent.trains]
 
 
@@ -129,14 +129,14 @@ class SearchSpace:
     """A validated search space. `data` is the YAML mapping it was built from (kept for JSON state)."""
 
     strategy: str
-    references: tuple[NodeSpec, ...]
-    root: NodeSpec | None
+    references: tuple[ModelPart, ...]
+    root: ModelPart | None
     levels: tuple[Level, ...]
-    grid_nodes: tuple[NodeSpec, ...]
+    grid_nodes: tuple[ModelPart, ...]
     source: str
     data: dict
 
-    def expand(self, parent: NodeSpec, after_level: int) -> tuple[int | None, list[NodeSpec]]:
+    def expand(self, parent: ModelPart, after_level: int) -> tuple[int | None, list[ModelPart]]:
         """The first level after `after_level` that gives `parent` new children, and those children.
 
         Returns (None, []) when no later level applies. Children equal to the parent are dropped.
@@ -147,15 +147,15 @@ class SearchSpace:
                 return index, children
         return None, []
 
-    def first_candidates(self) -> tuple[int | None, list[NodeSpec]]:
+    def first_candidates(self) -> tuple[int | None, list[ModelPart]]:
         """The level-1 nodes: the root's first children (tree) or every grid node (grid)."""
         if self.strategy == "grid":
             return None, list(self.grid_nodes)
         return self.expand(self.root, -1)
 
-    def reachable_nodes(self) -> list[NodeSpec]:
+    def reachable_nodes(self) -> list[ModelPart]:
         """Every node some branch of the search could train, references first, without duplicates."""
-        seen: dict[str, NodeSpec] = {n.key(): n for n in self.references}
+        seen: dict[str, ModelPart] = {n.key(): n for n in self.references}
         level, frontier = self.first_candidates()
         queue = [(level, n) for n in frontier]
         while queue:
@@ -195,7 +195,7 @@ def parse_search_space(data, source: str = "<search space>") -> SearchSpace:
             raise where.error("levels", "a tree space needs a list of levels")
         root = _node(data.get("root", {}), where, "root")
         levels = _parse_levels(data["levels"], where)
-        grid_nodes: tuple[NodeSpec, ...] = ()
+        grid_nodes: tuple[ModelPart, ...] = ()
     else:
         if "grid" not in data:
             raise where.error("grid", "a grid space needs a list of grid blocks")
@@ -231,7 +231,7 @@ class _Where:
             seen.add(name(item))
 
 
-def _parse_references(value, where: _Where) -> tuple[NodeSpec, ...]:
+def _parse_references(value, where: _Where) -> tuple[ModelPart, ...]:
     names = where.list_of("references", value, min_len=0)
     for i, name in enumerate(names):
         if name not in REFERENCE_NODES:
@@ -297,8 +297,8 @@ _RULE_PARSERS = {
 }
 
 
-def _parse_grid(value, where: _Where, references: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
-    nodes: list[tuple[str, NodeSpec]] = []
+def _parse_grid(value, where: _Where, references: tuple[ModelPart, ...]) -> tuple[ModelPart, ...]:
+    nodes: list[tuple[str, ModelPart]] = []
     for b, block in enumerate(where.list_of("grid", value)):
         key = f"grid[{b}]"
         if not isinstance(block, dict):
@@ -323,7 +323,7 @@ def _parse_grid(value, where: _Where, references: tuple[NodeSpec, ...]) -> tuple
     return tuple(node for _, node in nodes)
 
 
-def _node(value, where: _Where, key: str) -> NodeSpec:
+def _node(value, where: _Where, key: str) -> ModelPart:
     if not isinstance(value, dict):
         raise where.error(key, "a node is a mapping with layer_range or layers, modules, softmask, lr")
     where.no_unknown_keys(key, value, {"layer_range", "layers", "modules", "softmask", "lr"})
@@ -341,7 +341,7 @@ def _node(value, where: _Where, key: str) -> NodeSpec:
         raise where.error(key, f"softmask must be true or false, got {softmask!r}")
     lr = value.get("lr")
     try:
-        return NodeSpec(
+        return ModelPart(
             layer_range=(lo, hi),
             layers=tuple(layers) if layers is not None else None,
             modules=_modules(value.get("modules", "all"), where, f"{key}.modules"),

@@ -19,8 +19,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.search_space import SearchSpace, parse_search_space
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.space import SearchSpace, parse_search_space
 
 #: pending: waiting to run; running; finished: ran to the end; pruned: stopped early by the
 #: scheduler (see stop_reason); failed: errored after Tune's retries; not_expanded: never run
@@ -69,7 +69,7 @@ class TreeNode:
     """One node of the search and everything its trial produced."""
 
     id: str
-    spec: NodeSpec
+    part: ModelPart
     parent: str | None
     depth: int
     level: int | None  # index of the space level whose rule made it; None for references and grid nodes
@@ -102,15 +102,15 @@ class TreeNode:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["spec"] = self.spec.to_dict()
-        data["key"] = self.spec.key()
+        data["part"] = self.part.to_dict()
+        data["key"] = self.part.key()
         data["cost"] = self.cost()
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TreeNode":
         data = {k: v for k, v in data.items() if k not in ("key", "cost")}
-        return cls(**{**data, "spec": NodeSpec.from_dict(data["spec"])})
+        return cls(**{**data, "part": ModelPart.from_dict(data["part"])})
 
 
 class SearchTree:
@@ -122,8 +122,8 @@ class SearchTree:
         self.nodes: dict[str, TreeNode] = {}
         self.depth = 0
         self.end_reason: str | None = None
-        for spec in space.references:
-            self._add(spec, parent=None, depth=0, level=None)
+        for part in space.references:
+            self._add(part, parent=None, depth=0, level=None)
         self._advance()
 
     # ---- queries -------------------------------------------------------------------------
@@ -231,13 +231,13 @@ class SearchTree:
         node.status, node.stop_reason = "failed", error
         self._advance()
 
-    def add_node(self, spec: NodeSpec, parent_id: str | None, depth: int) -> TreeNode:
+    def add_node(self, part: ModelPart, parent_id: str | None, depth: int) -> TreeNode:
         """Add a pending node outside the level-by-level expansion, e.g. learning-rate tuning after
-        the search ended (optuna_search.py). Such a node has a parent and no `level`; the caller
+        the search ended (tuning/optuna_searcher.py). Such a node has a parent and no `level`; the caller
         starts and ends it. The tree's depth grows to `depth`; a key already in the tree is refused."""
-        if any(n.spec.key() == spec.key() for n in self.nodes.values()):
-            raise ValueError(f"node {spec.key()} is already in the tree")
-        node = self._add(spec, self.nodes[parent_id] if parent_id else None, depth, level=None)
+        if any(n.part.key() == part.key() for n in self.nodes.values()):
+            raise ValueError(f"node {part.key()} is already in the tree")
+        node = self._add(part, self.nodes[parent_id] if parent_id else None, depth, level=None)
         self.depth = max(self.depth, depth)
         return node
 
@@ -257,8 +257,8 @@ class SearchTree:
 
     def _expand_level(self) -> None:
         if self.depth == 0:
-            level, specs = self.space.first_candidates()
-            parents: list[tuple[TreeNode | None, int | None, list[NodeSpec]]] = [(None, level, specs)]
+            level, parts = self.space.first_candidates()
+            parents: list[tuple[TreeNode | None, int | None, list[ModelPart]]] = [(None, level, parts)]
         else:
             promising = self.select_promising(self.depth)
             if not promising:
@@ -267,23 +267,23 @@ class SearchTree:
             parents = []
             for node in promising:
                 node.promising = True
-                level, specs = (None, []) if node.level is None else self.space.expand(node.spec, node.level)
-                parents.append((node, level, specs))
-        known = {n.spec.key() for n in self.nodes.values()}
+                level, parts = (None, []) if node.level is None else self.space.expand(node.part, node.level)
+                parents.append((node, level, parts))
+        known = {n.part.key() for n in self.nodes.values()}
         added = 0
-        for parent, level, specs in parents:
-            for spec in specs:
-                if spec.key() not in known:
-                    known.add(spec.key())
-                    self._add(spec, parent, self.depth + 1, level)
+        for parent, level, parts in parents:
+            for part in parts:
+                if part.key() not in known:
+                    known.add(part.key())
+                    self._add(part, parent, self.depth + 1, level)
                     added += 1
         if not added:
             self._end("search space exhausted")
             return
         self.depth += 1
 
-    def _add(self, spec: NodeSpec, parent: TreeNode | None, depth: int, level: int | None) -> TreeNode:
-        node = TreeNode(f"n{len(self.nodes)}", spec, parent.id if parent else None, depth, level)
+    def _add(self, part: ModelPart, parent: TreeNode | None, depth: int, level: int | None) -> TreeNode:
+        node = TreeNode(f"n{len(self.nodes)}", part, parent.id if parent else None, depth, level)
         self.nodes[node.id] = node
         if parent is not None:
             parent.children.append(node.id)

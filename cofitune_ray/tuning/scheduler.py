@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from cofitune_ray.searcher import TreeSearcher
-from cofitune_ray.tree import Score
+from cofitune_ray.tuning.searcher import TreeSearcher
+from cofitune_ray.core.tree import Score
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class PromisingChildScheduler(FIFOScheduler):
         )
         if reason is None:
             return TrialScheduler.CONTINUE
-        logger.info("Pruning node %s (%s): %s", node.id, node.spec.describe(), reason)
+        logger.info("Pruning node %s (%s): %s", node.id, node.part.describe(), reason)
         tree.prune(node.id, reason)
         return TrialScheduler.STOP
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cofitune_ray.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
+from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
 
 
 @dataclass

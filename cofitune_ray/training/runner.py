@@ -17,30 +17,30 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.train_worker import train_node
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.worker import train_node
 
 HISTORY_FILE = "history.jsonl"
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the node's training was started
 RESULT_FILE = "result.json"  # written last: the node finished
 
 
-def finished_result(storage_dir: str | Path, name: str, node: NodeSpec) -> "NodeResult | None":
+def finished_result(storage_dir: str | Path, name: str, part: ModelPart) -> "NodeResult | None":
     """The saved result of a node that already finished under `storage_dir/name`, if any."""
     path = Path(storage_dir) / name / RESULT_FILE
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    if data["node"] != node.to_dict():
+    if data["part"] != part.to_dict():
         return None
-    return NodeResult(**{**data, "node": node})
+    return NodeResult(**{**data, "part": part})
 
 
 @dataclass
 class NodeResult:
     """A trained node: its best evaluation point, its history and what it cost."""
 
-    node: NodeSpec
+    part: ModelPart
     metrics: dict  # the best evaluation point (by Uni)
     history: list[dict] = field(default_factory=list)
     checkpoint: str | None = None  # the best delta checkpoint directory
@@ -50,7 +50,7 @@ class NodeResult:
 
     def to_dict(self) -> dict:
         return {
-            "node": self.node.to_dict(),
+            "part": self.part.to_dict(),
             "metrics": self.metrics,
             "history": self.history,
             "checkpoint": self.checkpoint,
@@ -79,7 +79,7 @@ def scaling_config(config: Config) -> ray.train.ScalingConfig:
 
 def run_node(
     config: Config,
-    node: NodeSpec,
+    part: ModelPart,
     name: str,
     storage_dir: str | Path,
     importance: ImportanceRef | None = None,
@@ -92,8 +92,8 @@ def run_node(
     `storage_dir` must be reachable by every worker (a local path on one machine, shared storage
     on a cluster); the node's Ray Train run and history are stored under `storage_dir/name`.
     """
-    if node.softmask and importance is None:
-        raise ValueError(f"node {node.key()} uses soft-masking but no importance was given")
+    if part.softmask and importance is None:
+        raise ValueError(f"node {part.key()} uses soft-masking but no importance was given")
     storage_dir = Path(storage_dir).resolve()
     run_dir = storage_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,12 +101,12 @@ def run_node(
     history_path.unlink(missing_ok=True)  # a retried node trains from the start again
     started = time.time()
     with open(run_dir / ATTEMPTS_FILE, "a") as handle:
-        handle.write(json.dumps({"node": node.key(), "started": started}) + "\n")
+        handle.write(json.dumps({"node": part.key(), "started": started}) + "\n")
     trainer = TorchTrainer(
         train_node,
         train_loop_config={
             "config": config.to_dict(),
-            "node": node.to_dict(),
+            "part": part.to_dict(),
             "importance_dir": importance.directory if importance else None,
             "importance_key": importance.key if importance else None,
             "base_metrics": base_metrics,
@@ -127,9 +127,9 @@ def run_node(
     history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
     checkpoint, metrics = result.best_checkpoints[0] if result.best_checkpoints else (None, {})
     if not metrics:
-        raise RuntimeError(f"node {node.key()} reported no evaluation (see the Ray Train logs in {run_dir})")
+        raise RuntimeError(f"node {part.key()} reported no evaluation (see the Ray Train logs in {run_dir})")
     node_result = NodeResult(
-        node=node,
+        part=part,
         metrics=metrics,
         history=history,
         checkpoint=checkpoint.path if checkpoint else None,

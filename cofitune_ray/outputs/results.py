@@ -13,10 +13,10 @@ from pathlib import Path
 import yaml
 
 from cofitune_ray.config import Config
-from cofitune_ray.export import export_merged
-from cofitune_ray.model import load_model, load_tokenizer
-from cofitune_ray.report import write_report
-from cofitune_ray.tree import SearchTree
+from cofitune_ray.training.export import export_merged
+from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.outputs.report import write_report
+from cofitune_ray.core.tree import SearchTree
 
 SUMMARY_FILE = "summary.json"
 
@@ -28,7 +28,7 @@ def write_pareto_csv(tree: SearchTree, path: Path) -> None:
         writer.writerow(["node_id", "key", "label", "status", "spec", "vers", "uni", "trained_params", "pareto"])
         for node in tree.ranking():
             score = node.score()
-            writer.writerow([node.id, node.spec.key(), node.spec.label, node.status, score.spec, score.vers,
+            writer.writerow([node.id, node.part.key(), node.part.label, node.status, score.spec, score.vers,
                              score.uni, node.trained_params, node.id in front])
 
 
@@ -38,7 +38,7 @@ def export_best_model(config: Config, tree: SearchTree, out_dir: Path) -> Path |
     if best is None:
         return None
     tokenizer = config.model.tokenizer or config.model.path
-    if best.spec.kind == "base" or not best.checkpoint:
+    if best.part.kind == "base" or not best.checkpoint:
         load_model(config.model.path, config.model.dtype).save_pretrained(out_dir)
         load_tokenizer(tokenizer).save_pretrained(out_dir)
         return out_dir
@@ -49,7 +49,7 @@ def summarise(tree: SearchTree, run_dir: Path) -> dict:
     nodes = list(tree.nodes.values())
     counts = {s: sum(n.status == s for n in nodes) for s in ("finished", "pruned", "failed", "not_expanded")}
     best = tree.best()
-    refs = {n.spec.kind: n for n in nodes if n.is_reference}
+    refs = {n.part.kind: n for n in nodes if n.is_reference}
     return {
         "run_dir": str(run_dir),
         "nodes": len(nodes),
@@ -61,7 +61,7 @@ def summarise(tree: SearchTree, run_dir: Path) -> dict:
         "best": _node_summary(best),
         "base": _node_summary(refs.get("base")),
         "full": _node_summary(refs.get("full")),
-        "pareto": [n.spec.describe() for n in tree.pareto_front()],
+        "pareto": [n.part.describe() for n in tree.pareto_front()],
     }
 
 
@@ -69,7 +69,7 @@ def _node_summary(node) -> dict | None:
     if node is None or node.score() is None:
         return None
     score = node.score()
-    return {"id": node.id, "node": node.spec.describe(), "spec": score.spec, "vers": score.vers, "uni": score.uni,
+    return {"id": node.id, "node": node.part.describe(), "spec": score.spec, "vers": score.vers, "uni": score.uni,
             "trained_params": node.trained_params}
 
 
@@ -79,7 +79,7 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
     write_pareto_csv(tree, run_dir / "pareto.csv")
     best = tree.best()
     if best is not None:
-        best_node = {"node": best.spec.to_dict(), "key": best.spec.key(), "id": best.id,
+        best_node = {"node": best.part.to_dict(), "key": best.part.key(), "id": best.id,
                      "scores": _node_summary(best), "checkpoint": best.checkpoint}
         (run_dir / "best_node.yaml").write_text(yaml.safe_dump(best_node, sort_keys=False))
     export_best_model(config, tree, run_dir / "best_model")

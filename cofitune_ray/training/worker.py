@@ -21,14 +21,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
 
-from cofitune_ray.checkpoint import model_fingerprint, write_checkpoint
+from cofitune_ray.training.checkpoint import model_fingerprint, write_checkpoint
 from cofitune_ray.config import Config, config_from_dict
-from cofitune_ray.data import collate, encode_example, read_jsonl, tokenize_for_training
-from cofitune_ray.evaluate import Evaluator
-from cofitune_ray.importance import load_cached_importance
-from cofitune_ray.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.softmask import SoftMask
+from cofitune_ray.training.data import collate, encode_example, read_jsonl, tokenize_for_training
+from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.training.importance import load_cached_importance
+from cofitune_ray.training.model import Architecture, freeze_all_but, load_model, load_tokenizer, trainable_parameter_names
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.softmask import SoftMask
 
 def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, int]:
     """(steps per epoch, total steps): epochs of accumulated micro-batches, capped by max_steps."""
@@ -40,8 +40,8 @@ def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, 
 class _Reporter:
     """Evaluates, appends to the history file and reports to Ray Train (checkpoint from rank 0)."""
 
-    def __init__(self, evaluator, node, rank, world_size, base, history_path, trained_names, trained_params, started):
-        self.evaluator, self.node, self.rank, self.world_size = evaluator, node, rank, world_size
+    def __init__(self, evaluator, part, rank, world_size, base, history_path, trained_names, trained_params, started):
+        self.evaluator, self.part, self.rank, self.world_size = evaluator, part, rank, world_size
         self.base, self.history_path, self.started = base, history_path, started
         self.trained_names, self.trained_params = set(trained_names), trained_params
         spec = evaluator.speciality.examples[0]
@@ -71,7 +71,7 @@ class _Reporter:
             with open(self.history_path, "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), unwrapped, self.node, metrics, fingerprint)
+            write_checkpoint(Path(tmp), unwrapped, self.part, metrics, fingerprint)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -87,7 +87,7 @@ def train_node(loop_config: dict) -> None:
     """Ray Train worker entry point. loop_config: config, node, importance_dir, base_metrics, history_path."""
     started = time.time()
     config = config_from_dict(loop_config["config"])
-    node = NodeSpec.from_dict(loop_config["node"])
+    part = ModelPart.from_dict(loop_config["part"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
@@ -96,26 +96,26 @@ def train_node(loop_config: dict) -> None:
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     model = load_model(config.model.path, config.model.dtype)
     arch = Architecture.from_config(model.config)
-    names = trainable_parameter_names(arch, node, [n for n, _ in model.named_parameters()]) if node.trains else []
+    names = trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]) if part.trains else []
     trained_params = freeze_all_but(model, names)
     evaluator = Evaluator.from_config(config, tokenizer)
-    report = _Reporter(evaluator, node, rank, world_size, loop_config.get("base_metrics"),
+    report = _Reporter(evaluator, part, rank, world_size, loop_config.get("base_metrics"),
                        loop_config.get("history_path"), names, trained_params, started)
-    if not node.trains:
+    if not part.trains:
         report(model.to(device), step=0, epoch=0.0, train_loss=None)
         return
 
     softmask = None
-    if node.softmask:
+    if part.softmask:
         importance = load_cached_importance(Path(loop_config["importance_dir"]), loop_config["importance_key"])
         if importance is None:
             raise RuntimeError(f"no importance matching this run in {loop_config['importance_dir']}")
         softmask = SoftMask.for_model(model, arch, importance, config.train.softmask_mode)
     model = ray.train.torch.prepare_model(model)
-    run_training(config, node, model, tokenizer, softmask, report, rank, world_size, device)
+    run_training(config, part, model, tokenizer, softmask, report, rank, world_size, device)
 
 
-def run_training(config, node, model, tokenizer, softmask, report, rank, world_size, device) -> None:
+def run_training(config, part, model, tokenizer, softmask, report, rank, world_size, device) -> None:
     """The training loop of one node; `report(model, step, epoch, train_loss)` is called at each evaluation point."""
     data = tokenize_for_training(read_jsonl(config.data.speciality_train), tokenizer, config.data.prompt_template,
                                  config.data.max_seq_length, config.data.loss_on)
@@ -128,7 +128,7 @@ def run_training(config, node, model, tokenizer, softmask, report, rank, world_s
     t = config.train
     per_epoch, total_steps = optimizer_steps(config, len(loader))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=node.lr or t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=part.lr or t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     schedule = get_scheduler(t.schedule, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
                              num_training_steps=total_steps)
     use_bf16 = t.bf16 == "on" or (t.bf16 == "auto" and device.type == "cuda")

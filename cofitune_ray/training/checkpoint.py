@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cofitune_ray.node import NodeSpec
+from cofitune_ray.core.node import ModelPart
 
 DELTA_FILE = "delta.safetensors"
 NODE_FILE = "node.json"
@@ -46,9 +46,9 @@ def model_fingerprint(model: torch.nn.Module, trained: set[str], probe_ids: list
             "probe_logits_sum": logits.double().sum().item()}
 
 
-def write_checkpoint(directory: Path, model: torch.nn.Module, node: NodeSpec, metrics: dict, fingerprint: dict) -> None:
+def write_checkpoint(directory: Path, model: torch.nn.Module, part: ModelPart, metrics: dict, fingerprint: dict) -> None:
     save_file(delta_state(model), str(directory / DELTA_FILE))
-    (directory / NODE_FILE).write_text(json.dumps(node.to_dict(), indent=2))
+    (directory / NODE_FILE).write_text(json.dumps(part.to_dict(), indent=2))
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     (directory / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
 

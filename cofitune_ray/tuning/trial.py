@@ -1,6 +1,6 @@
 """The Ray Tune function trainable: one tree node per trial.
 
-It runs the node as a Ray Train job (`node_runner.run_node`), forwards every evaluation point to
+It runs the node as a Ray Train job (`training.runner.run_node`), forwards every evaluation point to
 Tune (so the scheduler can prune), and ends with one `final: true` result holding the best
 evaluation point, the checkpoint and the cost. The base model is evaluated once before the
 search; its trial reports that cached result instead of evaluating again.
@@ -14,8 +14,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.node_runner import ImportanceRef, NodeResult, finished_result, run_node
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.runner import ImportanceRef, NodeResult, finished_result, run_node
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,18 @@ def replay(result: NodeResult) -> None:
 
 def node_trial(trial_config: dict, run: RunContext) -> None:
     """Tune trainable: train and score the node in `trial_config` (or replay its saved result)."""
-    node = NodeSpec.from_dict(trial_config["node"])
+    part = ModelPart.from_dict(trial_config["part"])
     name = f"node-{trial_config['node_id']}"
-    if node.kind == "base":
-        replay(NodeResult(**{**run.base_result, "node": node}))
+    if part.kind == "base":
+        replay(NodeResult(**{**run.base_result, "part": part}))
         return
-    done = finished_result(run.nodes_dir, name, node)
+    done = finished_result(run.nodes_dir, name, part)
     if done is not None:
         replay(done)
         return
     result = run_node(
         config_from_dict(run.config),
-        node,
+        part,
         name=name,
         storage_dir=run.nodes_dir,
         importance=run.importance,

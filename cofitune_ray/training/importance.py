@@ -25,9 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from cofitune_ray.data import collate, encode_example, fingerprint, read_jsonl
-from cofitune_ray.model import Architecture
-from cofitune_ray.softmask import Importance
+from cofitune_ray.training.data import collate, encode_example, fingerprint, read_jsonl
+from cofitune_ray.training.model import Architecture
+from cofitune_ray.training.softmask import Importance
 
 IMPORTANCE_FILE = "importance.safetensors"
 META_FILE = "importance.json"

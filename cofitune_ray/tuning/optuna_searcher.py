@@ -13,7 +13,7 @@ it was stopped at, a failed one not at all.
 it runs `n_trials` learning rates, proposed by TPE over log-uniform [lr_min, lr_max] to maximise
 Uni, for each of the best `beam` trained nodes and for the full-SFT reference, so the winner is
 compared with an equally tuned full SFT. Each learning rate is a new node (a child of the node
-it tunes, with `NodeSpec.lr` set) one level below the search's deepest level, in the same tree.
+it tunes, with `ModelPart.lr` set) one level below the search's deepest level, in the same tree.
 
 Both keep all of their state in the `SearchTree`: every suggestion rebuilds the Optuna study from
 the tree's scored nodes, with a sampler seeded from `seed` and the number of nodes started (or
@@ -34,10 +34,10 @@ from optuna.samplers import TPESampler
 from optuna.trial import create_trial
 from ray.tune.search import Searcher
 
-from cofitune_ray.node import NodeSpec
-from cofitune_ray.search_space import REFERENCE_NODES, SearchSpace, parse_search_space
-from cofitune_ray.searcher import TreeSearcher
-from cofitune_ray.tree import SearchTree, SelectionPolicy, TreeNode
+from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.space import REFERENCE_NODES, SearchSpace, parse_search_space
+from cofitune_ray.tuning.searcher import TreeSearcher
+from cofitune_ray.core.tree import SearchTree, SelectionPolicy, TreeNode
 
 #: Optuna's parameters for one candidate node, in tie-breaking order.
 NODE_PARAMS = ("range", "modules", "softmask", "lr")
@@ -50,7 +50,7 @@ def sampler_seed(seed: int, count: int) -> int:
     return seed * 1_000_003 + count
 
 
-def node_params(spec: NodeSpec) -> dict[str, str]:
+def node_params(spec: ModelPart) -> dict[str, str]:
     """A trained node as Optuna's categorical parameters (see NODE_PARAMS)."""
     lo, hi = spec.layer_range
     return {
@@ -83,7 +83,7 @@ def closest_node(pending: list[TreeNode], proposal: dict[str, str]) -> TreeNode:
     first in NODE_PARAMS, then to the earlier node."""
 
     def match(node: TreeNode) -> tuple:
-        same = [node_params(node.spec)[p] == proposal[p] for p in NODE_PARAMS]
+        same = [node_params(node.part)[p] == proposal[p] for p in NODE_PARAMS]
         return (sum(same), *same)
 
     return max(pending, key=match)
@@ -119,7 +119,7 @@ class OptunaNodeSearcher(TreeSearcher):
     def propose(self) -> dict[str, str]:
         """Optuna's next proposal, from a study of every scored candidate node of the tree."""
         nodes = self.tree.at_depth(1)
-        distributions = {p: CategoricalDistribution(list(dict.fromkeys(node_params(n.spec)[p] for n in nodes))) for p in NODE_PARAMS}
+        distributions = {p: CategoricalDistribution(list(dict.fromkeys(node_params(n.part)[p] for n in nodes))) for p in NODE_PARAMS}
         study = optuna.create_study(
             directions=["maximize", "maximize"],
             sampler=TPESampler(n_startup_trials=self.startup_trials, seed=sampler_seed(self.seed, self.tree.trials_started())),
@@ -127,7 +127,7 @@ class OptunaNodeSearcher(TreeSearcher):
         for node in nodes:
             score = node.score()
             if node.status in ("finished", "pruned") and score is not None:
-                study.add_trial(create_trial(params=node_params(node.spec), distributions=distributions, values=[score.spec, score.vers]))
+                study.add_trial(create_trial(params=node_params(node.part), distributions=distributions, values=[score.spec, score.vers]))
         return study.ask(distributions).params
 
 
@@ -173,7 +173,7 @@ class LearningRateTuner(Searcher):
     def targets(self) -> list[TreeNode]:
         """The nodes whose learning rate is tuned: the best `beam` trained nodes of the search, then full SFT."""
         ranked = [n for n in self.tree.ranking(include_references=False) if not is_tuning_node(n)]
-        full = [n for n in self.tree.at_depth(0) if n.spec.kind == "full" and n.status == "finished"]
+        full = [n for n in self.tree.at_depth(0) if n.part.kind == "full" and n.status == "finished"]
         return ranked[: self.beam] + full
 
     def tuning_nodes(self, target: TreeNode) -> list[TreeNode]:
@@ -188,7 +188,7 @@ class LearningRateTuner(Searcher):
             return None if self.tree.in_flight() else Searcher.FINISHED
         target = min(open_targets, key=lambda t: len(self.tuning_nodes(t)))
         depth = 1 + max(n.depth for n in self.tree.nodes.values() if not is_tuning_node(n))
-        node = self.tree.add_node(target.spec.with_(lr=self.propose(target), label=""), target.id, depth)
+        node = self.tree.add_node(target.part.with_(lr=self.propose(target), label=""), target.id, depth)
         return self.search.start_trial(node, trial_id)
 
     def propose(self, target: TreeNode) -> float:
@@ -198,20 +198,20 @@ class LearningRateTuner(Searcher):
             sampler=TPESampler(n_startup_trials=self.startup_trials, seed=sampler_seed(self.seed, len(self.tree.nodes))),
         )
         low, high = self.distributions["lr"].low, self.distributions["lr"].high
-        points = [(n.spec.lr, n) for n in self.tuning_nodes(target)]
+        points = [(n.part.lr, n) for n in self.tuning_nodes(target)]
         if self.default_lr is not None and low <= self.default_lr <= high:
             points.append((self.default_lr, target))
         for lr, node in points:
             score = node.score()
             if node.status in ("finished", "pruned") and score is not None:
                 study.add_trial(create_trial(params={"lr": lr}, distributions=self.distributions, value=score.uni))
-        keys = {n.spec.key() for n in self.tree.nodes.values()}
+        keys = {n.part.key() for n in self.tree.nodes.values()}
         for _ in range(MAX_LR_ASKS):
             # Three significant digits keep node keys readable; the clamp keeps the rounded rate in range.
             lr = min(max(float(f"{study.ask(self.distributions).params['lr']:.3g}"), low), high)
-            if target.spec.with_(lr=lr).key() not in keys:
+            if target.part.with_(lr=lr).key() not in keys:
                 return lr
-        raise RuntimeError(f"Optuna proposed no untried learning rate for {target.spec.key()} in {MAX_LR_ASKS} asks")
+        raise RuntimeError(f"Optuna proposed no untried learning rate for {target.part.key()} in {MAX_LR_ASKS} asks")
 
     def node_for_trial(self, trial_id: str) -> TreeNode | None:
         return self.search.node_for_trial(trial_id)

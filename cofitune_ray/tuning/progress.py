@@ -11,7 +11,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
-from cofitune_ray.searcher import TreeSearcher
+from cofitune_ray.tuning.searcher import TreeSearcher
 
 METRIC_NAMES = {
     "finished": "cofitune_nodes_finished",
@@ -41,12 +41,12 @@ class SearchMetrics:
         self.gauges["depth"].set(tree.depth, tags=self.tags)
 
 
-def node_line(node) -> str:
+def ended_node_line(node) -> str:
     """One line for an ended node: its scores and what the search did with it."""
     score = node.score()
     scores = f"Spec {score.spec:.3f}  Vers {score.vers:.3f}  Uni {score.uni:.3f}" if score else "no score"
     outcome = {"pruned": f"pruned: {node.stop_reason}", "failed": f"failed: {node.stop_reason}"}.get(node.status, node.status)
-    return f"[cofitune] node {node.id} {node.spec.describe()}: {scores} -> {outcome}"
+    return f"[cofitune] node {node.id} {node.part.describe()}: {scores} -> {outcome}"
 
 
 class SearchProgress(Callback):
@@ -74,17 +74,17 @@ class SearchProgress(Callback):
     def _node_ended(self, trial) -> None:
         node = self.searcher.node_for_trial(trial.trial_id)
         if node is not None:
-            print(node_line(node), flush=True)
+            print(ended_node_line(node), flush=True)
         self._refresh()
 
     def _refresh(self) -> None:
         tree = self.searcher.tree
         if tree.depth != self._depth_shown:
             if self._depth_shown > 0:  # level 0 holds the references, which are never expanded
-                kept = [n.spec.describe() for n in tree.at_depth(self._depth_shown) if n.promising]
+                kept = [n.part.describe() for n in tree.at_depth(self._depth_shown) if n.promising]
                 print(f"[cofitune] level {self._depth_shown} done; promising: {', '.join(kept) or 'none'}", flush=True)
             self._depth_shown = tree.depth
-            names = ", ".join(n.spec.describe() for n in tree.at_depth(tree.depth)) or "none"
+            names = ", ".join(n.part.describe() for n in tree.at_depth(tree.depth)) or "none"
             print(f"[cofitune] level {tree.depth}: running {names}", flush=True)
         (Path(self.run_dir) / "tree.json").write_text(tree.to_json())
         if self._metrics is None:

@@ -1,0 +1,1 @@
+"""What a finished search leaves behind: result files, the summary and the report."""

@@ -1,0 +1,1 @@
+"""The Ray Tune adapters: the tree's search algorithm and scheduler, Optuna, the trial function, progress."""
