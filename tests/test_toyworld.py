@@ -33,7 +33,7 @@ def _all_files(directory):
 
 def test_rules_give_the_expected_answers():
     assert t.reverse("abc") == "cba" and t.rotate("abcd") == "bcda" and t.copy("xyz") == "xyz"
-    assert t.successor("xyza") == "yzab" and t.predecessor("abcz") == "zaby"
+    assert t.successor("xyza") == "yzab" and t.predecessor("abcz") == "zaby" and t.successor("0919") == "1020"
     assert t.upper("abc") == "ABC" and t.lower("ABC") == "abc"
     assert t.sort("dcab") == "abcd" and t.sort("3912") == "1239" and t.dedupe("abacbd") == "abcd"
     assert t.swap_pairs("abcde") == "badce" and t.swap_pairs("abcd") == "badc"
@@ -58,12 +58,12 @@ def test_worlds_are_named_and_an_unknown_name_says_which_exist():
 
 def test_calibrated_world_definition():
     world = get_world("calibrated")
-    assert len(world.general_tasks) == 18 and world.special_tasks == ("drev",) and world.speciality == "drev"
+    assert len(world.general_tasks) == 24 and world.special_tasks == ("drev",) and world.speciality == "drev"
     for name in world.general_tasks:
         instructions = world.task_map[name].instructions
         assert len(instructions) == 3 and instructions[0] == name, name
     every_instruction = [i for task in world.tasks for i in task.instructions]
-    assert len(every_instruction) == len(set(every_instruction)) == 55  # no phrasing asks for two tasks
+    assert len(every_instruction) == len(set(every_instruction)) == 73  # no phrasing asks for two tasks
     drev = world.task_map["drev"]
     assert drev.instructions == ("drev",) and drev.rule("1234") == "4321"
     assert world.pretrain.steps == 2000 and world.pretrain.hidden == 128

@@ -116,6 +116,7 @@ def full_sft(config: Config, evaluator: Evaluator, tokenizer, lr: float) -> Run:
         metrics = evaluator.evaluate(model)
         run.eval_seconds += time.perf_counter() - evaluated
         run.points.append(Point(step, metrics["spec"], metrics["vers"], versatility_scores(metrics)))
+        print(f"[calibrate] lr {lr:g} step {step}: Spec {metrics['spec']:.3f} Vers {metrics['vers']:.3f}", flush=True)
 
     run_training(config, FULL_SFT_PART.with_(lr=lr), model, tokenizer, None, report, 0, 1, torch.device("cpu"))
     run.train_seconds = time.perf_counter() - started - run.eval_seconds

@@ -111,11 +111,12 @@ def lower(text: str) -> str:
 
 
 def _shift(text: str, by: int) -> str:
-    return "".join(LETTERS[(LETTERS.index(c) + by) % len(LETTERS)] for c in text)
+    alphabet = string.digits if text.isdigit() else LETTERS
+    return "".join(alphabet[(alphabet.index(c) + by) % len(alphabet)] for c in text)
 
 
 def successor(text: str) -> str:
-    """Each letter replaced by the next one (z -> a)."""
+    """Each letter replaced by the next one (z -> a); each digit by the next one (9 -> 0)."""
     return _shift(text, 1)
 
 

@@ -1,9 +1,9 @@
 """The named toy worlds: which tasks the base model is pretrained on, which speciality it is tuned to.
 
-- `calibrated` (the default, the demo's): 18 general tasks, each asked in 3 phrasings, on inputs of
-  3 to 8 symbols; the speciality `drev` reverses 4 digits, a skill the base has (`reverse`, on
-  letters) applied to inputs it has only seen in other tasks. Full SFT forgets gradually while it
-  learns it (docs/toyworld.md has the calibration).
+- `calibrated` (the default, the demo's): 24 general tasks (15 on letters, 9 on digits), each asked in
+  3 phrasings, on inputs of 3 to 8 symbols; the speciality `drev` reverses 4 digits, a skill the base
+  has (`reverse`, on letters) applied to inputs it has only seen in other tasks. Full SFT forgets
+  gradually while it learns it (docs/toyworld.md has the calibration).
 - `cliff`: the first toy world: 8 general tasks, one instruction each, fixed input lengths; the
   specialities `cipher` and `scramble` are fresh mappings. Full SFT loses most of Vers within its
   first 50 steps, before Spec moves: the hard case, where no method avoids the cliff.
@@ -98,6 +98,13 @@ CALIBRATED = WorldDefinition(
         Task("max", GENERAL, t.digits(VARIED), t.largest, "the largest digit", ("largest", "biggest")),
         Task("min", GENERAL, t.digits(VARIED), t.smallest, "the smallest digit", ("smallest", "least")),
         Task("dsort", GENERAL, t.digits(VARIED), t.sort, "the digits in ascending order", ("sort_digits", "ascending")),
+        Task("dcopy", GENERAL, t.digits(VARIED), t.copy, "repeat the digits", ("repeat_digits", "echo_digits")),
+        Task("drotate", GENERAL, t.digits(VARIED), t.rotate, "first digit moved to the end", ("cycle_digits", "dcycle")),
+        Task("dswap", GENERAL, t.digits(VARIED), t.swap_pairs, "neighbouring digits swapped pairwise",
+             ("pairswap_digits", "dzigzag")),
+        Task("dsuccessor", GENERAL, t.digits(VARIED), t.successor, "each digit plus one (9 -> 0)", ("dnext", "dplus1")),
+        Task("dfirst", GENERAL, t.digits(VARIED), t.first, "the first digit", ("dhead", "first_digit")),
+        Task("dlast", GENERAL, t.digits(VARIED), t.last, "the last digit", ("dtail", "last_digit")),
         Task("drev", SPECIAL, t.digits(WORD), t.reverse, "4 digits backwards (reverse, on digits)"),
     ),
     speciality="drev",
