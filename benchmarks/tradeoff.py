@@ -1,10 +1,12 @@
 """The speciality-versatility trade-off: what the tree search buys over the alternatives, measured side by side.
 
-    python benchmarks/tradeoff.py [--seeds 0 1] [--steps 150] [--lrs 3e-4 1e-3 3e-3] [--eval-examples 50] [--threads 2]
+    python benchmarks/tradeoff.py [--config configs/toy.yaml] [--seeds 0 1] [--steps 150] [--lrs 3e-4 1e-3 3e-3]
+                                  [--eval-examples 50] [--threads 2]
 
 (docs/benchmarks.md has the settings and output of the recorded run: 80 steps, 30 examples, 1 thread.)
 
-On the toy world (configs/toy.yaml; one world per base-model seed), every method gets the same
+On a toy world (--config: configs/toy.yaml, the demo's, or configs/toy-hard.yaml, the cliff world;
+any config whose model is a prepared toy world's; one world per base-model seed), every method gets the same
 per-node step budget and has its learning rate tuned over the same grid:
 
   base model        no training;
@@ -340,7 +342,8 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=2, help="evaluation points per node, evenly spaced")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="the learning-rate grid")
     parser.add_argument("--eval-examples", type=int, default=None, help="examples per eval set (default: the config's)")
-    parser.add_argument("--cache", default="runs/tradeoff", help="folder of the node-result caches (one JSON file per seed)")
+    parser.add_argument("--cache", help="folder of the node-result caches, one JSON file per seed "
+                                         "(default: runs/tradeoff/<the config's name>)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -361,7 +364,8 @@ def main() -> None:
     started = time.time()
     per_seed = {}
     for seed in args.seeds:
-        bench = SeedBench(config_for_seed(config, seed), seed, ResultCache(Path(args.cache) / f"seed-{seed}.json", settings))
+        cache = Path(args.cache or Path("runs") / "tradeoff" / config.name) / f"seed-{seed}.json"
+        bench = SeedBench(config_for_seed(config, seed), seed, ResultCache(cache, settings))
         per_seed[seed] = bench_seed(bench, space, policy, args.lrs, optuna_seed=config.seed)
         print(f"\n== toy world seed {seed} (base model {bench.config.model.path})\n{seed_table(per_seed[seed])}\n", flush=True)
     if len(per_seed) > 1:
