@@ -22,7 +22,7 @@ reaches `spec_floor` of full SFT's best gain, then more Vers is better), the sam
 
 Searches and baselines run in-process through `core.drive.drive` and `training.local.LocalExecutor`
 (the same tree, rules and decisions as the Ray path; no Ray start-up per trial). Every run is cached
-per world in `<cache>/<world>-seed-<S>.json`, so the methods share the runs they have in common; each
+per config and world in `<cache>/<config name>-<world>-seed-<S>.json`, so the methods share the runs they have in common; each
 method's cost still counts every trial it started and the steps it trained (steps saved by early stops
 are not counted).
 """
@@ -167,7 +167,7 @@ def wise_ft(config: Config, tree: SearchTree, executor: LocalExecutor, cache: Ru
 def bench_world(config: Config, world: str, seed: int, cache_dir: Path) -> list[MethodResult]:
     """Every method on one world, in table order."""
     space = load_search_space(config.search.space)
-    cache = RunCache(cache_dir / f"{world}-seed-{seed}.json", {"config": config.to_dict(), "format": 1})
+    cache = RunCache(cache_dir / f"{config.name}-{world}-seed-{seed}.json", {"config": config.to_dict(), "format": 1})
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     model = load_model(config.model.path)
     arch = Architecture.from_config(model.config)
@@ -268,7 +268,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/toy.yaml", help="a toy-world config (configs/toy.yaml, configs/toy-hard.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="toy-world (base model) seeds")
-    parser.add_argument("--cache", default="runs/tradeoff", help="folder of the run caches (one JSON file per world)")
+    parser.add_argument("--cache", default="runs/tradeoff", help="folder of the run caches (one JSON file per config and world)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 per process on a shared 2-core machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -45,6 +45,7 @@ from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.runner import run_node
 from cofitune_ray.toyworld.data import write_toy_data
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
+from cofitune_ray.toyworld.worlds import DEFAULT_WORLD, get_world
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"gpu": dict(layers=12, hidden=768, intermediate=2048, heads=12, vocab=32000),
@@ -63,9 +64,9 @@ def build_world(root: Path, size: dict) -> Path:
     model = LlamaForCausalLM(config)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {size}", flush=True)
     model.save_pretrained(root / "model")
-    files = write_toy_data(root / "data", seed=0)
-    spec = "cipher" if "cipher" in files else next(iter(files))
-    general = [t for t in files if t != spec and "importance" in files[t]][:3]
+    world = get_world(DEFAULT_WORLD)
+    files = write_toy_data(root / "data", 0, world)
+    spec, general = world.speciality, world.general_tasks[:3]
     data = {
         "model": {"path": str(root / "model")},
         "data": {

@@ -1,9 +1,8 @@
-"""Writing the toy world's JSONL files: one file per task and split, deterministic by seed.
+"""Writing a toy world's JSONL files: one file per task and split, deterministic by seed.
 
-Every line is {"instruction": task name, "input": ..., "output": ...}, the project's data format.
-Within a task the splits are disjoint: no input occurs in two splits. General tasks get the splits
-train, eval and importance (general data for the unit-importance pass); special tasks get train and eval.
-Layout: `<data_dir>/<task>/<split>.jsonl`.
+Every line is {"instruction", "input", "output"}, the project's data format (read with
+`cofitune_ray.data.read_jsonl`). Within a task the splits are disjoint: no input occurs in two
+splits (or twice in one). Layout: `<data_dir>/<task>/<split>.jsonl`.
 """
 
 from __future__ import annotations
@@ -12,19 +11,13 @@ import json
 import random
 from pathlib import Path
 
-from cofitune_ray.toyworld.tasks import GENERAL, SPECIAL, TASKS
-
-#: Examples per split, by task kind (drawn in this order, so eval sets do not depend on train sizes).
-SPLIT_SIZES: dict[str, dict[str, int]] = {
-    GENERAL: {"eval": 200, "importance": 200, "train": 5000},
-    SPECIAL: {"eval": 200, "train": 2000},
-}
+from cofitune_ray.toyworld.tasks import Task
+from cofitune_ray.toyworld.worlds import WorldDefinition
 
 
-def draw_splits(task_name: str, seed: int, sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
+def draw_splits(task: Task, seed: int, sizes: dict[str, int]) -> dict[str, list[dict[str, str]]]:
     """Examples of one task for each split, with distinct inputs across (and within) splits."""
-    task = TASKS[task_name]
-    rng = random.Random(f"toyworld:{seed}:{task_name}")
+    rng = random.Random(f"toyworld:{seed}:{task.name}")
     seen: set[str] = set()
     splits = {}
     for split, size in sizes.items():
@@ -32,31 +25,28 @@ def draw_splits(task_name: str, seed: int, sizes: dict[str, int]) -> dict[str, l
         for _ in range(100 * size):
             if len(rows) == size:
                 break
-            source, target = task.draw(rng)
-            if source not in seen:
-                seen.add(source)
-                rows.append({"instruction": task_name, "input": source, "output": target})
+            row = task.draw(rng)
+            if row["input"] not in seen:
+                seen.add(row["input"])
+                rows.append(row)
         if len(rows) < size:
-            raise ValueError(f"task {task_name!r} has too few distinct inputs for {size} {split} examples")
+            raise ValueError(f"task {task.name!r} has too few distinct inputs for {size} {split} examples")
         splits[split] = rows
     return splits
 
 
-def write_toy_data(data_dir: str | Path, seed: int) -> dict[str, dict[str, Path]]:
+def split_files(data_dir: str | Path, world: WorldDefinition) -> dict[str, dict[str, Path]]:
+    """Where each task's splits are: {task: {split: path}}."""
+    return {task.name: {split: Path(data_dir) / task.name / f"{split}.jsonl" for split in world.split_sizes[task.kind]}
+            for task in world.tasks}
+
+
+def write_toy_data(data_dir: str | Path, seed: int, world: WorldDefinition) -> dict[str, dict[str, Path]]:
     """Write every task's splits as JSONL; returns {task: {split: path}}."""
-    data_dir = Path(data_dir)
-    files: dict[str, dict[str, Path]] = {}
-    for name, task in TASKS.items():
-        files[name] = {}
-        for split, rows in draw_splits(name, seed, SPLIT_SIZES[task.kind]).items():
-            path = data_dir / name / f"{split}.jsonl"
+    files = split_files(data_dir, world)
+    for task in world.tasks:
+        for split, rows in draw_splits(task, seed, world.split_sizes[task.kind]).items():
+            path = files[task.name][split]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-            files[name][split] = path
     return files
-
-
-def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """The examples of one toy JSONL file."""
-    with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

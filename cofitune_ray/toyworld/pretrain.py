@@ -1,17 +1,14 @@
-"""Pretraining the toy base model (LLaMA architecture) on the general tasks.
+"""Pretraining a toy base model (LLaMA architecture) on a world's general tasks.
 
-    python -m cofitune_ray.toyworld.pretrain --out DIR [--seed S] [--data DATA_DIR] [--steps N]
-
-Without --data the toy data for the seed is written to DIR/data first. The result is a standard
-Hugging Face directory: config + safetensors weights + tokenizer, plus `toyworld.json` with the
-settings, the data directory and the held-out exact-match accuracy per general task.
-Training: AdamW, linear warmup then cosine decay, loss on response tokens only, the compact prompt,
-batches drawn from a task mixture that leans towards the tasks not learned yet.
+Encoding, collation and accuracy are the product's own (`cofitune_ray.data`: `read_jsonl`,
+`tokenize_for_training`, `collate`; `cofitune_ray.evaluate`: `EvalSet`, `score_set`), so the accuracy
+recorded for a base model is the Vers metric a search measures. What is pretraining's own: the
+model shape, the schedule (warmup then cosine to a floor) and the batches, drawn from a task mixture
+that leans towards the tasks not learned yet. Loss on response tokens only, the compact prompt.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -22,19 +19,18 @@ from typing import Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.training.prompt import format_prompt
-from cofitune_ray.toyworld.data import read_rows, write_toy_data
-from cofitune_ray.toyworld.tasks import GENERAL_TASKS
+from cofitune_ray.training.data import Example, collate, read_jsonl, tokenize_for_training
+from cofitune_ray.training.evaluate import EvalSet, score_set
 from cofitune_ray.toyworld.tokenizer import build_tokenizer
 
 TEMPLATE = "compact"
-IGNORE_INDEX = -100
+MAX_SEQ_LENGTH = 64  # the longest toy example (<bos>, a phrasing, 8 symbols, the output, <eos>) is under 40
 INFO_FILE = "toyworld.json"
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """Model shape and training schedule of the toy base model."""
+    """Model shape and training schedule of a toy base model."""
 
     layers: int = 8
     hidden: int = 128
@@ -70,25 +66,6 @@ def model_config(tokenizer, settings: PretrainSettings) -> LlamaConfig:
     )
 
 
-def encode(tokenizer, rows: list[dict[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Prompt ids (with <bos>) and response ids (closed by <eos>) of each row, the project's convention."""
-    prompts = tokenizer([format_prompt(TEMPLATE, row["instruction"], row["input"]) for row in rows])["input_ids"]
-    responses = tokenizer([row["output"] for row in rows], add_special_tokens=False)["input_ids"]
-    return [(prompt, response + [tokenizer.eos_token_id]) for prompt, response in zip(prompts, responses)]
-
-
-def training_tensors(tokenizer, rows: list[dict[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input ids and response-only labels for all rows."""
-    encoded = encode(tokenizer, rows)
-    width = max(len(p) + len(r) for p, r in encoded)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (prompt, response) in enumerate(encoded):
-        ids[i, : len(prompt) + len(response)] = torch.tensor(prompt + response)
-        labels[i, len(prompt) : len(prompt) + len(response)] = torch.tensor(response)
-    return ids, labels
-
-
 def lr_factor(step: int, settings: PretrainSettings) -> float:
     """Linear warmup to 1, then cosine decay to min_lr_ratio."""
     if step < settings.warmup_steps:
@@ -97,67 +74,43 @@ def lr_factor(step: int, settings: PretrainSettings) -> float:
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-@torch.no_grad()
-def greedy_accuracy(model, tokenizer, rows: list[dict[str, str]], batch_size: int = 256) -> float:
-    """Exact match of greedy generation; prompts of equal length are batched without padding."""
-    model.eval()
-    by_length: dict[int, list[tuple[list[int], str, int]]] = {}  # prompt length -> (prompt, target, response length)
-    for row, (prompt, response) in zip(rows, encode(tokenizer, rows)):
-        by_length.setdefault(len(prompt), []).append((prompt, row["output"], len(response)))
-    correct = 0
-    for group in by_length.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
-            generated = model.generate(
-                input_ids=torch.tensor([prompt for prompt, _, _ in chunk]),
-                max_new_tokens=max(n for _, _, n in chunk) + 1,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            width = len(chunk[0][0])
-            for (_, target, _), row_ids in zip(chunk, generated[:, width:].tolist()):
-                if tokenizer.eos_token_id in row_ids:
-                    row_ids = row_ids[: row_ids.index(tokenizer.eos_token_id)]
-                correct += tokenizer.decode(row_ids, skip_special_tokens=True) == target
-    return correct / len(rows)
+def exact_match(model, tokenizer, eval_set: EvalSet, batch_size: int = 256) -> float:
+    """Greedy exact match on one set, scored by the project's evaluator (`score_set`)."""
+    longest = max(len(tokenizer(e.output, add_special_tokens=False)["input_ids"]) for e in eval_set.examples)
+    return score_set(model, tokenizer, TEMPLATE, eval_set, batch_size, max_new_tokens=longest + 1)["score"]
 
 
-def evaluate_tasks(model, tokenizer, eval_files: dict[str, Path]) -> dict[str, float]:
-    """Held-out exact-match accuracy per task."""
-    return {task: greedy_accuracy(model, tokenizer, read_rows(path)) for task, path in eval_files.items()}
+def pretrain(out_dir: str | Path, seed: int, data_dir: str | Path, tasks: tuple[str, ...],
+             settings: PretrainSettings) -> dict:
+    """Pretrain on the `tasks`' train splits in `data_dir`, save the model directory, return its info.
 
-
-def pretrain(out_dir: str | Path, seed: int, data_dir: str | Path | None = None,
-             settings: PretrainSettings = PretrainSettings()) -> dict:
-    """Pretrain on the general tasks' train splits, save the model directory, return its info."""
+    The info (also written to `out_dir/toyworld.json`) holds the held-out exact match per task,
+    measured on each task's eval split.
+    """
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if data_dir is None:
-        data_dir = out_dir / "data"
-        write_toy_data(data_dir, seed)
-    data_dir = Path(data_dir)
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    train_rows = {task: read_rows(data_dir / task / "train.jsonl") for task in GENERAL_TASKS}
+    train_sets = {task: read_jsonl(data_dir / task / "train.jsonl") for task in tasks}
     model = LlamaForCausalLM(model_config(tokenizer, settings))
-    probe_rows = {task: rows[: settings.probe_size] for task, rows in train_rows.items()}
+    probes = [EvalSet(task, examples[: settings.probe_size], "exact_match") for task, examples in train_sets.items()]
 
     def probe() -> dict[str, float]:
-        return {task: greedy_accuracy(model, tokenizer, rows) for task, rows in probe_rows.items()}
+        return {probe.name: exact_match(model, tokenizer, probe) for probe in probes}
 
-    train(model, tokenizer, train_rows, settings, seed, probe)
+    train(model, tokenizer, train_sets, settings, seed, probe)
     train_seconds = time.perf_counter() - started
-    accuracy = evaluate_tasks(model, tokenizer, {task: data_dir / task / "eval.jsonl" for task in GENERAL_TASKS})
+    accuracy = {task: exact_match(model, tokenizer, EvalSet.load(task, str(data_dir / task / "eval.jsonl"), "exact_match"))
+                for task in tasks}
+    out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     info = {
         "seed": seed,
         "settings": asdict(settings),
         "template": TEMPLATE,
-        "data_dir": str(data_dir.resolve()),
+        "tasks": list(tasks),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 1),
         "eval_accuracy": accuracy,
@@ -172,7 +125,7 @@ def mixture_weights(accuracy: dict[str, float], floor: float) -> torch.Tensor:
     return torch.tensor([floor + 1.0 - acc for acc in accuracy.values()])
 
 
-def train(model, tokenizer, train_rows: dict[str, list[dict[str, str]]], settings: PretrainSettings, seed: int,
+def train(model, tokenizer, train_sets: dict[str, list[Example]], settings: PretrainSettings, seed: int,
           probe: Callable[[], dict[str, float]]) -> None:
     """AdamW with warmup + cosine and gradient clipping at 1, on batches drawn from a task mixture.
 
@@ -181,8 +134,12 @@ def train(model, tokenizer, train_rows: dict[str, list[dict[str, str]]], setting
     tasks not learned yet (`mixture_weights`), so that one slow task does not stay stuck.
     """
     started = time.perf_counter()
-    ids, labels = training_tensors(tokenizer, [row for rows in train_rows.values() for row in rows])
-    sizes = torch.tensor([len(rows) for rows in train_rows.values()])
+    data = tokenize_for_training([e for examples in train_sets.values() for e in examples], tokenizer, TEMPLATE,
+                                 MAX_SEQ_LENGTH)
+    if data.truncated:
+        raise ValueError(f"{data.truncated} pretraining sequences are longer than {MAX_SEQ_LENGTH} tokens")
+    sequences = data.dataset
+    sizes = torch.tensor([len(examples) for examples in train_sets.values()])
     task_of_row = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
     weights = torch.ones(len(sizes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95),
@@ -193,17 +150,15 @@ def train(model, tokenizer, train_rows: dict[str, list[dict[str, str]]], setting
     model.train()
     for step in range(settings.steps):
         row_weights = (weights / sizes)[task_of_row]
-        batch = torch.multinomial(row_weights, settings.batch_size, replacement=True, generator=generator)
-        mask = ids[batch] != tokenizer.pad_token_id
-        width = int(mask.sum(dim=1).max())
-        loss = model(input_ids=ids[batch, :width], attention_mask=mask[:, :width].long(),
-                     labels=labels[batch, :width]).loss
+        rows = torch.multinomial(row_weights, settings.batch_size, replacement=True, generator=generator)
+        batch = collate([sequences[i] for i in rows.tolist()], tokenizer.pad_token_id)
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens += int(mask.sum())
+        tokens += int(batch["attention_mask"].sum())
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             elapsed = time.perf_counter() - started
             print(f"[pretrain] step {step + 1}/{settings.steps} loss {loss.item():.4f} "
@@ -213,23 +168,3 @@ def train(model, tokenizer, train_rows: dict[str, list[dict[str, str]]], setting
             weights = mixture_weights(accuracy, settings.mixture_floor)
             print(f"[pretrain] step {step + 1} accuracy on training examples: "
                   + " ".join(f"{task} {acc:.2f}" for task, acc in accuracy.items()), flush=True)
-            model.train()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The CLI: pretrain one toy base model and print its held-out accuracy per task."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output model directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", help="toy data directory (default: write it to OUT/data)")
-    parser.add_argument("--steps", type=int, default=PretrainSettings.steps)
-    parser.add_argument("--threads", type=int, default=PretrainSettings.threads)
-    args = parser.parse_args(argv)
-    info = pretrain(args.out, args.seed, args.data, PretrainSettings(steps=args.steps, threads=args.threads))
-    for task, accuracy in info["eval_accuracy"].items():
-        print(f"{task:>10}: {accuracy:.3f}")
-    print(f"{'mean':>10}: {info['mean_eval_accuracy']:.3f}  ({info['train_seconds']}s training)")
-
-
-if __name__ == "__main__":
-    main()

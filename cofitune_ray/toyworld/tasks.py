@@ -1,13 +1,10 @@
-"""The toy world's tasks: general ones (versatility) and special ones (speciality).
+"""A toy task: an input generator, the rule that answers it, and the instructions that ask for it.
 
-A task draws one (input, output) pair from a random generator. Inputs have a fixed length per task
-(4 letters, 6 letters for count, 4 digits), which a tiny model learns far faster than
-varying lengths. The instruction of every example is the task's name.
-
-The special tasks are fixed mappings, the same for every world seed, so that base models pretrained
-with different seeds face the same speciality: `cipher` substitutes letters by a fixed key (no letter
-maps to itself or to its successor, so the cipher does not coincide with `successor`), `scramble`
-moves the letters of a 4-letter word by a fixed permutation of positions.
+Tasks are built from two small vocabularies, so that worlds (`worlds.py`) can compose them:
+input generators (`letters`, `capitals`, `digits`, `counted_letters`: random strings whose length is
+drawn from a range) and rules (pure functions from an input to the expected output, e.g. `reverse`).
+A task's instructions are its name plus optional phrasings of the same request; each example is
+asked with one of them, drawn at random.
 """
 
 from __future__ import annotations
@@ -18,115 +15,176 @@ from dataclasses import dataclass
 from typing import Callable
 
 LETTERS = string.ascii_lowercase
-WORD_LENGTH = 4
-COUNT_LENGTH = 6
+VOWELS = "aeiou"
 COUNTED_LETTER = "a"
-SPECIAL_KEY_SEED = 1234  # the special tasks' fixed mappings; independent of the world seed
+COUNTED_SHARE = 0.35  # about a third of the letters are the counted one, so small and large counts are common
+CIPHER_KEY_SEED = 1234  # the cipher's fixed mapping; independent of the world seed
 SCRAMBLE_ORDER = (2, 0, 3, 1)  # output position i takes input letter SCRAMBLE_ORDER[i]
 
-GENERAL = "general"
-SPECIAL = "special"
+GENERAL = "general"  # pretrained: the versatility the base model has
+SPECIAL = "special"  # not pretrained: a speciality to fine-tune
+
+InputGenerator = Callable[[random.Random], str]
 
 
 @dataclass(frozen=True)
 class Task:
-    """A named task: its kind and how to draw one (input, output) pair."""
+    """A named task: its kind, how to draw an input, the rule that answers it, and how it is asked."""
 
     name: str
     kind: str  # GENERAL | SPECIAL
-    draw: Callable[[random.Random], tuple[str, str]]
+    inputs: InputGenerator
+    rule: Callable[[str], str]
     description: str
+    phrasings: tuple[str, ...] = ()  # other instructions for the same task (the name is always one)
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        """Every instruction this task is asked with: its name first, then its phrasings."""
+        return (self.name, *self.phrasings)
+
+    def draw(self, rng: random.Random) -> dict[str, str]:
+        """One example {instruction, input, output}; the instruction is drawn only when there are several."""
+        source = self.inputs(rng)
+        instruction = rng.choice(self.instructions) if self.phrasings else self.name
+        return {"instruction": instruction, "input": source, "output": self.rule(source)}
 
 
-def _word(rng: random.Random, length: int = WORD_LENGTH) -> str:
-    return "".join(rng.choice(LETTERS) for _ in range(length))
+# Input generators. The length is drawn only when the range has more than one value, so a fixed
+# length consumes exactly one random draw per symbol (the cliff world's files depend on that).
+
+def _length(rng: random.Random, lengths: tuple[int, int]) -> int:
+    low, high = lengths
+    return low if low == high else rng.randint(low, high)
 
 
-def _successor(letter: str) -> str:
-    return LETTERS[(LETTERS.index(letter) + 1) % len(LETTERS)]
+def _symbols(alphabet: str, lengths: tuple[int, int]) -> InputGenerator:
+    def draw(rng: random.Random) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(_length(rng, lengths)))
+    return draw
+
+
+def letters(lengths: tuple[int, int]) -> InputGenerator:
+    """Lowercase words, length drawn from the inclusive range `lengths`."""
+    return _symbols(LETTERS, lengths)
+
+
+def capitals(lengths: tuple[int, int]) -> InputGenerator:
+    """Uppercase words."""
+    return _symbols(LETTERS.upper(), lengths)
+
+
+def digits(lengths: tuple[int, int]) -> InputGenerator:
+    """Strings of decimal digits."""
+    return _symbols(string.digits, lengths)
+
+
+def counted_letters(lengths: tuple[int, int]) -> InputGenerator:
+    """Lowercase words rich in COUNTED_LETTER (each letter is it with probability COUNTED_SHARE)."""
+    def draw(rng: random.Random) -> str:
+        return "".join(COUNTED_LETTER if rng.random() < COUNTED_SHARE else rng.choice(LETTERS[1:])
+                       for _ in range(_length(rng, lengths)))
+    return draw
+
+
+# Rules: input -> expected output.
+
+def copy(text: str) -> str:
+    return text
+
+
+def reverse(text: str) -> str:
+    return text[::-1]
+
+
+def rotate(text: str) -> str:
+    """The first symbol moved to the end."""
+    return text[1:] + text[0]
+
+
+def upper(text: str) -> str:
+    return text.upper()
+
+
+def lower(text: str) -> str:
+    return text.lower()
+
+
+def _shift(text: str, by: int) -> str:
+    alphabet = string.digits if text.isdigit() else LETTERS
+    return "".join(alphabet[(alphabet.index(c) + by) % len(alphabet)] for c in text)
+
+
+def successor(text: str) -> str:
+    """Each letter replaced by the next one (z -> a); each digit by the next one (9 -> 0)."""
+    return _shift(text, 1)
+
+
+def predecessor(text: str) -> str:
+    """Each letter replaced by the previous one (a -> z)."""
+    return _shift(text, -1)
+
+
+def count_counted(text: str) -> str:
+    """How many times COUNTED_LETTER occurs."""
+    return str(text.count(COUNTED_LETTER))
+
+
+def count_vowels(text: str) -> str:
+    return str(sum(c in VOWELS for c in text))
+
+
+def length(text: str) -> str:
+    return str(len(text))
+
+
+def largest(text: str) -> str:
+    return max(text)
+
+
+def smallest(text: str) -> str:
+    return min(text)
+
+
+def sort(text: str) -> str:
+    return "".join(sorted(text))
+
+
+def dedupe(text: str) -> str:
+    """Each symbol once, at its first occurrence."""
+    return "".join(dict.fromkeys(text))
+
+
+def first(text: str) -> str:
+    return text[0]
+
+
+def last(text: str) -> str:
+    return text[-1]
+
+
+def swap_pairs(text: str) -> str:
+    """Neighbours swapped pairwise (abcde -> badce)."""
+    return "".join(text[i + 1] + text[i] if i + 1 < len(text) else text[i] for i in range(0, len(text), 2))
+
+
+def scramble(text: str) -> str:
+    """The letters of a 4-letter word moved by the fixed permutation SCRAMBLE_ORDER."""
+    return "".join(text[i] for i in SCRAMBLE_ORDER)
 
 
 def cipher_key() -> dict[str, str]:
     """The fixed substitution: a permutation of the letters with no letter sent to itself or its successor."""
-    rng = random.Random(SPECIAL_KEY_SEED)
+    rng = random.Random(CIPHER_KEY_SEED)
     while True:
         shuffled = rng.sample(LETTERS, len(LETTERS))
-        if all(c != p and _successor(p) != c for p, c in zip(LETTERS, shuffled)):
+        if all(c != p and successor(p) != c for p, c in zip(LETTERS, shuffled)):
             return dict(zip(LETTERS, shuffled))
 
 
-def _copy(rng):
-    word = _word(rng)
-    return word, word
+_CIPHER_KEY = cipher_key()
 
 
-def _reverse(rng):
-    word = _word(rng)
-    return word, word[::-1]
-
-
-def _rotate(rng):
-    word = _word(rng)
-    return word, word[1:] + word[0]
-
-
-def _upper(rng):
-    word = _word(rng)
-    return word, word.upper()
-
-
-def _successor_task(rng):
-    word = _word(rng)
-    return word, "".join(_successor(c) for c in word)
-
-
-def _count(rng):
-    # about a third of the letters are the counted one, so counts 0..6 are all common
-    word = "".join(COUNTED_LETTER if rng.random() < 0.35 else rng.choice(LETTERS[1:]) for _ in range(COUNT_LENGTH))
-    return word, str(word.count(COUNTED_LETTER))
-
-
-def _digits(rng: random.Random) -> str:
-    return "".join(rng.choice(string.digits) for _ in range(WORD_LENGTH))
-
-
-def _max(rng):
-    digits = _digits(rng)
-    return digits, max(digits)
-
-
-def _min(rng):
-    digits = _digits(rng)
-    return digits, min(digits)
-
-
-_CIPHER = cipher_key()
-
-
-def _cipher(rng):
-    word = _word(rng)
-    return word, "".join(_CIPHER[c] for c in word)
-
-
-def _scramble(rng):
-    word = _word(rng)
-    return word, "".join(word[i] for i in SCRAMBLE_ORDER)
-
-
-TASKS: dict[str, Task] = {
-    task.name: task
-    for task in (
-        Task("copy", GENERAL, _copy, "repeat the 4-letter word"),
-        Task("reverse", GENERAL, _reverse, "the word backwards"),
-        Task("rotate", GENERAL, _rotate, "the word with its first letter moved to the end"),
-        Task("upper", GENERAL, _upper, "the word in capitals"),
-        Task("successor", GENERAL, _successor_task, "each letter replaced by the next one (z -> a)"),
-        Task("count", GENERAL, _count, f"how many times '{COUNTED_LETTER}' occurs in a 6-letter word"),
-        Task("max", GENERAL, _max, "the largest of four digits"),
-        Task("min", GENERAL, _min, "the smallest of four digits"),
-        Task("cipher", SPECIAL, _cipher, "a fixed letter-substitution cipher"),
-        Task("scramble", SPECIAL, _scramble, "the word's letters moved by a fixed permutation of positions"),
-    )
-}
-GENERAL_TASKS = tuple(name for name, task in TASKS.items() if task.kind == GENERAL)
-SPECIAL_TASKS = tuple(name for name, task in TASKS.items() if task.kind == SPECIAL)
+def cipher(text: str) -> str:
+    """Each letter substituted by the fixed key (cipher_key)."""
+    return "".join(_CIPHER_KEY[c] for c in text)
