@@ -22,7 +22,8 @@ reaches `spec_floor` of full SFT's best gain, then more Vers is better), the sam
 
 Searches and baselines run in-process through `core.drive.drive` and `training.local.LocalExecutor`
 (the same tree, rules and decisions as the Ray path; no Ray start-up per trial). Every run is cached
-per config and world in `<cache>/<config name>-<world>-seed-<S>.json`, so the methods share the runs they have in common; each
+per config and world in `<cache>/<config name>-<world>-seed-<S>.json`, so the methods share the runs they
+have in common; each
 method's cost still counts every trial it started and the steps it trained (steps saved by early stops
 are not counted).
 """
@@ -45,11 +46,11 @@ from cofitune_ray.core.optuna_order import OptunaOrder
 from cofitune_ray.core.settings import SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
 from cofitune_ray.core.tree import SearchTree, TreeNode
+from cofitune_ray.toyworld.prepare import config_for_seed
 from cofitune_ray.training.importance import compute_importance
 from cofitune_ray.training.importance_job import importance_data, importance_settings
 from cofitune_ray.training.local import LocalExecutor, RunCache
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
-from cofitune_ray.toyworld.prepare import config_for_seed
 
 PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 TOP_HALF = ModelPart(layer_range=(0.5, 1.0))
@@ -120,7 +121,8 @@ def one_node_space(space: SearchSpace, part: ModelPart) -> SearchSpace:
     """The space's references plus one grid node: a baseline, run with the same learning-rate tuning."""
     refs = [r.kind for r in space.references]  # the reference names are their kinds: base, full
     block = {"layer_ranges": [list(part.layer_range)], "modules": [list(part.modules)], "softmask": [part.softmask]}
-    return parse_search_space({"strategy": "grid", "references": refs, "grid": [block]}, source=f"baseline {part.describe()}")
+    return parse_search_space({"strategy": "grid", "references": refs, "grid": [block]},
+                              source=f"baseline {part.describe()}")
 
 
 def node_result(name: str, tree: SearchTree, node: TreeNode) -> MethodResult:
@@ -201,7 +203,8 @@ COLUMNS = ("Spec", "Vers", "gain", "floor", "trained", "trials", "steps")
 
 
 def world_table(methods: list[MethodResult]) -> str:
-    rows = [(m.name, [f"{m.score.spec:.3f}", f"{m.score.vers:.3f}", f"{m.gain_share:.2f}", "yes" if m.qualifies else "no",
+    rows = [(m.name, [f"{m.score.spec:.3f}", f"{m.score.vers:.3f}", f"{m.gain_share:.2f}",
+                      "yes" if m.qualifies else "no",
                       f"{m.trained_params:,}", str(m.trials), f"{m.train_steps:,}"], m.choice) for m in methods]
     notes = [n for m in methods for n in m.notes]
     return format_table(rows) + "".join(f"\n{n}" for n in notes)
@@ -215,7 +218,8 @@ def summary_table(per_world: dict[str, list[MethodResult]]) -> str:
         ms = [per_world[w][i] for w in worlds]
         cells = [_mean_sd([m.score.spec for m in ms]), _mean_sd([m.score.vers for m in ms]),
                  _mean_sd([m.gain_share for m in ms]), f"{sum(m.qualifies for m in ms)}/{len(ms)}",
-                 f"{statistics.mean(m.trained_params for m in ms):,.0f}", f"{statistics.mean(m.trials for m in ms):.1f}",
+                 f"{statistics.mean(m.trained_params for m in ms):,.0f}",
+                 f"{statistics.mean(m.trials for m in ms):.1f}",
                  f"{statistics.mean(m.train_steps for m in ms):,.0f}"]
         rows.append((first.name.split(" (")[0].split(" r=")[0], cells, ""))
     return format_table(rows)
@@ -236,7 +240,8 @@ def verdict(per_world: dict[str, list[MethodResult]]) -> str:
         tree_steps.append(tree.train_steps)
         grid_steps.append(pick("exhaustive grid", ms).train_steps)
         if not tree.qualifies:
-            lines.append(f"{world}: the tree's answer does not qualify ({tree.choice}, gain share {tree.gain_share:.2f})")
+            lines.append(f"{world}: the tree's answer does not qualify "
+                         f"({tree.choice}, gain share {tree.gain_share:.2f})")
         elif best is None:
             lines.append(f"{world}: no baseline qualifies; the tree's answer keeps Vers {tree.score.vers:.3f}")
         else:
@@ -266,10 +271,13 @@ def _mean_sd(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/toy.yaml", help="a toy-world config (configs/toy.yaml, configs/toy-hard.yaml)")
+    parser.add_argument("--config", default="configs/toy.yaml",
+                        help="a toy-world config (configs/toy.yaml, configs/toy-hard.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="toy-world (base model) seeds")
-    parser.add_argument("--cache", default="runs/tradeoff", help="folder of the run caches (one JSON file per config and world)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 per process on a shared 2-core machine)")
+    parser.add_argument("--cache", default="runs/tradeoff",
+                        help="folder of the run caches (one JSON file per config and world)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 per process on a shared 2-core machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)

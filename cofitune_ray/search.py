@@ -82,7 +82,8 @@ def load_run_config(args: argparse.Namespace) -> Config:
     from cofitune_ray.toyworld.prepare import ensure_toy_world
     from cofitune_ray.toyworld.worlds import DEFAULT_WORLD
 
-    ensure_toy_world(TOY_ASSETS, seed=0, world=DEFAULT_WORLD)  # committed with the project; rebuilt (minutes) only if missing
+    # committed with the project; rebuilt (minutes) only if missing
+    ensure_toy_world(TOY_ASSETS, seed=0, world=DEFAULT_WORLD)
     return load_config(DEMO_CONFIG, overrides)
 
 

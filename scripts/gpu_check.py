@@ -36,16 +36,16 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cofitune_ray.config import LmEvalTaskConfig, load_config
-from cofitune_ray.training.harness import HarnessTask
-from cofitune_ray.training.importance_job import ensure_importance
-from cofitune_ray.training.model import load_model
-from cofitune_ray.training.spectrum import ensure_scores, module_scores, select
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.checkpoint import read_delta
-from cofitune_ray.training.runner import run_node
 from cofitune_ray.toyworld.data import write_toy_data
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
 from cofitune_ray.toyworld.worlds import DEFAULT_WORLD, get_world
+from cofitune_ray.training.checkpoint import read_delta
+from cofitune_ray.training.harness import HarnessTask
+from cofitune_ray.training.importance_job import ensure_importance
+from cofitune_ray.training.model import load_model
+from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.spectrum import ensure_scores, module_scores, select
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"gpu": dict(layers=12, hidden=768, intermediate=2048, heads=12, vocab=32000),
@@ -98,8 +98,8 @@ def check_lm_eval(config, root: Path) -> None:
         "generation_kwargs": {"until": ["\n"], "max_gen_toks": 12, "do_sample": False},
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}))
     for device in (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]:
-        task = HarnessTask.from_config("check", LmEvalTaskConfig(task="check_gen", include_path=str(task_dir), limit=64),
-                                       config.model.path, None, "lm_eval")
+        task_config = LmEvalTaskConfig(task="check_gen", include_path=str(task_dir), limit=64)
+        task = HarnessTask.from_config("check", task_config, config.model.path, None, "lm_eval")
         started = time.time()
         scores = task.score(load_model(config.model.path).to(device), batch_size=config.eval.batch_size)
         print(f"lm-eval generation task on {device}: exact match {scores['score']:.3f} over "
@@ -178,7 +178,8 @@ def main() -> None:
     ray.shutdown()
     check_lm_eval(config, root)
     bench = [sys.executable, str(ROOT / "benchmarks" / "node_step_time.py"), "--layers", str(size["layers"]),
-             "--hidden", str(size["hidden"]), "--intermediate", str(size["intermediate"]), "--heads", str(size["heads"]),
+             "--hidden", str(size["hidden"]), "--intermediate", str(size["intermediate"]),
+             "--heads", str(size["heads"]),
              "--vocab", str(size["vocab"])]
     if not args.cpu:
         bench += ["--device", "cuda", "--dtype", "bfloat16", "--seq", "512", "--batch", "8", "--steps", "20"]

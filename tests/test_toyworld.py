@@ -10,10 +10,6 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.training.data import read_jsonl
-from cofitune_ray.training.evaluate import EvalSet, score_set
-from cofitune_ray.training.model import load_model, load_tokenizer
-from cofitune_ray.training.prompt import format_prompt
 from cofitune_ray.toyworld import tasks as t
 from cofitune_ray.toyworld.data import draw_splits, write_toy_data
 from cofitune_ray.toyworld.prepare import MARKER, ToyWorldError, config_for_seed, ensure_toy_world, world_settings
@@ -21,6 +17,10 @@ from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_facto
 from cofitune_ray.toyworld.tasks import GENERAL, SPECIAL, Task
 from cofitune_ray.toyworld.tokenizer import ALPHABET, save_tokenizer
 from cofitune_ray.toyworld.worlds import WORLDS, UnknownWorldError, WorldDefinition, get_world
+from cofitune_ray.training.data import read_jsonl
+from cofitune_ray.training.evaluate import EvalSet, score_set
+from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.training.prompt import format_prompt
 from conftest import PROJECT
 
 TINY = PretrainSettings(layers=2, hidden=32, intermediate=64, heads=2, steps=4, batch_size=8, warmup_steps=2)
@@ -264,9 +264,12 @@ def test_committed_marker_records_the_settings_the_code_makes_the_world_from(nam
 def test_committed_base_reaches_its_recorded_accuracy(name):
     root = COMMITTED / name / "seed-0"
     marker = json.loads((root / MARKER).read_text())
-    assert marker["settings"]["world"] == name and marker["settings"]["pretrain"]["steps"] == get_world(name).pretrain.steps
+    assert marker["settings"]["world"] == name
+    assert marker["settings"]["pretrain"]["steps"] == get_world(name).pretrain.steps
     model, tokenizer = load_model(str(root / "model")), load_tokenizer(str(root / "tokenizer"))
-    measured = {task: score_set(model, tokenizer, "compact", EvalSet.load(task, str(root / "data" / task / "eval.jsonl")),
-                                64, 10)["exact_match"] for task in get_world(name).general_tasks}
+    sets = {task: EvalSet.load(task, str(root / "data" / task / "eval.jsonl"))
+            for task in get_world(name).general_tasks}
+    measured = {task: score_set(model, tokenizer, "compact", eval_set, 64, 10)["exact_match"]
+                for task, eval_set in sets.items()}
     assert measured == pytest.approx(marker["accuracy"], abs=TOLERANCE)
     assert min(measured.values()) >= 0.5  # every general task is a skill the base has

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from cofitune_ray.config import Config, load_config
-from cofitune_ray.training.evaluate import Evaluator
-from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.core.node import FULL_SFT_PART
 from cofitune_ray.toyworld.prepare import config_for_seed
+from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.training.worker import run_training
 
 SPEC_TARGET = 0.9  # Spec at the best point
@@ -101,7 +101,8 @@ def targets(run: Run, base: Point, floor: float) -> dict[str, tuple[bool, str]]:
 
 def versatility_scores(metrics: dict[str, float]) -> dict[str, float]:
     """Each versatility set's score, from the evaluator's flat metrics (`vers/<set>/score`)."""
-    return {key.split("/")[1]: value for key, value in metrics.items() if key.startswith("vers/") and key.endswith("/score")}
+    return {key.split("/")[1]: value for key, value in metrics.items()
+            if key.startswith("vers/") and key.endswith("/score")}
 
 
 def full_sft(config: Config, evaluator: Evaluator, tokenizer, lr: float) -> Run:

@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from cofitune_ray.toyworld.tokenizer import build_tokenizer
 from cofitune_ray.training.data import Example, collate, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, score_set
-from cofitune_ray.toyworld.tokenizer import build_tokenizer
 
 TEMPLATE = "compact"
 MAX_SEQ_LENGTH = 64  # the longest toy example (<bos>, a phrasing, 8 symbols, the output, <eos>) is under 40
@@ -101,7 +101,8 @@ def pretrain(out_dir: str | Path, seed: int, data_dir: str | Path, tasks: tuple[
 
     train(model, tokenizer, train_sets, settings, seed, probe)
     train_seconds = time.perf_counter() - started
-    accuracy = {task: exact_match(model, tokenizer, EvalSet.load(task, str(data_dir / task / "eval.jsonl"), "exact_match"))
+    accuracy = {task: exact_match(model, tokenizer,
+                                  EvalSet.load(task, str(data_dir / task / "eval.jsonl"), "exact_match"))
                 for task in tasks}
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
