@@ -40,7 +40,7 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] (n\d+) (?!base model|full SFT).* -> finished\b")
 
 
-TOY_DATA = REPO / "assets" / "toyworld" / "seed-0" / "data"
+TOY_DATA = REPO / "assets" / "toyworld" / "cliff" / "seed-0" / "data"
 LM_EVAL_SET = "upper-lm"
 
 
