@@ -43,13 +43,25 @@ def local_cluster_options(dashboard_port: int | None = None, env_vars: dict | No
     }
 
 
+def cluster_address(address: str | None, environ) -> str | None:
+    """The cluster to join (None: start a local one): `address`, else `RAY_ADDRESS`.
+
+    `auto` becomes `RAY_ADDRESS` when that names a cluster, as it does under `ray job submit`: the
+    cleaner's state API lookup needs the concrete address when the machine runs several clusters.
+    """
+    from_env = environ.get("RAY_ADDRESS") or None
+    if address is None or (address == "auto" and from_env not in (None, "auto")):
+        return from_env
+    return address
+
+
 def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
     """Join the given cluster, or start a local one; returns Ray's session directory.
 
     `dashboard`: the local dashboard on its usual port 8265, Ray Train runs tracked on it. Ray's
     workers' output reaches this terminal only when `verbose` (see `console.py`).
     """
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address, os.environ)
     # Train runs show in the dashboard; without one, the tracking only logs that it cannot query state.
     env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if (address or dashboard) else {}
     os.environ.update(env)

@@ -10,7 +10,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from cofitune_ray.cluster import API_SERVER_ENV, local_cluster_options
+from cofitune_ray.cluster import API_SERVER_ENV, cluster_address, local_cluster_options
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
@@ -29,6 +29,15 @@ def trial(config):
                  scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
                  run_config=ray.train.RunConfig(name=f"train-{tune.get_context().get_trial_id()}",
                                                 storage_path=config["storage"], callbacks=[TuneReportCallback()])).fit()
+
+
+def test_auto_joins_the_cluster_ray_job_submit_names():
+    job_env = {"RAY_ADDRESS": "10.0.0.7:6379"}  # what Ray's job supervisor gives the entrypoint
+    assert cluster_address("auto", job_env) == "10.0.0.7:6379"
+    assert cluster_address(None, job_env) == "10.0.0.7:6379"
+    assert cluster_address("10.0.0.9:6379", job_env) == "10.0.0.9:6379"
+    assert cluster_address("auto", {}) == "auto" and cluster_address("auto", {"RAY_ADDRESS": "auto"}) == "auto"
+    assert cluster_address(None, {}) is None and cluster_address(None, {"RAY_ADDRESS": ""}) is None
 
 
 def test_local_cluster_options_name_the_dashboard_for_every_worker():
