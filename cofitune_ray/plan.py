@@ -413,6 +413,18 @@ class MemoryPlan:
         """DDP when every node fits with the margin, else FSDP when every node does, else None."""
         return next((s for s in STRATEGIES if self.fits(s)), None)
 
+    def strategy(self, configured: str) -> str:
+        """"ddp" or "fsdp" for the run: `configured` (`scaling.strategy`) as is, or for `auto` the choice.
+
+        Raises PlanError, naming the settings to change, when `auto` finds that nothing fits.
+        """
+        if configured in STRATEGIES:
+            return configured
+        choice = self.choice()
+        if choice is None:
+            raise PlanError(f"memory plan: {self.verdict()}; {self.advice()}")
+        return choice
+
     def table(self) -> str:
         """The plan as readable text: settings, one row per node, the largest node's terms, the verdict."""
         arch, work = self.shape.architecture, self.work
@@ -516,20 +528,6 @@ def memory_plan(config: Config, architecture: Architecture, space: SearchSpace |
         raise ValueError(f"the architecture given is not the one of {config.model.path}")
     space = space or load_search_space(config.search.space)
     return MemoryPlan.build(shape, space.reachable_nodes(), Workload.from_config(config))
-
-
-def choose_strategy(config: Config, architecture: Architecture) -> str:
-    """"ddp" or "fsdp" for the run: the configured one, or for `scaling.strategy: auto` the plan's choice.
-
-    Raises PlanError, naming the settings to change, when `auto` finds that nothing fits.
-    """
-    if config.scaling.strategy in STRATEGIES:
-        return config.scaling.strategy
-    plan = memory_plan(config, architecture)
-    choice = plan.choice()
-    if choice is None:
-        raise PlanError(f"memory plan: {plan.verdict()}; {plan.advice()}")
-    return choice
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cofitune_ray.config import Config, objective
 from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
-from cofitune_ray.plan import MemoryPlan, memory_plan
+from cofitune_ray.plan import MemoryPlan, PlanError, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, versatility_set
 from cofitune_ray.training.harness import HarnessTask
@@ -113,9 +113,10 @@ def preflight(config: Config) -> Preflight:
     if problems:
         raise PreflightError("\n".join(problems))
     memory = memory_plan(config, arch, space)
-    strategy = memory.choice() if config.scaling.strategy == "auto" else config.scaling.strategy
-    if strategy is None:
-        raise PreflightError(f"scaling.strategy: auto: memory plan: {memory.verdict()}; {memory.advice()}")
+    try:
+        strategy = memory.strategy(config.scaling.strategy)
+    except PlanError as exc:
+        raise PreflightError(f"scaling.strategy: auto: {exc}") from None
     harness_sets = [f"data.versatility[{i}] ({v.name})" for i, v in enumerate(config.data.versatility) if v.lm_eval]
     if strategy == "fsdp" and harness_sets:
         raise PreflightError(f"{', '.join(harness_sets)}: an lm-eval task is scored by one worker on the whole model, "

@@ -19,7 +19,6 @@ from cofitune_ray.plan import (
     ModelShape,
     PlanError,
     Workload,
-    choose_strategy,
     estimate,
     main,
     memory_plan,
@@ -150,21 +149,23 @@ def test_auto_picks_ddp_then_fsdp_then_says_what_to_change(tmp_path, world):
     assert fsdp < ddp
     usable = 1 / (1 - MARGIN) / 1e9  # GB of GPU memory per usable byte
 
-    assert choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=ddp * 1.01 * usable),
-                           arch) == "ddp"
+    just_ddp = ddp * 1.01 * usable
+    assert _strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=just_ddp), arch) == "ddp"
     between = (ddp + fsdp) / 2 * usable
-    assert choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=between),
-                           arch) == "fsdp"
+    assert _strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=between), arch) == "fsdp"
     with pytest.raises(PlanError) as error:
-        choose_strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=fsdp * 0.9 * usable),
-                        arch)
+        _strategy(_config(tmp_path, world, strategy="auto", num_workers=2, gpu_memory_gb=fsdp * 0.9 * usable), arch)
     message = str(error.value)
     assert "nothing fits" in message
     assert "train.activation_checkpointing=true" in message and "scaling.num_workers=" in message
     assert "train.batch_size=2" in message
     assert "full SFT" in message  # the node that does not fit under FSDP
     # an explicit strategy is the user's choice: returned as is, even where the plan says it will not fit
-    assert choose_strategy(_config(tmp_path, world, strategy="ddp", gpu_memory_gb=1e-6), arch) == "ddp"
+    assert _strategy(_config(tmp_path, world, strategy="ddp", gpu_memory_gb=1e-6), arch) == "ddp"
+
+
+def _strategy(config, arch) -> str:
+    return memory_plan(config, arch).strategy(config.scaling.strategy)
 
 
 def test_preflight_rejects_auto_when_nothing_fits_and_prints_the_plan(tmp_path, world, capsys):
