@@ -13,6 +13,8 @@ reaches `spec_floor` of full SFT's best gain, then more Vers is better), the sam
   LoRA (PEFT)       on all seven projections of every layer, rank chosen so it trains about as many
                     parameters as the paper's node;
   top half          the usual "train the top layers" recipe: (50%, 100%] with all projections;
+  Spectrum 25%      Spectrum's choice (a reference node `{snr: 25}`): in each module type, the 25% of
+                    layers with the highest signal-to-noise ratio of their weights;
   paper node        FFN up+down in (25%, 50%], without and with soft-mask (`train.softmask_mode`);
   WiSE-FT           the full-SFT weights of its kept run interpolated towards the base, alpha 0.25 / 0.5 / 0.75
                     (evaluation only; its cost is full SFT's);
@@ -33,7 +35,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,12 +53,14 @@ from cofitune_ray.training.importance import compute_importance
 from cofitune_ray.training.importance_job import importance_data, importance_settings
 from cofitune_ray.training.local import LocalExecutor, RunCache
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.training.spectrum import snr_part
 
 PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 TOP_HALF = ModelPart(layer_range=(0.5, 1.0))
 #: LoRA runs in the tree as this placeholder part (all layers, all projections), trained by `LoraExecutor`.
 LORA_SLOT = ModelPart(layer_range=(0.0, 1.0), modules=ALL_MODULES, label="LoRA")
 ALPHAS = (0.25, 0.5, 0.75)
+SPECTRUM_PERCENT = 25  # Spectrum's usual share of layers per module type
 
 
 @dataclass
@@ -125,6 +129,17 @@ def one_node_space(space: SearchSpace, part: ModelPart) -> SearchSpace:
                               source=f"baseline {part.describe()}")
 
 
+def spectrum_result(config: Config, space: SearchSpace, executor, percent: float) -> MethodResult:
+    """Spectrum's choice (`{snr: percent}`: the top `percent` of each module type's layers by SNR) as a
+    reference node next to the paper node's baseline tree, with the same learning-rate tuning."""
+    part = snr_part(config.model.path, percent)
+    one = one_node_space(space, PAPER_NODE)
+    tree = SearchTree(replace(one, references=one.references + (part,)), SelectionPolicy(), objective(config),
+                      learning_rates(config))
+    drive(tree, executor, stop_rules(config))
+    return node_result(f"Spectrum {percent:g}%", tree, tree.reference_node("snr"))
+
+
 def node_result(name: str, tree: SearchTree, node: TreeNode) -> MethodResult:
     """One node of a tree as a method on its own: its best point, and only its own runs as cost."""
     result = method_from_tree(name, tree, node)
@@ -186,6 +201,7 @@ def bench_world(config: Config, world: str, seed: int, cache_dir: Path) -> list[
     rank = lora_rank(model, paper_params)
     methods.append(run_baseline(f"LoRA r={rank}", config, space, LORA_SLOT, LoraExecutor(local, rank)))
     methods.append(run_baseline("top half", config, space, TOP_HALF, local))
+    methods.append(spectrum_result(config, space, local, SPECTRUM_PERCENT))
     methods.append(run_baseline("paper node", config, space, PAPER_NODE, local))
     methods.append(run_baseline("  + soft-mask", config, space, PAPER_NODE.with_(softmask=True), local))
     methods.append(wise_ft(config, tree, local, cache))
