@@ -82,6 +82,9 @@ def method_from_tree(name: str, tree: SearchTree, node: TreeNode | None = None, 
     """A method's result from its tree: `node` (default: the tree's answer) at its best point; cost: the whole tree."""
     node = node or tree.best()
     best, reference = tree.best_point(node), tree.reference()
+    if best is None:
+        errors = "; ".join(f"{r.id}: {r.stop_reason}" for r in node.runs if r.status == "failed")
+        raise RuntimeError(f"{name}: {node.part.describe()} has no evaluation point ({errors or 'no run trained'})")
     costs = [n.cost() for n in tree.nodes.values()]
     lr = f", lr {best.run.lr:.3g}" if best.run.lr is not None else ""
     return MethodResult(name, f"{node.id} {node.part.describe()}{lr}", best.score,
