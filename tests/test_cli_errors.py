@@ -136,6 +136,7 @@ def test_versatility_set_with_both_a_file_and_an_lm_eval_task(tmp_path, world, c
     assert code == 2 and "data.versatility[0]: give either path (a JSONL file) or lm_eval (a task), not both" in err
 
 
+@pytest.mark.slow
 def test_unknown_lm_eval_task_in_a_local_folder(tmp_path, world, capsys):
     write_lm_eval_task(tmp_path / "tasks", "toy_upper", Path(world["data"]["versatility"][0]["path"]))
     entry = {"name": "upper-lm", "lm_eval": {"task": "toy_uper", "include_path": str(tmp_path / "tasks")}}

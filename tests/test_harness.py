@@ -14,6 +14,8 @@ from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.model import load_model, load_tokenizer
 from tiny import make_model, make_tokenizer, write_jsonl, write_lm_eval_task
 
+pytestmark = pytest.mark.slow  # lm-eval's task registry: not in the fast subset
+
 TOY_MODEL = PROJECT_ROOT / "assets" / "toyworld" / "cliff" / "seed-0" / "model"
 TOY_UPPER = PROJECT_ROOT / "assets" / "toyworld" / "cliff" / "seed-0" / "data" / "upper" / "eval.jsonl"
 CHOICES = [["ab", "cd", "ef"], ["gh", "ij", "kl"], ["mn", "op", "qr"], ["st", "uv", "wx"]]

@@ -27,6 +27,7 @@ def world(tmp_path_factory):
     return data, model, Architecture.from_config(model.config), load_tokenizer(data["model"]["path"])
 
 
+@pytest.mark.slow
 def test_normalised_importance_shapes_and_range(world):
     data, model, arch, tokenizer = world
     importance, raw = compute_importance(model, arch, tokenizer, [data["data"]["versatility"][0]["path"]], SETTINGS)
@@ -38,6 +39,7 @@ def test_normalised_importance_shapes_and_range(world):
     assert all(not p.requires_grad for p in model.parameters())  # only the virtual masks got gradients
 
 
+@pytest.mark.slow
 def test_deterministic_and_independent_of_sharding(world):
     data, model, arch, tokenizer = world
     path = data["data"]["versatility"][0]["path"]
@@ -51,6 +53,7 @@ def test_deterministic_and_independent_of_sharding(world):
         assert torch.allclose(shards[0][0][key] + shards[1][0][key], whole[key], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_cache_reused_only_when_everything_matches(world, tmp_path):
     data, model, arch, tokenizer = world
     paths = [data["data"]["versatility"][0]["path"]]

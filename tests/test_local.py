@@ -14,6 +14,8 @@ from cofitune_ray.core.tree import SearchTree
 from cofitune_ray.training.local import LocalExecutor, RunCache
 from tiny import make_world
 
+pytestmark = pytest.mark.slow  # models trained in-process: not in the fast subset
+
 PART = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 
 

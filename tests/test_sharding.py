@@ -20,6 +20,8 @@ from cofitune_ray.training.sharding import distribute, full_tensor, local_rows
 from cofitune_ray.training.softmask import Importance, SoftMask
 from tiny import ALPHABET, SPECIALS, make_examples, make_tokenizer, write_jsonl
 
+pytestmark = pytest.mark.slow  # three processes train and evaluate: not in the fast subset
+
 WORKERS = 3
 # k_proj/v_proj have 2 rows (one kv head of 2): shards of 1, 1 and 0 rows; up_proj 7 rows: 3, 3, 1.
 SHAPE = dict(vocab_size=len(SPECIALS) + len(ALPHABET), hidden_size=8, intermediate_size=7, num_hidden_layers=2,

@@ -174,6 +174,7 @@ FIRST_LAST = WorldDefinition(
 )
 
 
+@pytest.mark.slow
 def test_pretraining_records_the_evaluators_accuracy(tmp_path):
     files = write_toy_data(tmp_path / "data", 0, FIRST_LAST)
     info = pretrain(tmp_path / "model", 0, tmp_path / "data", FIRST_LAST.general_tasks, FIRST_LAST.pretrain)
@@ -188,6 +189,7 @@ def test_pretraining_records_the_evaluators_accuracy(tmp_path):
     assert sum(saved["eval_accuracy"].values()) > 0.2  # learned something, so the comparison means something
 
 
+@pytest.mark.slow
 def test_ensure_toy_world_builds_once_then_reuses(tmp_path, capsys):
     world = ensure_toy_world(tmp_path, seed=3, world=FIRST_LAST)
     assert (world.root / MARKER).is_file() and world.root == tmp_path / "first-last" / "seed-3"
@@ -261,6 +263,7 @@ def test_committed_marker_records_the_settings_the_code_makes_the_world_from(nam
 
 
 @pytest.mark.parametrize("name", COMMITTED_WORLDS)
+@pytest.mark.slow
 def test_committed_base_reaches_its_recorded_accuracy(name):
     root = COMMITTED / name / "seed-0"
     marker = json.loads((root / MARKER).read_text())

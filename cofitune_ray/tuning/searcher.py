@@ -14,6 +14,7 @@ num_samples=-1, max_concurrent_trials=N)`. `save`/`restore` write and read the t
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from ray.tune.search import Searcher
@@ -70,11 +71,23 @@ class TreeSearcher(Searcher):
         self.trial_runs = state["trial_runs"]
 
 
-def latest_saved_tree(experiment_dir: str | Path) -> SearchTree | None:
-    """The tree in the newest searcher state Tune saved in an experiment directory, if any."""
+def latest_saved_tree(experiment_dir: str | Path, wait_s: float = 60.0) -> SearchTree | None:
+    """The tree in the newest searcher state Tune saved in an experiment directory, if any.
+
+    Tune saves the state in the driver's staging directory and copies it to storage afterwards, not
+    atomically: a file read while its copy is in flight is empty or cut short. Such a file is read
+    again until it is whole, for up to `wait_s` seconds.
+    """
     # One file per driver session, named by the session's start time; the newest session's state is
     # the current one. (Not by mtime: Tune rewrites every session's file when it syncs at the end.)
     states = sorted(Path(experiment_dir).glob("searcher-state-*.pkl"))
     if not states:
         return None
-    return SearchTree.from_dict(json.loads(states[-1].read_text())["tree"])
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return SearchTree.from_dict(json.loads(states[-1].read_text())["tree"])
+        except json.JSONDecodeError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{states[-1]}: not a whole searcher state after {wait_s:g} s") from None
+            time.sleep(0.5)
