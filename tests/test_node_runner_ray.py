@@ -106,3 +106,15 @@ def test_base_node_is_evaluated_not_trained(trained, ray_cluster):
     (point,) = result.history
     assert point["checkpoint"] is None and not (storage / "base" / "points").exists()
     assert 0.0 <= point["spec"] <= 1.0 and 0.0 <= point["vers"] <= 1.0
+
+
+def test_a_run_whose_state_was_discarded_starts_again_from_step_0(trained):
+    """(Last in this module: it trains node-a again.) Tune restarts the trial of a run the scheduler had
+    stopped (its state discarded) when the driver died before saving the stop."""
+    config, storage, importance, _, first = trained
+    assert not [p for p in (storage / "node-a").glob("checkpoint_*") if p.is_dir()]  # discarded when it finished
+    again = run_node(config, NODE, "node-a", storage, lr=2e-3, importance=importance)
+    assert [p["resumed_from_step"] for p in again.history] == [0, 0]
+    assert [p["step"] for p in again.history] == [p["step"] for p in first.history] == [2, 4]
+    assert [p["train_loss"] for p in again.history] == pytest.approx([p["train_loss"] for p in first.history])
+

@@ -28,6 +28,8 @@ from cofitune_ray.config import Config
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.worker import HISTORY_FILE, train_node
 
+#: Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2._internal.constants).
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the run's training was started, with its end
 RESULT_FILE = "result.json"  # written last: the run finished
 
@@ -154,9 +156,12 @@ def run_node(
 def discard_train_state(run_dir: Path) -> None:
     """Delete the training state a retry would resume from (trained parameters and optimizer state: large).
 
-    Only for a run that is never resumed again: a finished one, or one the scheduler stopped. Ray
-    Train's record of the run still names the state, so a later attempt under the same name would fail.
+    For a run that should not be resumed again: a finished one, or one the scheduler stopped. Ray
+    Train's record of the run's checkpoints goes first, so that an attempt that does come later under
+    the same name starts the run from step 0 instead of failing on a checkpoint that is gone: Tune
+    restarts a stopped run's trial when the driver died before it saved the stop.
     """
+    (Path(run_dir) / RAY_TRAIN_SNAPSHOT).unlink(missing_ok=True)
     for state in Path(run_dir).glob("checkpoint_*"):  # also the part an attempt killed mid-upload left behind
         if state.is_dir():
             shutil.rmtree(state, ignore_errors=True)
