@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.objective import Objective, Reference, Score, reference_from
@@ -508,6 +510,13 @@ class SearchTree:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        """Write the tree as JSON to `path` whole: a reader (the user, a test) never sees half a file."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
 
     @classmethod
     def from_json(cls, text: str) -> "SearchTree":

@@ -113,7 +113,7 @@ def _node_summary(tree: SearchTree, node: TreeNode | None) -> dict | None:
 
 def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
     """Write every output file; return the summary (also saved as summary.json, written last)."""
-    (run_dir / "tree.json").write_text(tree.to_json())
+    tree.save(run_dir / "tree.json")
     write_pareto_csv(tree, run_dir / "pareto.csv")
     best = tree.best()
     if best is not None:

@@ -30,6 +30,7 @@ from cofitune_ray.training.worker import HISTORY_FILE, train_node
 
 #: Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2._internal.constants).
 RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+STOPPED_FILE = "stopped.json"  # the search stopped this run (its reason): never trained again
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the run's training was started, with its end
 RESULT_FILE = "result.json"  # written last: the run finished
 
@@ -151,6 +152,29 @@ def run_node(
     os.replace(tmp, run_dir / RESULT_FILE)
     discard_train_state(run_dir)  # a finished run is replayed, never resumed
     return result
+
+
+def end_stopped_run(run_dir: Path, reason: str) -> None:
+    """A run the search stopped: mark it, then discard its training state.
+
+    Tune restarts the trials that were running when the driver died, a stopped run's among them when
+    the driver died before Tune saved the stop; with the mark, such a trial replays the run's points
+    (`stopped_history`) instead of training it again.
+    """
+    mark = Path(run_dir) / STOPPED_FILE
+    if not mark.is_file():
+        tmp = mark.with_name(STOPPED_FILE + ".tmp")
+        tmp.write_text(json.dumps({"reason": reason}))
+        os.replace(tmp, mark)
+    discard_train_state(run_dir)
+
+
+def stopped_history(run_dir: Path) -> list[dict] | None:
+    """The evaluation points of a run the search stopped (`end_stopped_run`), or None if it was not stopped."""
+    if not (Path(run_dir) / STOPPED_FILE).is_file():
+        return None
+    path = Path(run_dir) / HISTORY_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def discard_train_state(run_dir: Path) -> None:

@@ -19,7 +19,7 @@ from ray.util.metrics import Gauge
 
 from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
 from cofitune_ray.training.checkpoint import delete_checkpoints
-from cofitune_ray.training.runner import discard_train_state
+from cofitune_ray.training.runner import end_stopped_run
 from cofitune_ray.tuning.searcher import TreeSearcher
 from cofitune_ray.tuning.trial import NODES_DIR, run_name
 
@@ -132,6 +132,9 @@ class SearchProgress(Callback):
 
     def _refresh(self) -> None:
         tree = self.searcher.tree
+        # before any line says so: a stopped run is never trained again, even if the driver dies now
+        for run in (r for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")):
+            end_stopped_run(Path(self.run_dir) / NODES_DIR / run_name(run.id), run.stop_reason or run.status)
         for node in tree.nodes.values():
             if node.id not in self._ended_shown and node.status in ("finished", "pruned", "failed"):
                 self._ended_shown.add(node.id)
@@ -146,9 +149,7 @@ class SearchProgress(Callback):
         disposable = tree.disposable_checkpoints()
         if disposable:
             tree.forget_checkpoints(delete_checkpoints(disposable))
-        for run in (r for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")):
-            discard_train_state(Path(self.run_dir) / NODES_DIR / run_name(run.id))  # never resumed
-        (Path(self.run_dir) / "tree.json").write_text(tree.to_json())
+        tree.save(Path(self.run_dir) / "tree.json")
         if self._metrics is None:
             self._metrics = SearchMetrics(self.run_name)
         self._metrics.update(tree)

@@ -9,13 +9,14 @@ its trial reports that cached result instead of evaluating again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.runner import ImportanceRef, RunResult, finished_result, run_node
+from cofitune_ray.training.runner import ImportanceRef, RunResult, finished_result, run_node, stopped_history
 
 NODES_DIR = "nodes"  # <run directory>/nodes/<run name>/: each run's Ray Train run, history and checkpoints
 
@@ -78,6 +79,11 @@ def node_trial(trial_config: dict, run: RunContext) -> None:
     done = finished_result(run.nodes_dir, name, part, lr)
     if done is not None:
         replay(done)
+        return
+    stopped = stopped_history(Path(run.nodes_dir) / name)
+    if stopped is not None:  # the search stopped this run before the driver died: report, do not train
+        for point in stopped:
+            tune.report({**point, "replayed": True})
         return
     base = run.base_result["history"][0]
     result = run_node(
