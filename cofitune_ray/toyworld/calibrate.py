@@ -3,8 +3,9 @@
     python -m cofitune_ray.toyworld.calibrate --config configs/toy.yaml --seeds 0 1 2 \
         --lrs 3e-5 1e-4 3e-4 1e-3 --steps 500 --eval-every 25 [--json FILE]
 
-Full SFT is trained in-process with the project's own loop (`run_training`) and scored by the
-project's `Evaluator` on the config's speciality and versatility sets, at every `--eval-every` steps;
+Full SFT is trained in-process by the benchmarks' executor (`training.local.LocalExecutor`: the
+project's own training loop) and scored by the project's `Evaluator` on the config's speciality and
+versatility sets, at every `--eval-every` steps;
 the config's other `train:` settings (batch, warmup, schedule, betas, weight decay, clipping) apply.
 Other seeds of the config's toy world are prepared in the cache when missing (`config_for_seed`).
 
@@ -25,11 +26,9 @@ from pathlib import Path
 import torch
 
 from cofitune_ray.config import Config, load_config
-from cofitune_ray.core.node import FULL_SFT_PART
+from cofitune_ray.core.node import BASE_PART, FULL_SFT_PART
 from cofitune_ray.toyworld.prepare import config_for_seed
-from cofitune_ray.training.evaluate import Evaluator
-from cofitune_ray.training.model import load_model, load_tokenizer
-from cofitune_ray.training.worker import run_training
+from cofitune_ray.training.local import LocalExecutor
 
 SPEC_TARGET = 0.9  # Spec at the best point
 VERS_BAND = (0.5, 0.85)  # Vers / base Vers at the best point
@@ -83,17 +82,22 @@ def best_lr(runs: list[Run], base: Point) -> Run:
     return max(runs, key=rank)
 
 
+def of_base(point: Point, base: Point) -> float:
+    """The point's Vers as a share of the base model's (NaN when the base scores 0: no share to keep)."""
+    return point.vers / base.vers if base.vers else float("nan")
+
+
 def targets(run: Run, base: Point, floor: float) -> dict[str, tuple[bool, str]]:
     """Each target at the run's best point: (met, what was measured)."""
     point, _ = best_point(run, floor)
-    ratio = point.vers / base.vers
+    ratio = of_base(point, base)
     first_half = next((p for p in run.points if p.spec >= GRADUAL_SPEC), None)
     return {
         f"Spec >= {SPEC_TARGET}": (point.spec >= SPEC_TARGET, f"Spec {point.spec:.3f} at step {point.step}"),
         f"Vers/base in [{VERS_BAND[0]}, {VERS_BAND[1]}]": (
             VERS_BAND[0] <= ratio <= VERS_BAND[1], f"Vers/base {ratio:.3f} at step {point.step}"),
         f"Vers/base >= {GRADUAL_VERS} when Spec first >= {GRADUAL_SPEC}": (
-            (first_half.vers / base.vers >= GRADUAL_VERS, f"Vers/base {first_half.vers / base.vers:.3f} at step "
+            (of_base(first_half, base) >= GRADUAL_VERS, f"Vers/base {of_base(first_half, base):.3f} at step "
                                                            f"{first_half.step} (Spec {first_half.spec:.3f})")
             if first_half else (False, f"Spec never reached {GRADUAL_SPEC}")),
     }
@@ -105,21 +109,17 @@ def versatility_scores(metrics: dict[str, float]) -> dict[str, float]:
             if key.startswith("vers/") and key.endswith("/score")}
 
 
-def full_sft(config: Config, evaluator: Evaluator, tokenizer, lr: float) -> Run:
-    """Train every parameter at `lr` with the project's loop, scoring at each of its evaluation points."""
-    torch.manual_seed(config.seed)
-    model = load_model(config.model.path, config.model.dtype)
+def full_sft(executor: LocalExecutor, lr: float) -> Run:
+    """Train every parameter at `lr` with the project's in-process executor, scored at each evaluation point."""
     run = Run(lr)
     started = time.perf_counter()
-
-    def report(model, step, epoch, train_loss):
-        evaluated = time.perf_counter()
-        metrics = evaluator.evaluate(model)
-        run.eval_seconds += time.perf_counter() - evaluated
-        run.points.append(Point(step, metrics["spec"], metrics["vers"], versatility_scores(metrics)))
-        print(f"[calibrate] lr {lr:g} step {step}: Spec {metrics['spec']:.3f} Vers {metrics['vers']:.3f}", flush=True)
-
-    run_training(config, FULL_SFT_PART.with_(lr=lr), model, tokenizer, None, report, 0, 1, torch.device("cpu"))
+    for result in executor.results(FULL_SFT_PART, lr):
+        if result.get("final"):
+            break
+        run.points.append(Point(result["step"], result["spec"], result["vers"], versatility_scores(result)))
+        run.eval_seconds += result["eval_seconds"]
+        print(f"[calibrate] lr {lr:g} step {result['step']}: Spec {result['spec']:.3f} Vers {result['vers']:.3f}",
+              flush=True)
     run.train_seconds = time.perf_counter() - started - run.eval_seconds
     return run
 
@@ -131,21 +131,19 @@ def curve_table(base: Point, runs: list[Run]) -> str:
     for i, point in enumerate(runs[0].points):
         cells = [run.points[i] if i < len(run.points) else None for run in runs]
         lines.append(f"{point.step:>5}" + "".join(
-            f" | {'':11}{p.spec:.3f} {p.vers:.3f} {p.vers / base.vers:.3f}" if p else " |" for p in cells))
+            f" | {'':11}{p.spec:.3f} {p.vers:.3f} {of_base(p, base):.3f}" if p else " |" for p in cells))
     return "\n".join(lines)
 
 
 def calibrate_seed(config: Config, lrs: list[float]) -> dict:
     """Base and full-SFT runs on one world: the printed report's numbers, as plain data."""
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-    evaluator = Evaluator.from_config(config, tokenizer)
-    evaluated = time.perf_counter()
-    metrics = evaluator.evaluate(load_model(config.model.path, config.model.dtype))
-    base_eval_seconds = time.perf_counter() - evaluated
-    base = Point(0, metrics["spec"], metrics["vers"], versatility_scores(metrics))
+    executor = LocalExecutor(config)
+    base_result = next(executor.results(BASE_PART, None))
+    base = Point(0, base_result["spec"], base_result["vers"], versatility_scores(base_result))
+    base_eval_seconds = base_result["eval_seconds"]
     runs = []
     for lr in lrs:
-        runs.append(full_sft(config, evaluator, tokenizer, lr))
+        runs.append(full_sft(executor, lr))
         print(f"[calibrate] lr {lr:g}: {len(runs[-1].points)} evaluation points, "
               f"{runs[-1].train_seconds:.0f} s training, {runs[-1].eval_seconds:.0f} s evaluating", flush=True)
     return {"model": config.model.path, "base": asdict(base),
@@ -165,7 +163,7 @@ def seed_report(seed: int, result: dict, steps: int) -> str:
              curve_table(base, runs),
              f"spec floor {floor:.3f} (base Spec {base.spec:.3f} + {FLOOR_SHARE} x best gain); "
              f"best lr {chosen.lr:g}: step {point.step}, Spec {point.spec:.3f}, Vers {point.vers:.3f} "
-             f"({point.vers / base.vers:.3f} of base){'' if qualifies else ', below the floor'}"]
+             f"({of_base(point, base):.3f} of base){'' if qualifies else ', below the floor'}"]
     for name, (met, measured) in targets(chosen, base, floor).items():
         lines.append(f"  {'MET    ' if met else 'NOT MET'} {name}: {measured}")
     evals = sum(len(run.points) for run in runs)

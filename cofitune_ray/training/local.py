@@ -134,8 +134,10 @@ class LocalExecutor:
         return model, training_points(self.config, lr, model, self.tokenizer, softmask, 0, 1, torch.device("cpu"))
 
     def _point(self, model, eval_index, step, train_loss, total_steps, trained, started) -> dict:
+        evaluated = time.time()
         metrics = self.evaluator.evaluate(model)
-        return {**metrics, "eval_index": eval_index, "step": step, "train_steps": step, "total_steps": total_steps,
+        return {**metrics, "eval_seconds": time.time() - evaluated, "eval_index": eval_index, "step": step,
+                "train_steps": step, "total_steps": total_steps,
                 "train_loss": train_loss, "trained_params": trained, "train_time_s": time.time() - started}
 
 
