@@ -4,6 +4,7 @@ import pytest
 
 from cofitune_ray.config import load_config
 from cofitune_ray.preflight import PreflightError, preflight
+from conftest import PROJECT
 from tiny import make_world, write_config, write_jsonl, write_lm_eval_task
 
 
@@ -43,3 +44,18 @@ def test_an_lm_eval_set_under_fsdp_is_refused_before_ray(tmp_path, world):
              "scaling": {**world.get("scaling", {}), "strategy": "fsdp"}}
     with pytest.raises(PreflightError, match=r"data.versatility\[1\] \(upper_gen\): an lm-eval task .* use ddp"):
         preflight(load_config(write_config(tmp_path / "run.yaml", world)))
+
+
+#: The shipped configs: the world each runs on, its speciality and how many versatility sets it scores.
+SHIPPED = {"toy": ("calibrated", "drev", 18), "toy-hard": ("cliff", "cipher", 8), "smoke": ("cliff", "cipher", 3)}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_every_shipped_config_passes_preflight(name):
+    """The demo and the other configs point at committed files that fit their settings."""
+    world, speciality, vers_sets = SHIPPED[name]
+    config = load_config(PROJECT / "configs" / f"{name}.yaml")
+    checked = preflight(config)
+    assert f"/assets/toyworld/{world}/seed-0/" in config.model.path
+    assert list(checked.eval_examples)[0] == speciality and len(checked.eval_examples) == 1 + vers_sets
+    assert checked.truncated == 0 and checked.strategy == "ddp"

@@ -4,6 +4,7 @@ the tokenizer, pretraining through the product's code, caching, and the committe
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.toyworld import tasks as t
-from cofitune_ray.toyworld.data import draw_splits, write_toy_data
+from cofitune_ray.toyworld.data import draw_splits, with_general_share, write_toy_data
 from cofitune_ray.toyworld.prepare import MARKER, ToyWorldError, config_for_seed, ensure_toy_world, world_settings
 from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_factor, mixture_weights, pretrain
 from cofitune_ray.toyworld.tasks import GENERAL, SPECIAL, Task
@@ -25,8 +26,8 @@ from conftest import PROJECT
 
 TINY = PretrainSettings(layers=2, hidden=32, intermediate=64, heads=2, steps=4, batch_size=8, warmup_steps=2)
 COMMITTED = PROJECT / "assets" / "toyworld"
-#: The worlds whose seed 0 is committed under COMMITTED (the calibrated world is prepared on demand).
-COMMITTED_WORLDS = ("cliff",)
+#: The worlds whose seed 0 is committed under COMMITTED.
+COMMITTED_WORLDS = ("calibrated", "cliff")
 
 
 def _all_files(directory):
@@ -60,15 +61,16 @@ def test_worlds_are_named_and_an_unknown_name_says_which_exist():
 
 def test_calibrated_world_definition():
     world = get_world("calibrated")
-    assert len(world.general_tasks) == 24 and world.special_tasks == ("drev",) and world.speciality == "drev"
+    assert len(world.general_tasks) == 18 and world.special_tasks == ("drev",) and world.speciality == "drev"
     for name in world.general_tasks:
         instructions = world.task_map[name].instructions
         assert len(instructions) == 3 and instructions[0] == name, name
     every_instruction = [i for task in world.tasks for i in task.instructions]
-    assert len(every_instruction) == len(set(every_instruction)) == 73  # no phrasing asks for two tasks
+    assert len(every_instruction) == len(set(every_instruction)) == 55  # no phrasing asks for two tasks
     drev = world.task_map["drev"]
     assert drev.instructions == ("drev",) and drev.rule("1234") == "4321"
     assert world.pretrain.steps == 2000 and world.pretrain.hidden == 128
+    assert world.general_share == 0.15 and get_world("cliff").general_share == 0
 
 
 def test_cliff_world_definition():
@@ -99,7 +101,24 @@ def test_calibrated_data_mixes_phrasings_and_lengths(written):
         lengths = {len(row.input) for row in rows}
         assert lengths == ({4} if task.kind == SPECIAL else set(range(3, 9))), task.name
     drev = read_jsonl(files["drev"]["train"])
-    assert all(row.input.isdigit() and row.output == row.input[::-1] for row in drev)
+    own = [row for row in drev if row.instruction == "drev"]
+    assert len(drev) == 2000 and len(own) == 1700  # 15% of the corpus: general examples
+    assert all(row.input.isdigit() and row.output == row.input[::-1] for row in own)
+    general_train = {(r.instruction, r.input, r.output) for t in world.general_tasks
+                     for r in read_jsonl(files[t]["train"])}
+    held_out = {(r.instruction, r.input, r.output) for t in world.general_tasks for split in ("eval", "importance")
+                for r in read_jsonl(files[t][split])}
+    borrowed = {(r.instruction, r.input, r.output) for r in drev if r.instruction != "drev"}
+    assert len(borrowed) == 300 and borrowed <= general_train and not borrowed & held_out
+    assert len({r[0] for r in borrowed}) > 30  # drawn across the general tasks and their phrasings
+
+
+def test_general_share_keeps_the_size_and_the_first_own_rows():
+    own = [{"i": n} for n in range(10)]
+    general = [{"g": n} for n in range(100)]
+    rows = with_general_share(own, general, 0.3, random.Random(0))
+    assert len(rows) == 10 and [r for r in rows if "i" in r] != own[:7]  # shuffled
+    assert sorted(r["i"] for r in rows if "i" in r) == list(range(7)) and sum("g" in r for r in rows) == 3
 
 
 @pytest.mark.parametrize("name", list(WORLDS))
@@ -107,8 +126,11 @@ def test_splits_are_disjoint_and_sized(name, written):
     world = get_world(name)
     _, files = written[name]
     for task in world.tasks:
-        inputs = {split: [row.input for row in read_jsonl(path)] for split, path in files[task.name].items()}
-        assert {split: len(rows) for split, rows in inputs.items()} == world.split_sizes[task.kind]
+        rows = {split: read_jsonl(path) for split, path in files[task.name].items()}
+        assert {split: len(rows) for split, rows in rows.items()} == world.split_sizes[task.kind]
+        # the task's own examples (a speciality's train split also holds general ones: world.general_share)
+        inputs = {split: [row.input for row in rows if row.instruction in task.instructions]
+                  for split, rows in rows.items()}
         every = [i for rows in inputs.values() for i in rows]
         assert len(every) == len(set(every)), f"{task.name}: an input occurs twice"
     assert files["copy"].keys() == {"eval", "importance", "train"}

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from cofitune_ray.toyworld.tasks import Task
+from cofitune_ray.toyworld.tasks import SPECIAL, Task
 from cofitune_ray.toyworld.worlds import WorldDefinition
 
 
@@ -41,11 +41,30 @@ def split_files(data_dir: str | Path, world: WorldDefinition) -> dict[str, dict[
             for task in world.tasks}
 
 
+def with_general_share(own: list[dict[str, str]], general: list[dict[str, str]], share: float,
+                       rng: random.Random) -> list[dict[str, str]]:
+    """A speciality's training rows as a domain corpus: `share` of them drawn from `general` (the general
+    tasks' training rows), the rest its own first rows, shuffled; as many rows as `own`."""
+    borrowed = round(share * len(own))
+    rows = own[: len(own) - borrowed] + rng.sample(general, borrowed)
+    rng.shuffle(rows)
+    return rows
+
+
 def write_toy_data(data_dir: str | Path, seed: int, world: WorldDefinition) -> dict[str, dict[str, Path]]:
-    """Write every task's splits as JSONL; returns {task: {split: path}}."""
+    """Write every task's splits as JSONL; returns {task: {split: path}}.
+
+    With `world.general_share`, each special task's train split also holds that share of examples of
+    the general tasks, drawn from their train splits (never from the eval or importance splits).
+    """
     files = split_files(data_dir, world)
+    drawn = {task.name: draw_splits(task, seed, world.split_sizes[task.kind]) for task in world.tasks}
+    general = [row for name in world.general_tasks for row in drawn[name]["train"]]
     for task in world.tasks:
-        for split, rows in draw_splits(task, seed, world.split_sizes[task.kind]).items():
+        for split, rows in drawn[task.name].items():
+            if task.kind == SPECIAL and split == "train" and world.general_share:
+                rows = with_general_share(rows, general, world.general_share,
+                                          random.Random(f"toyworld:{seed}:{task.name}:general-share"))
             path = files[task.name][split]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

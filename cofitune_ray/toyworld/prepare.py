@@ -84,6 +84,7 @@ def world_settings(definition: WorldDefinition, seed: int, pretrain_settings: Pr
         "alphabet": ALPHABET,
         "tasks": tasks,
         "speciality": definition.speciality,
+        "general_share": definition.general_share,
         "split_sizes": definition.split_sizes,
         "pretrain": {k: v for k, v in asdict(pretrain_settings).items() if k not in RUNTIME_ONLY},
     }

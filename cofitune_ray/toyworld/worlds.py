@@ -1,13 +1,15 @@
 """The named toy worlds: which tasks the base model is pretrained on, which speciality it is tuned to.
 
-- `cliff` (the default, the committed demo world in assets/toyworld/cliff/seed-0): 8 general tasks,
-  one instruction each, fixed input lengths; the specialities `cipher` and `scramble` are fresh
-  mappings. Full SFT loses most of Vers within its first 50 steps, before Spec moves: the hard case,
-  where no method avoids the cliff.
-- `calibrated`: 24 general tasks (15 on letters, 9 on digits), each asked in 3 phrasings, on inputs
-  of 3 to 8 symbols; the speciality `drev` reverses 4 digits, a skill the base has (`reverse`, on
-  letters) applied to inputs it has seen in other tasks. Meant to make full SFT forget gradually;
-  its calibration targets are not met yet (docs/toyworld.md), so it is not the default.
+- `calibrated` (the default, the committed demo world in assets/toyworld/calibrated/seed-0): 18
+  general tasks (15 on letters, 3 on digits), each asked in 3 phrasings, on inputs of 3 to 8 symbols;
+  the speciality `drev` reverses 4 digits under its own instruction, and its training corpus, like
+  real domain instruction data, also holds general instructions (`general_share` of it, drawn from
+  the general tasks' training examples). Calibrated on the base and full SFT only (docs/toyworld.md):
+  full SFT learns the speciality while losing part of the base's versatility, gradually.
+- `cliff`: 8 general tasks, one instruction each, fixed input lengths; the specialities `cipher` and
+  `scramble` are fresh mappings with nothing else in their corpus. Full SFT loses most of Vers within
+  its first 50 steps, before Spec moves: the hard case, where no method avoids the cliff
+  (configs/toy-hard.yaml).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class WorldDefinition:
     speciality: str  # the special task the world's configs fine-tune on
     split_sizes: dict[str, dict[str, int]]  # task kind -> split -> examples (drawn in this order)
     pretrain: PretrainSettings
+    # share of a special task's train split drawn from the general tasks' train splits: a domain corpus
+    # that also holds general instructions (data.with_general_share); 0 = the speciality's own examples only
+    general_share: float = 0.0
 
     @property
     def task_map(self) -> dict[str, Task]:
@@ -99,24 +104,17 @@ CALIBRATED = WorldDefinition(
         Task("max", GENERAL, t.digits(VARIED), t.largest, "the largest digit", ("largest", "biggest")),
         Task("min", GENERAL, t.digits(VARIED), t.smallest, "the smallest digit", ("smallest", "least")),
         Task("dsort", GENERAL, t.digits(VARIED), t.sort, "the digits in ascending order", ("sort_digits", "ascending")),
-        Task("dcopy", GENERAL, t.digits(VARIED), t.copy, "repeat the digits", ("repeat_digits", "echo_digits")),
-        Task("drotate", GENERAL, t.digits(VARIED), t.rotate, "first digit moved to the end",
-             ("cycle_digits", "dcycle")),
-        Task("dswap", GENERAL, t.digits(VARIED), t.swap_pairs, "neighbouring digits swapped pairwise",
-             ("pairswap_digits", "dzigzag")),
-        Task("dsuccessor", GENERAL, t.digits(VARIED), t.successor, "each digit plus one (9 -> 0)", ("dnext", "dplus1")),
-        Task("dfirst", GENERAL, t.digits(VARIED), t.first, "the first digit", ("dhead", "first_digit")),
-        Task("dlast", GENERAL, t.digits(VARIED), t.last, "the last digit", ("dtail", "last_digit")),
         Task("drev", SPECIAL, t.digits(WORD), t.reverse, "4 digits backwards (reverse, on digits)"),
     ),
     speciality="drev",
     split_sizes=SPLIT_SIZES,
     pretrain=PretrainSettings(steps=2000),
+    general_share=0.15,
 )
 
 WORLDS: dict[str, WorldDefinition] = {world.name: world for world in (CALIBRATED, CLIFF)}
-#: The world the demo, its configs and `prepare` use, until the calibrated world meets its targets.
-DEFAULT_WORLD = CLIFF.name
+#: The world the demo, its configs and `prepare` use.
+DEFAULT_WORLD = CALIBRATED.name
 
 
 def get_world(name: str) -> WorldDefinition:
