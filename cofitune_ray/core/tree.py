@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cofitune_ray.core.files import write_whole
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.objective import Objective, Reference, Score, reference_from
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy
@@ -513,10 +513,7 @@ class SearchTree:
 
     def save(self, path: str | Path) -> None:
         """Write the tree as JSON to `path` whole: a reader (the user, a test) never sees half a file."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        write_whole(path, self.to_json())
 
     @classmethod
     def from_json(cls, text: str) -> "SearchTree":

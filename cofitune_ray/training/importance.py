@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from cofitune_ray.core.files import write_whole
 from cofitune_ray.training.data import collate, encode_example, fingerprint, read_jsonl
 from cofitune_ray.training.model import Architecture, weights_fingerprint
 from cofitune_ray.training.softmask import Importance
@@ -216,9 +216,7 @@ def save_importance(directory: Path, importance: Importance, key: dict,
     for i, raw in enumerate(raw_sets):
         tensors.update({f"raw{i}.{k}": v.contiguous() for k, v in raw.items()})
     save_file(tensors, str(directory / IMPORTANCE_FILE))
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(key, indent=2, sort_keys=True))
-    os.replace(tmp, directory / META_FILE)
+    write_whole(directory / META_FILE, json.dumps(key, indent=2, sort_keys=True))
 
 
 def load_cached_importance(directory: Path, key: dict):

@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 
 from cofitune_ray.config import Config
+from cofitune_ray.core.files import write_whole
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import Run, TreeNode
 from cofitune_ray.training.evaluate import Evaluator
@@ -53,9 +54,7 @@ class RunCache:
     def put(self, key: str, results: list[dict]) -> None:
         self.results[key] = results
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings, "results": self.results}))
-        tmp.replace(self.path)
+        write_whole(self.path, json.dumps({"settings": self.settings, "results": self.results}))
 
 
 class LocalExecutor:

@@ -15,7 +15,6 @@ of training).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config
+from cofitune_ray.core.files import write_whole
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.worker import HISTORY_FILE, train_node
 
@@ -147,9 +147,7 @@ def run_node(
     result = RunResult(part=part, lr=lr, history=history, train_steps=last["train_steps"],
                        total_steps=last["total_steps"], wall_time_s=attempts_wall_time(run_dir),
                        trained_params=last["trained_params"])
-    tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    os.replace(tmp, run_dir / RESULT_FILE)
+    write_whole(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=2))
     discard_train_state(run_dir)  # a finished run is replayed, never resumed
     return result
 
@@ -163,9 +161,7 @@ def end_stopped_run(run_dir: Path, reason: str) -> None:
     """
     mark = Path(run_dir) / STOPPED_FILE
     if not mark.is_file():
-        tmp = mark.with_name(STOPPED_FILE + ".tmp")
-        tmp.write_text(json.dumps({"reason": reason}))
-        os.replace(tmp, mark)
+        write_whole(mark, json.dumps({"reason": reason}))
     discard_train_state(run_dir)
 
 
@@ -205,9 +201,7 @@ def _end_attempt(run_dir: Path, attempt: int) -> None:
     path = run_dir / ATTEMPTS_FILE
     entries = [json.loads(line) for line in path.read_text().splitlines()]
     entries[attempt - 1]["ended"] = time.time()
-    tmp = path.with_name(ATTEMPTS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    os.replace(tmp, path)
+    write_whole(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 def attempts_wall_time(run_dir: Path) -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from cofitune_ray.core.files import write_whole
 from cofitune_ray.core.node import ALL_MODULES, ModelPart
 from cofitune_ray.core.space import SearchSpace
 from cofitune_ray.training.model import ModelError, read_architecture, weights_fingerprint
@@ -124,9 +124,7 @@ def save_scores(storage_path: str | Path, model_path: str, scores: dict[str, lis
     key = scores_cache_key(model_path)
     directory = _cache_dir(storage_path, key)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (SCORES_FILE + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "scores": scores}, indent=2))
-    os.replace(tmp, directory / SCORES_FILE)
+    write_whole(directory / SCORES_FILE, json.dumps({"key": key, "scores": scores}, indent=2))
     return directory / SCORES_FILE
 
 

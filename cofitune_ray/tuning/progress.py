@@ -132,7 +132,8 @@ class SearchProgress(Callback):
 
     def _refresh(self) -> None:
         tree = self.searcher.tree
-        # before any line says so: a stopped run is never trained again, even if the driver dies now
+        # before any line says so: a stopped run is never trained again, even if the driver dies now. At every
+        # refresh, not once: a stopped trial's worker can still upload a checkpoint after the first discard.
         for run in (r for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")):
             end_stopped_run(Path(self.run_dir) / NODES_DIR / run_name(run.id), run.stop_reason or run.status)
         for node in tree.nodes.values():
