@@ -135,7 +135,7 @@ class SearchConfig:
     objective: str = "spec_floor"  # spec_floor (qualify at the speciality floor, then most Vers) | uni
     spec_floor: float = 0.9  # share of full SFT's speciality gain a node needs to qualify
     lr_candidates: list[float] | None = None  # one run per value for each node; null: 3 over a decade around train.lr
-    lr_keep: int = 1  # runs of a node kept at its first evaluation point; the others are stopped there
+    lr_keep: int = 1  # runs of a trained node kept at its first eval point, the others stopped (full SFT: all kept)
     beam_width: int = 1
     epsilon: float = 0.0
     min_gain: float = 0.0

@@ -13,14 +13,14 @@ def test_summary_states_the_answer_the_cost_and_the_steps_saved(tmp_path):
     summary = summarise(tree, tmp_path)
     assert summary["answer"] == "a trained part of the model" and summary["objective"] == "spec_floor"
     assert summary["best"]["id"] == "n10" and summary["best"]["lr"] == 1e-4 and summary["best"]["qualifies"]
-    assert summary["steps_saved"] == tree.steps_saved() > 0 and summary["runs_stopped_early"] == 12
+    assert summary["steps_saved"] == tree.steps_saved() > 0 and summary["runs_stopped_early"] == 11
     text = summary_text(summary)
     lines = text.splitlines()
     planned = summary["train_steps"] + summary["steps_saved"]
     assert lines[0].startswith(f"CoFiTune search done (search space exhausted): 11 nodes "
                                f"(7 finished, 3 pruned, 1 failed, 0 not run), {summary['trials']} trials; depth 5; "
                                f"{summary['train_steps']:,} train steps; "
-                               f"12 run(s) stopped early saved {summary['steps_saved']:,} of {planned:,} planned steps")
+                               f"11 run(s) stopped early saved {summary['steps_saved']:,} of {planned:,} planned steps")
     assert lines[1] == f"Answer: {summary['verdict']}"
     assert lines[1].startswith("Answer: The answer is n10 (25%, 50%] up+down")
     assert lines[2].startswith("Winner      (25%, 50%] up+down soft-mask lr 0.0001: Spec 0.820  Vers 0.800")

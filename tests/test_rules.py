@@ -59,7 +59,7 @@ def test_learning_rates_are_halved_at_the_rung_as_soon_as_enough_siblings_are_be
     assert report(tree, low, point(2, 0.88, 0.88)) is None
 
 
-def test_references_compare_learning_rates_only_once_all_reached_the_rung():
+def test_every_run_of_a_reference_trains_to_the_end_and_its_best_end_point_is_the_yardstick():
     tree = SearchTree(SPACE, SelectionPolicy(), Objective("spec_floor"), LRS)
     base, full = tree.at_depth(0)
     tree.start(base.runs[0].id, "b")
@@ -68,12 +68,20 @@ def test_references_compare_learning_rates_only_once_all_reached_the_rung():
     low, mid, high = full.runs
     for run in full.runs:
         tree.start(run.id, run.id)
+    # At the rung the fastest rate is far ahead; a trained node's slower runs would be stopped here.
     assert report(tree, high, point(1, 0.9, 0.3)) is None
-    # Against the floor so far (0.9 x 0.8), mid does not qualify and high does; but the floor may still move.
     assert report(tree, mid, point(1, 0.6, 0.8)) is None
-    assert report(tree, low, point(1, 0.3, 0.9)).status == "stopped"  # every run is at the rung now
-    assert decide(tree, mid.id, RULES).status == "stopped"
-    assert decide(tree, high.id, RULES) is None
+    assert report(tree, low, point(1, 0.3, 0.9)) is None
+    # At the end of the budget the middle rate has learned as much and kept more Vers.
+    assert report(tree, high, point(2, 0.92, 0.2)) is None
+    assert report(tree, mid, point(2, 0.95, 0.7)) is None
+    assert report(tree, low, point(2, 0.5, 0.9)) is None
+    for run in full.runs:
+        tree.complete(run.id, {"final": True, "train_steps": 20, "total_steps": 20})
+    assert {r.status for r in full.runs} == {"finished"} and full.cost()["steps_saved"] == 0
+    assert tree.kept_runs(full) == [high, mid, low]
+    best = tree.best_point(full)
+    assert best.run is mid and best.point["eval_index"] == 2 and tree.reference().full_gain == pytest.approx(0.85)
 
 
 def test_the_vers_rule_stops_runs_below_the_incumbent():
@@ -138,7 +146,7 @@ def test_stopped_runs_save_steps_and_the_same_table_gives_the_same_tree_at_any_c
     for tree in (one, three):
         assert tree.best().part.key() == key(0, 0.5)
         kept = {n.part.key(): [r.lr for r in tree.kept_runs(n)] for n in tree.nodes.values() if n.part.trains}
-        assert kept == {"full|mask=off": [1e-4], key(0, 0.5): [1e-4], key(0.5, 1): [1e-4]}
+        assert kept == {"full|mask=off": [1e-4, 1e-3, 1e-5], key(0, 0.5): [1e-4], key(0.5, 1): [1e-4]}
         assert tree.steps_saved() > 0
     assert one.to_dict()["best"] == three.to_dict()["best"]
     # Stopped runs were closed: the executor served them only up to the stop.

@@ -87,13 +87,15 @@ def test_learning_rate_halving_and_stop_rules_on_ray_give_the_in_process_tree(ra
     assert view(tree) == view(in_process)
     assert levels(tree) == PAPER_PATH_BEAM_1
     assert tree.best().part.key() == key(0.25, 0.5, UP_DOWN, softmask=True)
-    # 3e-4 runs after 1e-4 and loses at the first evaluation point (less Vers, same Spec) on every trained node;
-    # the vers rule prunes top-plus at its first point (Vers 0.32 against middle-plus's 0.50, Spec not higher).
-    runs = [r for n in tree.nodes.values() if n.part.trains for r in n.runs]
-    assert len(results) == 1 + 2 * 10 == len(runs) + 1
+    # 3e-4 runs after 1e-4 and loses at the first evaluation point (less Vers, same Spec) on every trained node
+    # but full SFT, whose runs all train to the end; the vers rule prunes top-plus at its first point (Vers
+    # 0.32 against middle-plus's 0.50, Spec not higher).
+    runs = [r for n in tree.nodes.values() if n.part.trains and not n.is_reference for r in n.runs]
+    assert len(results) == 1 + 2 * 10 == len(runs) + 2 + 1
     assert {r.status for r in runs if r.lr == 3e-4} == {"stopped"}
+    assert {r.status for r in tree.reference_node("full").runs} == {"finished"}
     assert {n.part.key() for n in tree.nodes.values() if n.status == "pruned"} == {key(0.5, 1)}
-    assert tree.steps_saved() == 10 * 10 + 10
+    assert tree.steps_saved() == 9 * 10 + 10
 
 
 def test_failed_runs_are_retried_then_recorded(ray_cluster, tmp_path):

@@ -51,7 +51,7 @@ class LearningRates:
 
     candidates: one Tune trial per value for each node without its own `lr`.
     keep: runs of a node kept at its first evaluation point (the best by the objective); the
-        others are stopped there (successive halving).
+        others are stopped there (successive halving). Full SFT, the yardstick, keeps every run.
     """
 
     candidates: tuple[float, ...] = (4e-5,)

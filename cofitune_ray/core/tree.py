@@ -8,10 +8,14 @@ A level is expanded once every node of the level above has ended (finished, prun
 
 Runs. A trained node without its own `lr` is run once per candidate learning rate
 (`LearningRates`), each run one Tune trial; the base model has one run (evaluation only). The runs
-of a node are compared at their first evaluation point (the *rung*): the best `keep` of them by the
-objective are the node's *kept* runs, the scheduler stops the others there (core/rules.py). A node's
-score is the best evaluation point of its kept runs under the objective (core/objective.py); the
-objective compares gains with the reference: the base model's Spec and the best Spec full SFT reached.
+of a trained node are compared at their first evaluation point (the *rung*): the best `keep` of them
+by the objective are the node's *kept* runs, the scheduler stops the others there (core/rules.py).
+The references are never compared at the rung: every run of full SFT trains to the end and is kept,
+because its best gain is the yardstick of the objective, and a user tuning full SFT would judge its
+learning rates at the end of the budget (a rate ahead at the rung is not always ahead at the end).
+A node's score is the best evaluation point of its kept runs under the objective
+(core/objective.py); the objective compares gains with the reference: the base model's Spec and the
+best Spec full SFT reached.
 
 Promising nodes of a level (`SelectionPolicy`): nodes that beat their parent under the objective by
 more than `min_gain` (level-1 nodes have no trained parent) and, under spec_floor, qualify, or gain
@@ -199,7 +203,8 @@ class SearchTree:
         return self.objective.value(self.point_score(point), reference or self.reference())
 
     def kept_runs(self, node: TreeNode, reference: Reference | None = None) -> list[Run]:
-        """The runs of a node that won the comparison at the rung (all of them when there are few enough).
+        """The runs of a node that won the comparison at the rung (all of them when there are few enough,
+        and every run of a reference).
 
         Runs are ordered by their rung point under the objective (ties: the earlier run); failed runs
         and runs without a rung point are never kept.
@@ -207,7 +212,7 @@ class SearchTree:
         reference = reference or self.reference()
         candidates = [r for r in node.runs if r.status != "failed" and r.rung_point() is not None]
         ranked = sorted(candidates, key=lambda r: self._rung_key(node, r, reference))
-        return ranked[: self.learning_rates.keep]
+        return ranked if node.is_reference else ranked[: self.learning_rates.keep]
 
     def best_point(self, node: TreeNode, reference: Reference | None = None) -> BestPoint | None:
         """The node's best evaluation point over its kept runs (ties: the earlier point)."""
