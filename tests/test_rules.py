@@ -153,3 +153,19 @@ def test_stopped_runs_save_steps_and_the_same_table_gives_the_same_tree_at_any_c
     for tree, executor in ((one, ex1), (three, ex3)):
         stopped = [r.id for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")]
         assert stopped and all(executor.consumed[r] < 5 for r in stopped)
+
+
+def test_a_spectrum_reference_is_halved_like_a_trained_node_only_full_sft_keeps_every_run():
+    space = parse_search_space({"strategy": "grid", "references": ["base", "full", {"snr": 25}],
+                                "grid": [{"layer_ranges": [[0, 0.5]], "modules": ["all"]}]})
+    tree = SearchTree(space, SelectionPolicy(), Objective("spec_floor"), LearningRates((1e-4, 1e-3)))
+    base, full, snr = tree.at_depth(0)
+    assert snr.part.kind == "snr" and snr.is_reference and not snr.is_yardstick and full.is_yardstick
+    for run in [base.runs[0], *full.runs, *snr.runs]:
+        tree.start(run.id, run.id)
+    assert report(tree, base.runs[0], point(1, 0.1, 0.95)) is None
+    assert report(tree, full.runs[0], point(1, 0.9, 0.5)) is None
+    assert report(tree, full.runs[1], point(1, 0.9, 0.2)) is None  # worse at the rung, trains on
+    assert report(tree, snr.runs[0], point(1, 0.85, 0.7)) is None
+    stop = report(tree, snr.runs[1], point(1, 0.85, 0.6))
+    assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")

@@ -4,8 +4,8 @@ Checked at every evaluation point a run reports (never on its final result):
 
   learning rate (successive halving, trained nodes): the runs of a node are compared at their first
       evaluation point (the rung, core/tree.py); a run is stopped as soon as `keep` other runs of
-      its node are better there under the objective. The references' runs are never stopped: full
-      SFT's best gain at the end of the budget is the objective's yardstick.
+      its node are better there under the objective. Full SFT's runs are never stopped by it: its
+      best gain at the end of the budget is the objective's yardstick.
   vers rule (`vers_margin`, trained nodes): the run's Vers is more than `vers_margin` below the
       incumbent's (the best node so far; under spec_floor the best qualifying node, full SFT
       included) while its Spec is not higher: training mostly lowers Vers further, so it cannot
@@ -40,11 +40,13 @@ class Stop:
 def decide(tree: SearchTree, run_id: str, rules: StopRules) -> Stop | None:
     """Whether the run should stop at the evaluation point it has just reported."""
     node, run = tree.node_of_run(run_id), tree.run(run_id)
-    if run.status != "running" or not run.history or node.is_reference:
+    if run.status != "running" or not run.history:
         return None
     reason = learning_rate_reason(tree, run_id)
     if reason:
         return Stop("stopped", reason)
+    if node.is_reference:
+        return None
     reason = rule_reason(tree, run_id, rules)
     return Stop("pruned", reason) if reason else None
 
@@ -53,7 +55,7 @@ def learning_rate_reason(tree: SearchTree, run_id: str) -> str | None:
     """Why the learning-rate comparison stops this run, or None."""
     node, run = tree.node_of_run(run_id), tree.run(run_id)
     keep = tree.learning_rates.keep
-    if node.is_reference or len(node.runs) <= keep or run.rung_point() is None:
+    if node.is_yardstick or len(node.runs) <= keep or run.rung_point() is None:
         return None
     ranked = tree.kept_runs(node)
     if run in ranked:

@@ -10,7 +10,7 @@ Runs. A trained node without its own `lr` is run once per candidate learning rat
 (`LearningRates`), each run one Tune trial; the base model has one run (evaluation only). The runs
 of a trained node are compared at their first evaluation point (the *rung*): the best `keep` of them
 by the objective are the node's *kept* runs, the scheduler stops the others there (core/rules.py).
-The references are never compared at the rung: every run of full SFT trains to the end and is kept,
+Full SFT is never compared at the rung: every one of its runs trains to the end and is kept,
 because its best gain is the yardstick of the objective, and a user tuning full SFT would judge its
 learning rates at the end of the budget (a rate ahead at the rung is not always ahead at the end).
 A node's score is the best evaluation point of its kept runs under the objective
@@ -106,6 +106,12 @@ class TreeNode:
     @property
     def is_reference(self) -> bool:
         return self.depth == 0
+
+    @property
+    def is_yardstick(self) -> bool:
+        """Whether this is full SFT, whose best gain the objective measures nodes against: its runs are
+        never compared at the rung, every one trains to the end and is kept."""
+        return self.part.kind == "full"
 
     def run(self, run_id: str) -> Run:
         return next(r for r in self.runs if r.id == run_id)
@@ -204,7 +210,7 @@ class SearchTree:
 
     def kept_runs(self, node: TreeNode, reference: Reference | None = None) -> list[Run]:
         """The runs of a node that won the comparison at the rung (all of them when there are few enough,
-        and every run of a reference).
+        and every run of full SFT).
 
         Runs are ordered by their rung point under the objective (ties: the earlier run); failed runs
         and runs without a rung point are never kept.
@@ -212,7 +218,7 @@ class SearchTree:
         reference = reference or self.reference()
         candidates = [r for r in node.runs if r.status != "failed" and r.rung_point() is not None]
         ranked = sorted(candidates, key=lambda r: self._rung_key(node, r, reference))
-        return ranked if node.is_reference else ranked[: self.learning_rates.keep]
+        return ranked if node.is_yardstick else ranked[: self.learning_rates.keep]
 
     def best_point(self, node: TreeNode, reference: Reference | None = None) -> BestPoint | None:
         """The node's best evaluation point over its kept runs (ties: the earlier point)."""
