@@ -4,7 +4,7 @@
 
 Each case trains one node of a LLaMA-architecture model built from a config (random weights, the
 toy world's character tokenizer, random text) for 4 optimizer steps with the product's own loop
-(`training.worker.training_points`: forward, backward, clipping, AdamW, soft-mask) and measures the
+(`training.loop.training_points`: forward, backward, clipping, AdamW, soft-mask) and measures the
 peak of live tensor bytes over those steps (`training.memory.measure_peak`: counted by a
 TorchDispatchMode on CPU, `torch.cuda.max_memory_allocated` on CUDA). Next to it, the plan's
 estimate (`plan.estimate`) for the same model, node and settings, and their ratio.
@@ -42,6 +42,7 @@ from cofitune_ray.config import load_config
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.plan import Workload, estimate, read_model_shape
 from cofitune_ray.toyworld.tokenizer import save_tokenizer
+from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import (
     Architecture,
@@ -51,7 +52,6 @@ from cofitune_ray.training.model import (
     trainable_parameter_names,
 )
 from cofitune_ray.training.softmask import Importance, SoftMask
-from cofitune_ray.training.worker import training_points
 
 SIZES = {
     "S": dict(layers=4, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=512),

@@ -18,8 +18,8 @@ import torch
 from cofitune_ray.config import load_config
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.evaluate import Evaluator
-from cofitune_ray.training.importance import compute_importance
-from cofitune_ray.training.importance_job import importance_data, importance_settings
+from cofitune_ray.training.importance import compute_importance, importance_data, importance_settings
+from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.model import (
     Architecture,
     freeze_all_but,
@@ -28,7 +28,6 @@ from cofitune_ray.training.model import (
     trainable_parameter_names,
 )
 from cofitune_ray.training.softmask import SoftMask
-from cofitune_ray.training.worker import training_points
 
 NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
 

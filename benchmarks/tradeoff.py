@@ -49,8 +49,7 @@ from cofitune_ray.core.settings import SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
 from cofitune_ray.core.tree import SearchTree, TreeNode
 from cofitune_ray.toyworld.prepare import config_for_seed
-from cofitune_ray.training.importance import compute_importance
-from cofitune_ray.training.importance_job import importance_data, importance_settings
+from cofitune_ray.training.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.local import LocalExecutor, RunCache
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from cofitune_ray.training.spectrum import snr_part
@@ -167,12 +166,13 @@ def wise_ft(config: Config, tree: SearchTree, executor: LocalExecutor, cache: Ru
     points = cache.get(key)
     if points is None:
         base = load_model(config.model.path).state_dict()
-        tuned = executor.trained_model(full.part, run.lr).state_dict()
+        tuned = {k: v.cpu() for k, v in executor.trained_model(full.part, run.lr).state_dict().items()}
         model = load_model(config.model.path)
         points = []
         for alpha in ALPHAS:
             model.load_state_dict({k: base[k] + alpha * (tuned[k] - base[k]) for k in base})
-            metrics = executor.evaluator.evaluate(model)
+            metrics = executor.evaluator.evaluate(model.to(executor.device))
+            model.cpu()
             points.append({"alpha": alpha, "spec": metrics["spec"], "vers": metrics["vers"], "uni": metrics["uni"]})
         cache.put(key, points)
     reference = tree.reference()
@@ -184,15 +184,16 @@ def wise_ft(config: Config, tree: SearchTree, executor: LocalExecutor, cache: Ru
                         cost["trials"], cost["train_steps"])
 
 
-def bench_world(config: Config, world: str, seed: int, cache_dir: Path) -> list[MethodResult]:
+def bench_world(config: Config, world: str, seed: int, cache_dir: Path, device: str = "cpu") -> list[MethodResult]:
     """Every method on one world, in table order."""
     space = load_search_space(config.search.space)
-    cache = RunCache(cache_dir / f"{config.name}-{world}-seed-{seed}.json", {"config": config.to_dict(), "format": 1})
+    cache = RunCache(cache_dir / f"{config.name}-{world}-seed-{seed}.json",
+                     {"config": config.to_dict(), "device": torch.device(device).type, "format": 1})
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     model = load_model(config.model.path)
     arch = Architecture.from_config(model.config)
     importance, _ = compute_importance(model, arch, tokenizer, importance_data(config), importance_settings(config))
-    local = LocalExecutor(config, importance, cache)
+    local = LocalExecutor(config, importance, cache, device)
     rules, obj, rates = stop_rules(config), objective(config), learning_rates(config)
 
     tree = drive(SearchTree(space, selection_policy(config), obj, rates), local, rules)
@@ -297,21 +298,25 @@ def main() -> None:
                         help="folder of the run caches (one JSON file per config and world)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 per process on a shared 2-core machine)")
+    parser.add_argument("--device", default="cpu",
+                        help="where runs train and are evaluated: cpu or cuda (float32 either way, as the "
+                             "toy worlds were calibrated; the caches of the two are kept apart)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
+    config = replace(config, train=replace(config.train, bf16="off"))
     t = config.train
     print(f"[tradeoff] {args.config}: {t.max_steps} steps per run (batch {t.batch_size}), evaluation every "
           f"{config.eval.every_n_steps} steps on {config.data.max_eval_examples} examples per set; "
           f"objective {config.search.objective}; learning rates {learning_rates(config).candidates}; "
-          f"{args.threads} thread(s); no Ray", flush=True)
+          f"{args.threads} thread(s), {args.device}, float32; no Ray", flush=True)
     started = time.time()
     per_world = {}
     world = Path(config.model.path).parent.parent.name  # <toy worlds>/<world>/seed-<S>/model
     for seed in args.seeds:
         seeded = config_for_seed(config, seed)
         name = f"{world} seed {seed}"
-        per_world[name] = bench_world(seeded, world, seed, Path(args.cache))
+        per_world[name] = bench_world(seeded, world, seed, Path(args.cache), args.device)
         print(f"\n== {name} (base model {seeded.model.path})\n{world_table(per_world[name])}\n", flush=True)
     if len(per_world) > 1:
         print(f"== mean ± sd over {', '.join(per_world)}\n{summary_table(per_world)}\n")

@@ -17,7 +17,7 @@ from cofitune_ray.plan import MemoryPlan, PlanError, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, versatility_set
 from cofitune_ray.training.harness import HarnessTask
-from cofitune_ray.training.importance_job import importance_data
+from cofitune_ray.training.importance import importance_data
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
 from cofitune_ray.training.spectrum import safetensors_files
 

@@ -24,6 +24,7 @@ from cofitune_ray.plan import (
     memory_plan,
 )
 from cofitune_ray.preflight import PreflightError, preflight
+from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import (
     Architecture,
@@ -33,7 +34,6 @@ from cofitune_ray.training.model import (
     read_architecture,
     trainable_parameter_names,
 )
-from cofitune_ray.training.worker import training_points
 from tiny import make_world, write_config, write_jsonl
 
 HAND = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -8,6 +8,7 @@ import torch
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.model import (
     Architecture,
     freeze_all_but,
@@ -16,7 +17,6 @@ from cofitune_ray.training.model import (
     trainable_parameter_names,
 )
 from cofitune_ray.training.softmask import Importance, SoftMask
-from cofitune_ray.training.worker import training_points
 from tiny import make_world
 
 NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from cofitune_ray.config import Config
 from cofitune_ray.core.files import write_whole
 from cofitune_ray.training.data import collate, encode_example, fingerprint, read_jsonl
 from cofitune_ray.training.model import Architecture, weights_fingerprint
@@ -49,6 +50,24 @@ class ImportanceSettings:
     temperature: float
     dropout: float
     seed: int
+
+
+def importance_settings(config: Config) -> ImportanceSettings:
+    imp = config.importance
+    return ImportanceSettings(
+        prompt_template=config.data.prompt_template,
+        max_seq_length=config.data.max_seq_length,
+        max_examples=imp.max_examples,
+        batch_size=imp.batch_size,
+        temperature=imp.temperature,
+        dropout=imp.dropout,
+        seed=config.seed,
+    )
+
+
+def importance_data(config: Config) -> list[str]:
+    """The general data importance is computed on: `importance.data`, else the versatility JSONL sets."""
+    return list(config.importance.data) or [v.path for v in config.data.versatility if v.lm_eval is None]
 
 
 class _VirtualMasks:

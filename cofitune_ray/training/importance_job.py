@@ -10,34 +10,17 @@ from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config, config_from_dict
 from cofitune_ray.training.importance import (
-    ImportanceSettings,
     cache_dir,
     cache_key,
     compute_importance,
+    importance_data,
+    importance_settings,
     load_cached_importance,
     save_importance,
 )
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from cofitune_ray.training.runner import ImportanceRef, scaling_config
 from cofitune_ray.training.sharding import distribute
-
-
-def importance_settings(config: Config) -> ImportanceSettings:
-    imp = config.importance
-    return ImportanceSettings(
-        prompt_template=config.data.prompt_template,
-        max_seq_length=config.data.max_seq_length,
-        max_examples=imp.max_examples,
-        batch_size=imp.batch_size,
-        temperature=imp.temperature,
-        dropout=imp.dropout,
-        seed=config.seed,
-    )
-
-
-def importance_data(config: Config) -> list[str]:
-    """The general data importance is computed on: `importance.data`, else the versatility JSONL sets."""
-    return list(config.importance.data) or [v.path for v in config.data.versatility if v.lm_eval is None]
 
 
 def importance_worker(loop_config: dict) -> None:

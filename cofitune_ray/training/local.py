@@ -1,7 +1,7 @@
 """Training and scoring runs in this process, without Ray: the executor of `core.drive` for benchmarks.
 
 `LocalExecutor.run(node, run)` trains the node's parameters at the run's learning rate with the
-product's own training loop (`training.worker.training_points`) and evaluator, yielding one result per
+product's own training loop (`training.loop.training_points`) and evaluator, yielding one result per
 evaluation point and then a final result, the shape Ray Train workers report. Ray start-up (seconds per
 trial) would dominate small benchmark runs, so benchmarks drive searches through this executor;
 their cost is counted in trials and optimizer steps, which is what Ray spreads over workers.
@@ -27,6 +27,7 @@ from cofitune_ray.core.files import write_whole
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import Run, TreeNode
 from cofitune_ray.training.evaluate import Evaluator
+from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.model import (
     Architecture,
     freeze_all_but,
@@ -35,7 +36,6 @@ from cofitune_ray.training.model import (
     trainable_parameter_names,
 )
 from cofitune_ray.training.softmask import Importance, SoftMask
-from cofitune_ray.training.worker import training_points
 
 
 class RunCache:
@@ -58,14 +58,17 @@ class RunCache:
 
 
 class LocalExecutor:
-    """Runs a search's runs in this process on CPU (a `core.drive.Executor`).
+    """Runs a search's runs in this process (a `core.drive.Executor`), on the CPU or one GPU.
 
     importance: unit importance for soft-masked nodes (required when a node soft-masks).
     cache: reuse results across searches and invocations.
+    device: where models train and are evaluated ("cpu", "cuda"); `train.bf16: auto` means bf16 on a GPU.
     """
 
-    def __init__(self, config: Config, importance: Importance | None = None, cache: RunCache | None = None):
+    def __init__(self, config: Config, importance: Importance | None = None, cache: RunCache | None = None,
+                 device: str | torch.device = "cpu"):
         self.config, self.importance, self.cache = config, importance, cache
+        self.device = torch.device(device)
         self.tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
         self.evaluator = Evaluator.from_config(config, self.tokenizer)
         self.trained_steps = 0  # optimizer steps this executor actually trained (cache misses)
@@ -102,7 +105,7 @@ class LocalExecutor:
 
     def _evaluate_base(self) -> Iterator[dict]:
         started = time.time()
-        point = self._point(load_model(self.config.model.path), 1, 0, None, 0, 0, started)
+        point = self._point(load_model(self.config.model.path).to(self.device), 1, 0, None, 0, 0, started)
         yield point
         yield _final(point, started)
 
@@ -122,7 +125,7 @@ class LocalExecutor:
 
     def _loop(self, part: ModelPart, lr: float, mode: str | None, model_hook=None):
         torch.manual_seed(self.config.seed)
-        model = load_model(self.config.model.path)
+        model = load_model(self.config.model.path).to(self.device)
         arch = Architecture.from_config(model.config)
         freeze_all_but(model, trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]))
         if model_hook:
@@ -130,7 +133,7 @@ class LocalExecutor:
         if mode and self.importance is None:
             raise ValueError(f"node {part.key()} soft-masks but the executor has no importance")
         softmask = SoftMask.for_model(model, arch, self.importance, mode) if mode else None
-        return model, training_points(self.config, lr, model, self.tokenizer, softmask, 0, 1, torch.device("cpu"))
+        return model, training_points(self.config, lr, model, self.tokenizer, softmask, 0, 1, self.device)
 
     def _point(self, model, eval_index, step, train_loss, total_steps, trained, started) -> dict:
         evaluated = time.time()

@@ -13,25 +13,22 @@ checkpoint. A retried run (Tune restarts the trial after a worker died) gets tha
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 import ray.train
 import ray.train.torch
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
-from transformers import get_scheduler
 
-from cofitune_ray.config import Config, config_from_dict
+from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
-from cofitune_ray.training.data import collate, encode_example, read_jsonl, tokenize_for_training
+from cofitune_ray.training.data import encode_example
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.importance import load_cached_importance
+from cofitune_ray.training.loop import TrainingPoint, training_points, use_bf16
 from cofitune_ray.training.model import (
     Architecture,
     freeze_all_but,
@@ -39,30 +36,12 @@ from cofitune_ray.training.model import (
     load_tokenizer,
     trainable_parameter_names,
 )
-from cofitune_ray.training.sharding import distribute, is_fsdp, unwrapped
+from cofitune_ray.training.sharding import distribute, unwrapped
 from cofitune_ray.training.softmask import SoftMask
-from cofitune_ray.training.train_state import Position, load_train_state, read_position, save_train_state
+from cofitune_ray.training.train_state import Position, read_position
 
 HISTORY_FILE = "history.jsonl"  # one line per evaluation point, in the run directory
 POINTS_DIR = "points"  # <run dir>/points/eval-<k>/: the delta checkpoint of evaluation point k
-
-
-class TrainingPoint(NamedTuple):
-    """An evaluation point of a run: the training loop is paused with the model at `step`."""
-
-    eval_index: int  # 1, 2, ... across attempts of the run
-    step: int
-    epoch: float
-    train_loss: float | None
-    total_steps: int
-    save_state: Callable[[Path], None] | None  # writes the state to resume from here (every worker calls it)
-
-
-def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, int]:
-    """(steps per epoch, total steps): epochs of accumulated micro-batches, capped by max_steps."""
-    per_epoch = max(1, math.ceil(micro_batches_per_epoch / config.train.grad_accum_steps))
-    steps = per_epoch * config.train.epochs
-    return per_epoch, min(steps, config.train.max_steps) if config.train.max_steps else steps
 
 
 class _Reporter:
@@ -179,74 +158,3 @@ def train_node(loop_config: dict) -> None:
         for point in training_points(config, loop_config["lr"], model, tokenizer, softmask, rank, world_size, device,
                                      resume=Path(resume) if resume else None):
             report(model, point)
-
-
-def use_bf16(config: Config, device: torch.device) -> bool:
-    """Whether training computes in bf16: `train.bf16` on, or auto on a GPU."""
-    return config.train.bf16 == "on" or (config.train.bf16 == "auto" and device.type == "cuda")
-
-
-def training_points(config, lr: float, model, tokenizer, softmask, rank, world_size, device,
-                    resume: Path | None = None):
-    """The training loop of one run at learning rate `lr`, paused at each evaluation point.
-
-    Yields a `TrainingPoint` at every evaluation point, with `model` holding the weights of that
-    step; the caller evaluates it there. Closing the generator stops the training. `resume`: a
-    training state saved at an earlier point of this run (`TrainingPoint.save_state`); the loop
-    continues after it with the same weights, optimizer, schedule and data order.
-    """
-    data = tokenize_for_training(read_jsonl(config.data.speciality_train), tokenizer, config.data.prompt_template,
-                                 config.data.max_seq_length, config.data.loss_on)
-    sampler = DistributedSampler(data.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(data.dataset, batch_size=config.train.batch_size, sampler=sampler,
-                        collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id))
-    t = config.train
-    per_epoch, total_steps = optimizer_steps(config, len(loader))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    schedule = get_scheduler(t.schedule, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
-                             num_training_steps=total_steps)
-    start = load_train_state(resume, model, optimizer, schedule, rank, world_size) if resume else Position()
-    # Under FSDP bf16 is its mixed-precision policy (set by `distribute`), not autocast.
-    bf16_autocast = use_bf16(config, device) and not is_fsdp(model)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else nullcontext()
-    every = config.eval.every_n_steps
-    step, evaluations, running_loss, loss_count = start.step, start.evaluations, 0.0, 0
-    model.train()
-    for epoch in range(start.epoch, t.epochs):
-        sampler.set_epoch(epoch)
-        for index, batch in enumerate(loader, start=1):
-            if epoch == start.epoch and index <= start.batches:
-                continue  # trained on before the state this run resumed from
-            last_micro = index % t.grad_accum_steps == 0 or index == len(loader)
-            # DDP all-reduces gradients only on the micro-batch that ends an optimizer step.
-            sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-            with sync, autocast:
-                # use_cache=False: a KV cache would hold every layer's keys and values to the end of the forward.
-                loss = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).loss / t.grad_accum_steps
-                loss.backward()
-            running_loss += loss.item() * t.grad_accum_steps
-            loss_count += 1
-            if not last_micro:
-                continue
-            if softmask:
-                softmask.before_step()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip)
-            optimizer.step()
-            if softmask:
-                softmask.after_step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            finished = step >= total_steps
-            epoch_end = index == len(loader)
-            if finished or (every and step % every == 0) or (epoch_end and config.eval.at_epoch_end):
-                evaluations += 1
-                here = Position(step, epoch, index, evaluations)
-                yield TrainingPoint(evaluations, step, step / per_epoch, running_loss / max(loss_count, 1), total_steps,
-                                    lambda directory, here=here: save_train_state(directory, model, optimizer, schedule,
-                                                                                  here, rank, world_size))
-                running_loss, loss_count = 0.0, 0
-            if finished:
-                return
