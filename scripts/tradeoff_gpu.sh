@@ -7,13 +7,15 @@
 #   scripts/tradeoff_gpu.sh [SECONDS]   # stop the per-seed processes after SECONDS (default 470)
 #
 # The toy worlds of seeds other than 0 come from $COFITUNE_CACHE (prepared with
-# `python -m cofitune_ray.toyworld.prepare --world W --seed S`); seed 0 is committed. A process that
+# `python -m cofitune_ray.toyworld.prepare --world W --seed S`); seed 0 is committed. $PYTHON (default
+# python3) runs the benchmark. A process that
 # hits the time limit leaves its cache: running the script again continues from it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs}/tradeoff-gpu"
 mkdir -p "$out/cache"
 limit="${1:-470}"
+py="${PYTHON:-python3}"
 configs=(configs/toy.yaml configs/toy-hard.yaml)
 seeds=(0 1 2)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -21,7 +23,7 @@ started=$(date +%s)
 for config in "${configs[@]}"; do
   for seed in "${seeds[@]}"; do
     name="$(basename "$config" .yaml)-seed-$seed"
-    timeout "$limit" python benchmarks/tradeoff.py --config "$config" --seeds "$seed" --device cuda --threads 2 \
+    timeout "$limit" "$py" benchmarks/tradeoff.py --config "$config" --seeds "$seed" --device cuda --threads 2 \
       --cache "$out/cache" > "$out/$name.txt" 2>&1 &
   done
 done
@@ -30,7 +32,7 @@ echo "per-seed processes done in $(( $(date +%s) - started )) s"
 for config in "${configs[@]}"; do
   name="$(basename "$config" .yaml)"
   # Every run is cached now: this only reads the caches (and recomputes importance, seconds).
-  timeout 60 python benchmarks/tradeoff.py --config "$config" --seeds "${seeds[@]}" --device cuda --threads 4 \
+  timeout 45 "$py" benchmarks/tradeoff.py --config "$config" --seeds "${seeds[@]}" --device cuda --threads 4 \
     --cache "$out/cache" > "$out/$name.txt" 2>&1
   echo "$name: exit $?"
   tail -n 25 "$out/$name.txt"
