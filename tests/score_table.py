@@ -54,7 +54,7 @@ def trained_params(part: ModelPart) -> int:
 
 
 def lr_effect(lr: float | None, best_lr: float) -> tuple[float, float]:
-    """(spec, vers) offsets of a run at `lr` against the table's values at `best_lr`.
+    """(spec, vers) offsets at the last evaluation point of a run at `lr` against the table's values at `best_lr`.
 
     A lower rate learns less and forgets less; a higher one learns as much and forgets more.
     """
@@ -63,21 +63,32 @@ def lr_effect(lr: float | None, best_lr: float) -> tuple[float, float]:
     return (-0.20, +0.05) if lr < best_lr else (0.0, -0.15)
 
 
+def spec_at(point: int, evals: int, end: float, base: float, slow: bool) -> float:
+    """Spec at evaluation point `point` of `evals` for a run ending at `end`: 0.1 below per point still to
+    come, or, for a slow (lower) rate, a straight line up from the base model's Spec."""
+    if slow:
+        return base + (end - base) * point / evals
+    return end - 0.1 * (evals - point)
+
+
 def table_results(part: ModelPart, lr: float | None, table: dict, num_evals: int = 2, default=None,
                   best_lr: float = 1e-4) -> list[dict]:
     """The results of one run: evaluation points rising to the table's values at the last one, then a final result.
 
-    Spec climbs by 0.1 per remaining point and Vers falls by 0.02 per point, so earlier points have
-    more Vers and less Spec, as in real runs.
+    Spec climbs by 0.1 per point (a rate below `best_lr`: in a straight line from the base model's
+    Spec, so learning slowly) and Vers falls by 0.02 per point, so earlier points have more Vers and
+    less Spec, as in real runs.
     """
     spec_value, vers_value = table.get(part.key(), default) if default else table[part.key()]
     d_spec, d_vers = lr_effect(lr, best_lr) if part.trains else (0.0, 0.0)
+    slow = part.trains and lr is not None and lr < best_lr
+    base_spec = (table.get("base", default) if default else table["base"])[0]
     evals = num_evals if part.trains else 1
     total = STEPS_PER_EVAL * evals if part.trains else 0
     results = []
     for i in range(1, evals + 1):
         lag = evals - i
-        s = round(spec_value + d_spec - 0.1 * lag, 6)
+        s = round(spec_at(i, evals, spec_value + d_spec, base_spec, slow), 6)
         v = round(vers_value + d_vers + 0.02 * lag, 6)
         results.append({"eval_index": i, "spec": s, "vers": v, "uni": (s + v) / 2,
                         "step": STEPS_PER_EVAL * i if part.trains else 0,

@@ -97,3 +97,19 @@ def test_the_base_model_wins_only_when_no_trained_node_gains_speciality():
     assert winner == "base"  # ties at gain 0: fewer trained parameters
     some = dict(nothing, **{key(0.5, 1): (0.12, 0.40)})
     assert grid_winner(some)[0] == key(0.5, 1)  # full SFT gained nothing, but this node did: it wins by gain
+
+
+def test_the_rung_projects_the_gain_to_the_end_of_the_run_then_keeps_vers():
+    # The demo's node (0%, 50%] all modules at half of its 300 steps (calibrated world, seed 0):
+    # lr 3e-4 Spec 0.80 Vers 0.711, lr 1e-3 Spec 0.96 Vers 0.411; at step 300 3e-4 reached Spec 0.96, Vers 0.772.
+    floor = Objective("spec_floor")
+    ref = Reference(base_spec=0.04, full_gain=0.96)  # floor: gain 0.864
+    slow, fast = Score(0.80, 0.711, 0.0), Score(0.96, 0.411, 0.0)
+    assert floor.value(fast, ref) > floor.value(slow, ref)  # judged on the gain so far, the fast rate wins
+    assert floor.rung_value(slow, ref, 0.5) == (1, 0.711)  # 0.76 / 0.5, capped at 0.96: projects to qualify
+    assert floor.rung_value(fast, ref, 0.5) == (1, 0.411)
+    assert floor.rung_value(Score(0.24, 0.9, 0.0), ref, 0.5) == (0, pytest.approx(0.4))  # projects below the floor
+    assert floor.rung_value(slow, ref, 1.0) == floor.value(slow, ref)  # at the end: nothing to project
+    assert floor.rung_value(slow, Reference(0.04, None), 0.5) == (0, pytest.approx(0.96))  # no floor yet
+    uni = Objective("uni")
+    assert uni.rung_value(slow, ref, 0.5) == uni.value(slow, ref)

@@ -79,7 +79,7 @@ def test_every_run_of_a_reference_trains_to_the_end_and_its_best_end_point_is_th
     for run in full.runs:
         tree.complete(run.id, {"final": True, "train_steps": 20, "total_steps": 20})
     assert {r.status for r in full.runs} == {"finished"} and full.cost()["steps_saved"] == 0
-    assert tree.kept_runs(full) == [high, mid, low]
+    assert {r.id for r in tree.kept_runs(full)} == {high.id, mid.id, low.id}
     best = tree.best_point(full)
     assert best.run is mid and best.point["eval_index"] == 2 and tree.reference().full_gain == pytest.approx(0.85)
 
@@ -103,9 +103,9 @@ def test_the_floor_rule_projects_the_best_gain_to_the_end():
     assert report(tree, low, point(1, 0.30, 0.95, step=10)) is None  # 25% of the steps: too early to judge
     assert report(tree, low, point(2, 0.40, 0.95, step=20)).reason.startswith(
         "cannot reach the speciality floor: best gain 0.300 after 50% of its steps projects to 0.600")
-    assert report(tree, mid, point(1, 0.50, 0.95, step=20)) is None  # gain 0.4 / 0.5 = 0.8 >= 0.72
+    assert report(tree, mid, point(1, 0.50, 0.96, step=20)) is None  # gain 0.4 / 0.5 = 0.8 >= 0.72
     tree.stop(low.id, "pruned", "floor")
-    assert report(tree, high, point(1, 0.85, 0.92, step=20)) is None  # qualifies already
+    assert report(tree, high, point(1, 0.85, 0.97, step=20)) is None  # qualifies already
 
 
 def test_the_uni_rule_only_under_the_uni_objective():
@@ -169,3 +169,15 @@ def test_a_spectrum_reference_is_halved_like_a_trained_node_only_full_sft_keeps_
     assert report(tree, snr.runs[0], point(1, 0.85, 0.7)) is None
     stop = report(tree, snr.runs[1], point(1, 0.85, 0.6))
     assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
+
+
+def test_the_rung_stops_the_fast_rate_when_the_slow_one_projects_to_the_floor_with_more_vers():
+    tree = tree_after_references(full=(0.9, 0.5))  # floor: gain 0.72
+    node, (low, mid, high) = start_all(tree)
+    # mid has learned less by the rung (step 20 of 40) and kept more Vers: 0.4 / 0.5 = 0.8 reaches the floor.
+    assert report(tree, high, point(1, 0.90, 0.40, step=20)) is None  # qualifies already
+    assert report(tree, mid, point(1, 0.50, 0.80, step=20)) is None
+    stop = decide(tree, high.id, RULES)
+    assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
+    # low projects below the floor (0.16 / 0.5 = 0.32), so its extra Vers does not count.
+    assert report(tree, low, point(1, 0.26, 0.95, step=20)).reason.startswith("learning rate 1e-05 lost to 0.0001")

@@ -88,6 +88,27 @@ class Objective:
             return (1, score.vers)
         return (0, self.gain(score, reference))
 
+    def rung_value(self, score: Score, reference: Reference, done: float) -> tuple[int, float]:
+        """A sort key for comparing a node's learning-rate runs at the rung, where a run has trained
+        `done` (in (0, 1]) of its steps: under spec_floor, its gain projected linearly to the end of its
+        steps (at most the gain of a perfect Spec) decides whether it qualifies, then its Vers there.
+
+        A fast rate is ahead in speciality early on and a slower one catches up, usually keeping more
+        Vers; judged on the gain reached so far the fast rate would always win. Under uni: `value`.
+        """
+        if self.name == "uni" or not 0 < done < 1:
+            return self.value(score, reference)
+        floor = self.floor_gain(reference)
+        projected = self.projected_gain(self.gain(score, reference), reference, done)
+        if floor is not None and projected >= floor - 1e-12:
+            return (1, score.vers)
+        return (0, projected)
+
+    def projected_gain(self, gain: float, reference: Reference, done: float) -> float:
+        """A gain reached after `done` (in (0, 1]) of a run's steps, extended linearly to its end; at most
+        the gain of a perfect Spec."""
+        return min(gain / done, 1.0 - reference.base_spec) if 0 < done < 1 else gain
+
     def scalar(self, score: Score, reference: Reference) -> float:
         """One number with the same order as `value` (for Tune's table): 1 + Vers if qualifying, else gain / 2."""
         if self.name == "uni":

@@ -3,9 +3,10 @@
 Checked at every evaluation point a run reports (never on its final result):
 
   learning rate (successive halving, trained nodes): the runs of a node are compared at their first
-      evaluation point (the rung, core/tree.py); a run is stopped as soon as `keep` other runs of
-      its node are better there under the objective. Full SFT's runs are never stopped by it: its
-      best gain at the end of the budget is the objective's yardstick.
+      evaluation point (the rung, core/tree.py; under spec_floor on their gain projected to the end
+      of the run, `Objective.rung_value`); a run is stopped as soon as `keep` other runs of its node
+      are better there. Full SFT's runs are never stopped by it: its best gain at the end of the
+      budget is the objective's yardstick.
   vers rule (`vers_margin`, trained nodes): the run's Vers is more than `vers_margin` below the
       incumbent's (the best node so far; under spec_floor the best qualifying node, full SFT
       included) while its Spec is not higher: training mostly lowers Vers further, so it cannot
@@ -65,7 +66,7 @@ def learning_rate_reason(tree: SearchTree, run_id: str) -> str | None:
         return None
     winner = better[0]
     return (f"learning rate {run.lr:g} lost to {winner.lr:g} at the first evaluation point "
-            f"({_explain(tree, run.rung_point())} against {_explain(tree, winner.rung_point())})")
+            f"({_explain_rung(tree, run)} against {_explain_rung(tree, winner)})")
 
 
 def rule_reason(tree: SearchTree, run_id: str, rules: StopRules) -> str | None:
@@ -100,13 +101,20 @@ def _floor_reason(tree: SearchTree, run, rules: StopRules) -> str | None:
     if done < rules.prune_after or done >= 1:
         return None
     gain = max(objective.gain(s, reference) for s in scores)
-    projected = gain / done
-    if projected >= floor:
+    projected = objective.projected_gain(gain, reference, done)
+    if projected >= floor - 1e-12:
         return None
     return (f"cannot reach the speciality floor: best gain {gain:.3f} after {done:.0%} of its steps "
             f"projects to {projected:.3f}, below the floor {floor:.3f}")
 
 
-def _explain(tree: SearchTree, point: dict) -> str:
-    score = Score(point["spec"], point["vers"], point["uni"])
-    return tree.objective.explain(score, tree.reference())
+def _explain_rung(tree: SearchTree, run) -> str:
+    point = run.rung_point()
+    score, reference = Score(point["spec"], point["vers"], point["uni"]), tree.reference()
+    text = tree.objective.explain(score, reference)
+    done = point["step"] / run.total_steps if point.get("step") and run.total_steps else 1.0
+    floor = tree.objective.floor_gain(reference)
+    if tree.objective.name == "uni" or floor is None or done >= 1:
+        return text
+    projected = tree.objective.projected_gain(tree.objective.gain(score, reference), reference, done)
+    return f"{text}; projected to the end: {projected / reference.full_gain:.0%}"

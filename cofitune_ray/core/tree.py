@@ -9,7 +9,10 @@ A level is expanded once every node of the level above has ended (finished, prun
 Runs. A trained node without its own `lr` is run once per candidate learning rate
 (`LearningRates`), each run one Tune trial; the base model has one run (evaluation only). The runs
 of a trained node are compared at their first evaluation point (the *rung*): the best `keep` of them
-by the objective are the node's *kept* runs, the scheduler stops the others there (core/rules.py).
+are the node's *kept* runs, the scheduler stops the others there (core/rules.py). Under spec_floor
+they are compared on what they project to (`Objective.rung_value`: the gain so far, extended linearly
+to the end of the run, decides whether a run qualifies; then Vers), not on the gain reached so far,
+which would always favour the fastest rate.
 Full SFT is never compared at the rung: every one of its runs trains to the end and is kept,
 because its best gain is the yardstick of the objective, and a user tuning full SFT would judge its
 learning rates at the end of the budget (a rate ahead at the rung is not always ahead at the end).
@@ -476,7 +479,9 @@ class SearchTree:
         return (-primary, -secondary, trained, int(node.id[1:]))
 
     def _rung_key(self, node: TreeNode, run: Run, reference: Reference) -> tuple:
-        primary, secondary = self.point_value(run.rung_point(), reference)
+        point = run.rung_point()
+        done = point["step"] / run.total_steps if point.get("step") and run.total_steps else 1.0
+        primary, secondary = self.objective.rung_value(self.point_score(point), reference, done)
         return (-primary, -secondary, node.runs.index(run))
 
     # ---- JSON state -----------------------------------------------------------------------
