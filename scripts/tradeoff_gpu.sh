@@ -2,7 +2,8 @@
 # The trade-off benchmark (benchmarks/tradeoff.py) on one GPU, in one command:
 #   one process per config and world seed, side by side on the GPU (float32, as the worlds were
 #   calibrated), each writing its run cache as it goes; then, from those caches, each config's
-#   table over its seeds with mean and spread. Output: ${OUT:-runs}/tradeoff-gpu/.
+#   table over its seeds with mean and spread. Output: ${OUT:-runs}/tradeoff-gpu/<config>.txt, and the
+#   per-seed logs and run caches packed in seeds.tgz (few files: a lent machine returns only a handful).
 #
 #   scripts/tradeoff_gpu.sh [SECONDS]   # stop the per-seed processes after SECONDS (default 470)
 #
@@ -37,4 +38,5 @@ for config in "${configs[@]}"; do
   echo "$name: exit $?"
   tail -n 25 "$out/$name.txt"
 done
+tar czf "$out/seeds.tgz" -C "$out" cache $(cd "$out" && ls ./*-seed-*.txt) && rm -r "$out/cache" "$out"/*-seed-*.txt
 echo "total $(( $(date +%s) - started )) s"
