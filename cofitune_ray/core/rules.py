@@ -112,7 +112,7 @@ def _explain_rung(tree: SearchTree, run) -> str:
     point = run.rung_point()
     score, reference = Score(point["spec"], point["vers"], point["uni"]), tree.reference()
     text = tree.objective.explain(score, reference)
-    done = point["step"] / run.total_steps if point.get("step") and run.total_steps else 1.0
+    done = run.rung_done()
     floor = tree.objective.floor_gain(reference)
     if tree.objective.name == "uni" or floor is None or done >= 1:
         return text

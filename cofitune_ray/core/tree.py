@@ -83,6 +83,11 @@ class Run:
         """The evaluation point the runs of a node are compared at, once reported."""
         return next((p for p in self.history if p["eval_index"] == RUNG), None)
 
+    def rung_done(self) -> float:
+        """The share of its planned steps the run had trained at its rung point (1.0 when unknown)."""
+        point = self.rung_point()
+        return point["step"] / self.total_steps if point and point.get("step") and self.total_steps else 1.0
+
     def steps_saved(self) -> int:
         """Planned steps this run did not train because it was stopped early."""
         if self.status not in ("stopped", "pruned") or self.total_steps is None:
@@ -479,9 +484,7 @@ class SearchTree:
         return (-primary, -secondary, trained, int(node.id[1:]))
 
     def _rung_key(self, node: TreeNode, run: Run, reference: Reference) -> tuple:
-        point = run.rung_point()
-        done = point["step"] / run.total_steps if point.get("step") and run.total_steps else 1.0
-        primary, secondary = self.objective.rung_value(self.point_score(point), reference, done)
+        primary, secondary = self.objective.rung_value(self.point_score(run.rung_point()), reference, run.rung_done())
         return (-primary, -secondary, node.runs.index(run))
 
     # ---- JSON state -----------------------------------------------------------------------
