@@ -53,6 +53,7 @@ class ImportanceSettings:
 
 
 def importance_settings(config: Config) -> ImportanceSettings:
+    """The importance computation's settings from a config (its cache key is built from them)."""
     imp = config.importance
     return ImportanceSettings(
         prompt_template=config.data.prompt_template,
