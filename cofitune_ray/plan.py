@@ -52,14 +52,15 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from typing import TYPE_CHECKING
 
 from cofitune_ray.config import Config, ConfigError, load_config
 from cofitune_ray.core.node import ALL_MODULES, ModelPart
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 from cofitune_ray.training.model import Architecture, ModelError, read_model_config, trainable_parameter_names
+
+if TYPE_CHECKING:  # `--help` and config errors answer without them (issue: a CLI that answers at once)
+    from transformers import PretrainedConfig
 
 #: Fraction of each GPU's memory the plan keeps free for what is not tensor bytes.
 MARGIN = 0.15
@@ -84,6 +85,9 @@ class ModelShape:
     @classmethod
     def from_model_config(cls, config: PretrainedConfig) -> "ModelShape":
         """Build the model on the meta device: shapes only, no weights, no memory."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         return cls(Architecture.from_config(config), {n: p.numel() for n, p in model.named_parameters()},

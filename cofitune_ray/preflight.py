@@ -15,11 +15,7 @@ from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 from cofitune_ray.plan import MemoryPlan, PlanError, memory_plan
 from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
-from cofitune_ray.training.evaluate import EvalSet, versatility_set
-from cofitune_ray.training.harness import HarnessTask
-from cofitune_ray.training.importance import importance_data
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
-from cofitune_ray.training.spectrum import safetensors_files
 
 
 class PreflightError(ValueError):
@@ -63,6 +59,12 @@ def preflight(config: Config) -> Preflight:
         space = load_search_space(config.search.space)
     except (OSError, SearchSpaceError) as exc:
         raise PreflightError(f"search.space: {exc}") from None
+    # torch comes in with the evaluation sets: a config or search-space error above is reported without it
+    from cofitune_ray.training.evaluate import EvalSet, versatility_set
+    from cofitune_ray.training.harness import HarnessTask
+    from cofitune_ray.training.importance import importance_data
+    from cofitune_ray.training.spectrum import safetensors_files
+
     try:
         arch = read_architecture(config.model.path)
         check_weights(config.model.path)

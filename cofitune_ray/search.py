@@ -16,11 +16,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
-from ray import tune
 
-from cofitune_ray.cluster import connect
 from cofitune_ray.config import (
     PROJECT_ROOT,
     Config,
@@ -31,22 +30,17 @@ from cofitune_ray.config import (
     selection_policy,
     stop_rules,
 )
-from cofitune_ray.console import console_output, log_locations_line
 from cofitune_ray.core.node import BASE_PART
-from cofitune_ray.core.optuna_order import OptunaOrder
 from cofitune_ray.core.space import SearchSpace
 from cofitune_ray.core.tree import SearchTree
-from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
 from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.training.data import DataError
-from cofitune_ray.training.importance_job import ensure_importance
-from cofitune_ray.training.runner import run_node
-from cofitune_ray.training.spectrum import ensure_scores, with_selections
-from cofitune_ray.tuning.progress import SearchProgress
-from cofitune_ray.tuning.scheduler import PromisingChildScheduler
-from cofitune_ray.tuning.searcher import TreeSearcher, latest_saved_tree
-from cofitune_ray.tuning.status_table import TrialStatusTable
-from cofitune_ray.tuning.trial import NODES_DIR, RunContext, node_trial, trial_name
+
+if TYPE_CHECKING:  # the CLI imports Ray, torch and transformers only once the config has passed its checks
+    from ray import tune
+
+    from cofitune_ray.tuning.searcher import TreeSearcher
+    from cofitune_ray.tuning.trial import RunContext
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
 TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
@@ -98,6 +92,9 @@ def run_directory(config: Config, resume: bool) -> Path:
 
 def base_result(config: Config, run_dir: Path) -> dict:
     """The base model's evaluation, computed once per run directory."""
+    from cofitune_ray.training.runner import run_node
+    from cofitune_ray.tuning.trial import NODES_DIR
+
     path = run_dir / BASE_RESULT_FILE
     if path.is_file():
         return json.loads(path.read_text())
@@ -113,14 +110,25 @@ def make_searcher(config: Config, space: SearchSpace) -> TreeSearcher:
     tree: the space's levels; grid: every reachable node, flat; optuna: Optuna picks among them.
     Every node runs once per learning rate (`search.lr_candidates`) and is ranked by `search.objective`.
     """
+    from cofitune_ray.core.optuna_order import OptunaOrder
+    from cofitune_ray.tuning.searcher import TreeSearcher
+
     tree_space = space if config.search.strategy == "tree" else space.as_grid()
     tree = SearchTree(tree_space, selection_policy(config), objective(config), learning_rates(config))
     order = OptunaOrder(seed=config.seed) if config.search.strategy == "optuna" else None
     return TreeSearcher(tree, order)
 
 
-def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunContext, resume: bool) -> tune.Tuner:
+def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunContext,
+               resume: bool) -> tune.Tuner:
     """A new Tuner for the search, or the interrupted one restored from the run directory."""
+    from ray import tune
+
+    from cofitune_ray.tuning.progress import SearchProgress
+    from cofitune_ray.tuning.scheduler import PromisingChildScheduler
+    from cofitune_ray.tuning.status_table import TrialStatusTable
+    from cofitune_ray.tuning.trial import node_trial, trial_name
+
     trainable = tune.with_resources(tune.with_parameters(node_trial, run=context), {"cpu": config.scaling.trial_cpus})
     experiment = run_dir / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(experiment)):
@@ -149,6 +157,14 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
                verbose: bool = False) -> Path:
     """Run (or resume) the whole search; return the run directory."""
     checked = preflight(config)
+    from cofitune_ray.cluster import connect
+    from cofitune_ray.console import console_output, log_locations_line
+    from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
+    from cofitune_ray.training.importance_job import ensure_importance
+    from cofitune_ray.training.spectrum import ensure_scores, with_selections
+    from cofitune_ray.tuning.searcher import latest_saved_tree
+    from cofitune_ray.tuning.trial import NODES_DIR, RunContext
+
     for line in checked.lines() + checked.memory.summary(config.scaling.strategy).splitlines():
         print(f"[cofitune] {line}", flush=True)
     config = dataclasses.replace(config, scaling=dataclasses.replace(config.scaling, strategy=checked.strategy))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import cofitune_ray.search
+import cofitune_ray.cluster
 from cofitune_ray.search import main
 from tiny import make_world, write_config, write_lm_eval_task
 
@@ -31,7 +31,7 @@ def no_ray(monkeypatch):
     def connect(*args, **kwargs):
         raise AssertionError("the CLI connected to Ray before reporting the bad input")
 
-    monkeypatch.setattr(cofitune_ray.search, "connect", connect)
+    monkeypatch.setattr(cofitune_ray.cluster, "connect", connect)
 
 
 def _run(tmp_path, world, capsys, mutate=None, overrides=()):

@@ -218,12 +218,13 @@ def test_plan_of_70b_full_sft_needs_sharding():
 
 
 def test_search_stops_before_ray_when_auto_finds_nothing_fits(tmp_path, world, capsys, monkeypatch):
+    import cofitune_ray.cluster
     import cofitune_ray.search
 
     def connect(*args, **kwargs):
         raise AssertionError("the search connected to Ray before reporting the memory plan")
 
-    monkeypatch.setattr(cofitune_ray.search, "connect", connect)
+    monkeypatch.setattr(cofitune_ray.cluster, "connect", connect)
     config = write_config(tmp_path / "run.yaml", world)
     code = cofitune_ray.search.main(["--config", str(config), "scaling.strategy=auto", "scaling.gpu_memory_gb=1e-6"])
     err = capsys.readouterr().err

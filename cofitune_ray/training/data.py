@@ -10,10 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from cofitune_ray.training.prompt import format_prompt
+
+if TYPE_CHECKING:  # reading and checking data needs no torch: the CLI reports bad data before importing it
+    import torch
 
 IGNORE_INDEX = -100
 REQUIRED_FIELDS = ("instruction", "output")
@@ -137,6 +139,8 @@ def tokenize_for_training(
 
 def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of {input_ids, labels} into tensors with an attention mask."""
+    import torch
+
     width = max(len(row["input_ids"]) for row in batch)
     input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)

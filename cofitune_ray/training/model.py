@@ -10,11 +10,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from typing import TYPE_CHECKING
 
 from cofitune_ray.core.node import ATTENTION_MODULES, ModelPart
+
+if TYPE_CHECKING:  # reading a model's config and naming its parameters is also what the CLI's checks do: they
+    # import transformers only when they read a model, and torch only when they build one
+    import torch
+    from transformers import PretrainedConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -62,6 +65,8 @@ def read_model_config(model_path: str) -> PretrainedConfig:
     """The Hugging Face config of a local model directory of a supported family (no weights are read)."""
     if not Path(model_path).is_dir() and not _looks_like_hub_id(model_path):
         raise ModelError(f"model.path: {model_path!r} is not a directory")
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
@@ -149,6 +154,9 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> int:
 
 def parameter_names(model_path: str) -> list[str]:
     """The model's parameter names in model order, from its config alone (built on the meta device: no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -157,6 +165,9 @@ def parameter_names(model_path: str) -> list[str]:
 
 def load_model(model_path: str, dtype: str = "float32") -> torch.nn.Module:
     """Load a causal LM from a local directory in the given dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     read_architecture(model_path)  # a clear error for unsupported families before loading weights
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
 
