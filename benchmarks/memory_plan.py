@@ -36,12 +36,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cofitune_ray.config import load_config
-from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.node import PAPER_NODE, ModelPart
 from cofitune_ray.plan import Workload, estimate, read_model_shape
-from cofitune_ray.toyworld.tokenizer import save_tokenizer
+from cofitune_ray.toyworld.pretrain import save_random_model
 from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import (
@@ -62,7 +61,7 @@ SIZES = {
 NODES = {
     "full SFT": ModelPart(kind="full"),
     "FFN (25%,50%]": ModelPart(layer_range=(0.25, 0.5), modules=("gate_proj", "up_proj", "down_proj")),
-    "up+down (25%,50%] mask": ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True),
+    "up+down (25%,50%] mask": PAPER_NODE.with_(softmask=True),
     "attention (50%,75%]": ModelPart(layer_range=(0.5, 0.75), modules=("q_proj", "k_proj", "v_proj", "o_proj")),
 }
 STEPS = 4
@@ -115,15 +114,7 @@ def cases(device: str) -> list[Case]:
 
 def build_world(root: Path, size: dict) -> Path:
     """Model, tokenizer and training data under `root`; returns the config path."""
-    tokenizer = save_tokenizer(root / "model")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=max(size["vocab"], len(tokenizer)), hidden_size=size["hidden"],
-                         intermediate_size=size["intermediate"], num_hidden_layers=size["layers"],
-                         num_attention_heads=size["heads"], num_key_value_heads=size["kv_heads"],
-                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(root / "model")
+    save_random_model(root / "model", size)
     rng = random.Random(0)
     for name, short in (("train.jsonl", True), (LONG_DATA, False)):
         with open(root / name, "w") as handle:

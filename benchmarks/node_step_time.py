@@ -15,17 +15,15 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.node import PAPER_NODE, ModelPart
 from cofitune_ray.training.model import Architecture, freeze_all_but, trainable_parameter_names
 from cofitune_ray.training.softmask import Importance, SoftMask
 
 VARIANTS = {
     "full SFT": (ModelPart(kind="full"), None),
-    "FFN up+down (25%,50%]": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj")), None),
-    "  + soft-mask (grad)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True),
-                             "grad"),
-    "  + soft-mask (update)": (ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True),
-                               "update"),
+    "FFN up+down (25%,50%]": (PAPER_NODE, None),
+    "  + soft-mask (grad)": (PAPER_NODE.with_(softmask=True), "grad"),
+    "  + soft-mask (update)": (PAPER_NODE.with_(softmask=True), "update"),
 }
 
 

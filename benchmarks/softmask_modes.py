@@ -16,7 +16,7 @@ import time
 import torch
 
 from cofitune_ray.config import load_config
-from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.node import PAPER_NODE
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.loop import training_points
@@ -29,7 +29,7 @@ from cofitune_ray.training.model import (
 )
 from cofitune_ray.training.softmask import SoftMask
 
-NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+NODE = PAPER_NODE.with_(softmask=True)
 
 
 def train(config, tokenizer, mode, importance):

@@ -42,7 +42,7 @@ import torch
 
 from cofitune_ray.config import Config, learning_rates, load_config, objective, selection_policy, stop_rules
 from cofitune_ray.core.drive import drive
-from cofitune_ray.core.node import ALL_MODULES, ModelPart
+from cofitune_ray.core.node import ALL_MODULES, PAPER_NODE, ModelPart
 from cofitune_ray.core.objective import Score
 from cofitune_ray.core.optuna_order import OptunaOrder
 from cofitune_ray.core.settings import SelectionPolicy
@@ -54,7 +54,6 @@ from cofitune_ray.training.local import LocalExecutor, RunCache
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from cofitune_ray.training.spectrum import snr_part
 
-PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 TOP_HALF = ModelPart(layer_range=(0.5, 1.0))
 #: LoRA runs in the tree as this placeholder part (all layers, all projections), trained by `LoraExecutor`.
 LORA_SLOT = ModelPart(layer_range=(0.0, 1.0), modules=ALL_MODULES, label="LoRA")

@@ -33,12 +33,12 @@ from pathlib import Path
 import ray
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from cofitune_ray.config import LmEvalTaskConfig, load_config
-from cofitune_ray.core.node import ModelPart
-from cofitune_ray.toyworld.data import write_toy_data
-from cofitune_ray.toyworld.tokenizer import save_tokenizer
+from cofitune_ray.core.node import PAPER_NODE, ModelPart
+from cofitune_ray.toyworld.corpus import write_toy_data
+from cofitune_ray.toyworld.pretrain import save_random_model
 from cofitune_ray.toyworld.worlds import DEFAULT_WORLD, get_world
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.harness import HarnessTask
@@ -54,16 +54,8 @@ SIZES = {"gpu": dict(layers=12, hidden=768, intermediate=2048, heads=12, vocab=3
 
 def build_world(root: Path, size: dict) -> Path:
     """Model + tokenizer in root/model, toy data in root/data; returns the config path."""
-    tokenizer = save_tokenizer(root / "model")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=max(size["vocab"], len(tokenizer)), hidden_size=size["hidden"],
-                         intermediate_size=size["intermediate"], num_hidden_layers=size["layers"],
-                         num_attention_heads=size["heads"], num_key_value_heads=size["heads"],
-                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    model = LlamaForCausalLM(config)
+    model = save_random_model(root / "model", {**size, "kv_heads": size.get("kv_heads", size["heads"])})
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {size}", flush=True)
-    model.save_pretrained(root / "model")
     world = get_world(DEFAULT_WORLD)
     files = write_toy_data(root / "data", 0, world)
     spec, general = world.speciality, world.general_tasks[:3]
@@ -167,7 +159,7 @@ def main() -> None:
     print(f"Spectrum scores: Ray task ({'cuda' if config.scaling.use_gpu else 'cpu'}) {on_task:.1f} s, CPU "
           f"{time.time() - started:.1f} s, largest relative difference {largest:.1e}, top-25% selections equal: "
           f"{select(scores, 25) == select(on_cpu, 25)}", flush=True)
-    node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)
+    node = PAPER_NODE.with_(softmask=True)
     ddp = train_node_and_print(config, node, "ddp", root, importance)
     if workers >= 2:
         fsdp_config = load_config(root / "gpu_check.yaml", overrides + ["scaling.strategy=fsdp"])

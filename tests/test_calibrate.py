@@ -6,8 +6,8 @@ import torch
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.toyworld.calibrate import (
+    CurveRun,
     Point,
-    Run,
     best_lr,
     best_point,
     calibrate_seed,
@@ -21,7 +21,7 @@ BASE = Point(0, 0.04, 0.90)
 
 
 def curve(lr, *points):
-    return Run(lr, [Point(step, spec, vers) for step, spec, vers in points])
+    return CurveRun(lr, [Point(step, spec, vers) for step, spec, vers in points])
 
 
 SLOW = curve(3e-5, (100, 0.30, 0.80), (200, 0.55, 0.70), (300, 0.92, 0.63))

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.toyworld import tasks as t
-from cofitune_ray.toyworld.data import draw_splits, with_general_share, write_toy_data
+from cofitune_ray.toyworld.corpus import draw_splits, with_general_share, write_toy_data
 from cofitune_ray.toyworld.prepare import MARKER, ToyWorldError, config_for_seed, ensure_toy_world, world_settings
 from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_factor, mixture_weights, pretrain
 from cofitune_ray.toyworld.tasks import GENERAL, SPECIAL, Task

@@ -206,6 +206,9 @@ class ModelPart:
 
 BASE_PART = ModelPart(kind="base", label="base model")
 FULL_SFT_PART = ModelPart(kind="full", label="full SFT")
+#: The paper's final pick at every model scale: FFN up_proj + down_proj in the (25%, 50%] layer range (soft-mask off;
+#: `PAPER_NODE.with_(softmask=True)` is the paper's node with its fine level).
+PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 
 
 def _canonical_selection(selection) -> tuple[tuple[str, tuple[int, ...]], ...]:

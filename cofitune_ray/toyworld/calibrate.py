@@ -47,7 +47,7 @@ class Point:
 
 
 @dataclass
-class Run:
+class CurveRun:
     """Full SFT at one lr: its evaluation points and what they cost."""
 
     lr: float
@@ -56,7 +56,7 @@ class Run:
     eval_seconds: float = 0.0  # every evaluation point together
 
 
-def best_point(run: Run, floor: float) -> tuple[Point, bool]:
+def best_point(run: CurveRun, floor: float) -> tuple[Point, bool]:
     """The run's qualifying point (Spec >= floor) with the highest Vers, else its highest-Spec point; and
     whether it qualifies."""
     qualifying = [p for p in run.points if p.spec >= floor]
@@ -65,17 +65,17 @@ def best_point(run: Run, floor: float) -> tuple[Point, bool]:
     return max(run.points, key=lambda p: p.spec), False
 
 
-def spec_floor(runs: list[Run], base: Point) -> float:
+def spec_floor(runs: list[CurveRun], base: Point) -> float:
     """The Spec a point needs to qualify: the base's plus FLOOR_SHARE of the best gain any run reached."""
     gain = max(p.spec for run in runs for p in run.points) - base.spec
     return base.spec + FLOOR_SHARE * gain
 
 
-def best_lr(runs: list[Run], base: Point) -> Run:
+def best_lr(runs: list[CurveRun], base: Point) -> CurveRun:
     """The run whose best point is best: qualifying first, then higher Vers (the search's spec_floor rule)."""
     floor = spec_floor(runs, base)
 
-    def rank(run: Run) -> tuple[bool, float]:
+    def rank(run: CurveRun) -> tuple[bool, float]:
         point, qualifies = best_point(run, floor)
         return qualifies, point.vers
 
@@ -87,7 +87,7 @@ def of_base(point: Point, base: Point) -> float:
     return point.vers / base.vers if base.vers else float("nan")
 
 
-def targets(run: Run, base: Point, floor: float) -> dict[str, tuple[bool, str]]:
+def targets(run: CurveRun, base: Point, floor: float) -> dict[str, tuple[bool, str]]:
     """Each target at the run's best point: (met, what was measured)."""
     point, _ = best_point(run, floor)
     ratio = of_base(point, base)
@@ -109,9 +109,9 @@ def versatility_scores(metrics: dict[str, float]) -> dict[str, float]:
             if key.startswith("vers/") and key.endswith("/score")}
 
 
-def full_sft(executor: LocalExecutor, lr: float) -> Run:
+def full_sft(executor: LocalExecutor, lr: float) -> CurveRun:
     """Train every parameter at `lr` with the project's in-process executor, scored at each evaluation point."""
-    run = Run(lr)
+    run = CurveRun(lr)
     started = time.perf_counter()
     for result in executor.results(FULL_SFT_PART, lr):
         if result.get("final"):
@@ -124,7 +124,7 @@ def full_sft(executor: LocalExecutor, lr: float) -> Run:
     return run
 
 
-def curve_table(base: Point, runs: list[Run]) -> str:
+def curve_table(base: Point, runs: list[CurveRun]) -> str:
     """One row per evaluation point: step, then Spec / Vers / Vers-over-base for each lr."""
     header = f"{'step':>5}" + "".join(f" | lr {run.lr:<8g} Spec  Vers  V/base" for run in runs)
     lines = [header, f"{0:>5}" + f" | {'':11}{base.spec:.3f} {base.vers:.3f} 1.000" * len(runs)]
@@ -153,7 +153,7 @@ def calibrate_seed(config: Config, lrs: list[float]) -> dict:
 def seed_report(seed: int, result: dict, steps: int) -> str:
     """The curve table, the best lr and the targets of one seed."""
     base = Point(**result["base"])
-    runs = [Run(r["lr"], [Point(**p) for p in r["points"]], r["train_seconds"], r["eval_seconds"])
+    runs = [CurveRun(r["lr"], [Point(**p) for p in r["points"]], r["train_seconds"], r["eval_seconds"])
             for r in result["runs"]]
     floor = spec_floor(runs, base)
     chosen = best_lr(runs, base)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cofitune_ray.config import Config, config_from_dict
-from cofitune_ray.toyworld.data import split_files, write_toy_data
+from cofitune_ray.toyworld.corpus import split_files, write_toy_data
 from cofitune_ray.toyworld.pretrain import TEMPLATE, PretrainSettings, pretrain
 from cofitune_ray.toyworld.tokenizer import ALPHABET, save_tokenizer
 from cofitune_ray.toyworld.worlds import DEFAULT_WORLD, WORLDS, WorldDefinition, get_world

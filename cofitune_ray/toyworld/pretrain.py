@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cofitune_ray.toyworld.tokenizer import build_tokenizer
+from cofitune_ray.toyworld.tokenizer import build_tokenizer, save_tokenizer
 from cofitune_ray.training.data import Example, collate, read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, score_set
 
@@ -64,6 +64,23 @@ def model_config(tokenizer, settings: PretrainSettings) -> LlamaConfig:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def save_random_model(directory: str | Path, size: dict, seed: int = 0) -> LlamaForCausalLM:
+    """An untrained LLaMA of `size` (layers, hidden, intermediate, heads, kv_heads, vocab) with the character
+    tokenizer, saved in `directory`: the model the memory benchmark and the GPU check measure (untied head; the
+    vocabulary is at least the tokenizer's)."""
+    tokenizer = save_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=max(size["vocab"], len(tokenizer)), hidden_size=size["hidden"],
+                         intermediate_size=size["intermediate"], num_hidden_layers=size["layers"],
+                         num_attention_heads=size["heads"], num_key_value_heads=size["kv_heads"],
+                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    return model
 
 
 def lr_factor(step: int, settings: PretrainSettings) -> float:
