@@ -13,7 +13,9 @@ from cofitune_ray.core.objective import Objective
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space
 from cofitune_ray.core.tree import SearchTree
-from cofitune_ray.outputs.report import NODE_TABLE_HEADERS, fmt_score, verdict, write_report
+from cofitune_ray.outputs.document import fmt_score
+from cofitune_ray.outputs.report import NODE_TABLE_HEADERS, write_report
+from cofitune_ray.outputs.verdict import verdict
 from score_table import UP_DOWN, TableExecutor, key
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

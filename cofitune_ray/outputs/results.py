@@ -18,7 +18,8 @@ import yaml
 from cofitune_ray.config import Config
 from cofitune_ray.core.tree import SearchTree, TreeNode
 from cofitune_ray.outputs.recipes import write_recipes
-from cofitune_ray.outputs.report import verdict, write_report
+from cofitune_ray.outputs.report import write_report
+from cofitune_ray.outputs.verdict import verdict
 from cofitune_ray.training.checkpoint import delta_names
 from cofitune_ray.training.export import export_merged
 from cofitune_ray.training.model import load_model, load_tokenizer, parameter_names
