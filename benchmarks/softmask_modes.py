@@ -3,7 +3,7 @@
     python benchmarks/softmask_modes.py [--config configs/toy.yaml] [--steps 150] [--lr 1e-3]
 
 Trains the paper's final node (FFN up+down in (25%, 50%]) three times from the same base with the
-same batches (no Ray: the training loop of `training/worker.py` in-process), with importance computed
+same batches (no Ray: the training loop of `training/loop.py` in-process), with importance computed
 on the config's general data, and prints Spec, Vers, Uni and how far each run's trained weights
 are from the unmasked run's, relative to how far the unmasked run moved from the base.
 """

@@ -103,7 +103,7 @@ class EvalConfig:
 
 @dataclass
 class ImportanceConfig:
-    """Unit importance for soft-masking (method.md, fine level)."""
+    """Unit importance for soft-masking (CoFiTune's fine level; docs/softmask.md)."""
 
     data: list[str] = field(default_factory=list)  # JSONL files; empty = the versatility eval sets
     max_examples: int = 256

@@ -1,7 +1,10 @@
 """The layers of the package: the pure core imports neither Ray nor torch, and no layer imports one above it."""
 
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_core_imports_neither_ray_nor_torch():
@@ -17,9 +20,6 @@ def test_core_imports_neither_ray_nor_torch():
 
 
 def test_layers_import_only_the_layers_beneath_them():
-    import ast
-    from pathlib import Path
-
     package = Path(__file__).resolve().parents[1] / "cofitune_ray"
     allowed = {"core": {"core"}, "training": {"core", "training", "config"},
                "tuning": {"core", "training", "tuning", "config"}, "outputs": {"core", "training", "outputs", "config"}}
@@ -32,3 +32,55 @@ def test_layers_import_only_the_layers_beneath_them():
                     if target not in may:
                         wrong.append(f"{layer}/{module.name} imports cofitune_ray.{target}")
     assert not wrong, wrong
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cofitune_ray"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+#: A package-internal name in a table's imports column: a layer (`core`), a module of one (`core.tree`), or a
+#: module beside the layers (`config`).
+_INTERNAL = re.compile(r"\b(?:(?:core|training|tuning|outputs|toyworld|realworld)(?:\.[a-z_]+)?"
+                       r"|config|plan|preflight|cluster|console|search)\b")
+
+
+def _internal_imports(path: Path) -> set[str]:
+    """The package modules a module imports, as `core.tree` or `config`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        found |= {n[len("cofitune_ray."):] for n in names if n.startswith("cofitune_ray.")}
+    return found
+
+
+def _documented_modules() -> dict[str, str | None]:
+    """Every module a table row of docs/architecture.md names (`core/tree.py`), with its imports cell if any."""
+    rows = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"`([a-z_/]+\.py)`", cells[0]) if line.startswith("|") else None
+        if match:
+            rows[match.group(1)] = cells[2] if len(cells) > 2 else None
+    return rows
+
+
+def test_architecture_doc_names_every_module_and_only_modules_that_exist():
+    documented = _documented_modules()
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    assert sorted(set(documented) - modules) == [], "docs/architecture.md names modules that do not exist"
+    assert sorted(modules - set(documented)) == [], "modules missing from docs/architecture.md"
+
+
+def test_architecture_doc_lists_each_modules_imports():
+    wrong = []
+    for path, cell in _documented_modules().items():
+        if cell is None:
+            continue
+        declared = set(_INTERNAL.findall(cell))
+        actual = _internal_imports(PACKAGE / path) - {path[:-3].replace("/", ".")}
+        covered = lambda name, names: any(name == d or name.startswith(d + ".") for d in names)  # noqa: E731
+        missing = sorted(a for a in actual if not covered(a, declared))
+        extra = sorted(d for d in declared if not any(covered(a, {d}) for a in actual))
+        if missing or extra:
+            wrong.append(f"{path}: not listed {missing}, listed but not imported {extra}")
+    assert not wrong, "\n".join(wrong)

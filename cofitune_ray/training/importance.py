@@ -1,4 +1,4 @@
-"""Unit importance for soft-masking (method.md, fine level), computed once and cached.
+"""Unit importance for soft-masking (CoFiTune's fine level; docs/softmask.md), computed once and cached.
 
 Virtual all-ones masks sit on every attention head (on the head's output, which equals masking its
 post-softmax probabilities since the output is linear in them), every FFN intermediate unit (the
