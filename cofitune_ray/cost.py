@@ -122,9 +122,10 @@ class ClusterShape:
                {"op": "replace", "path": f"{group}/maxReplicas", "value": self.max_replicas},
                {"op": "replace", "path": f"{group}/template/spec/containers/0/resources",
                 "value": {"requests": dict(resources), "limits": dict(resources)}}]
-        if self.gpus_per_pod > 1:  # NCCL's intra-node buffers live in /dev/shm
+        if self.gpus_per_pod > 1:  # NCCL's intra-node buffers live in /dev/shm (memory the pod's limit counts)
+            shm = f"{min(64, max(16, self.memory_gib // 2))}Gi"
             ops += [{"op": "test", "path": f"{group}/template/spec/volumes/2/name", "value": "dshm"},
-                    {"op": "replace", "path": f"{group}/template/spec/volumes/2/emptyDir/sizeLimit", "value": "64Gi"}]
+                    {"op": "replace", "path": f"{group}/template/spec/volumes/2/emptyDir/sizeLimit", "value": shm}]
         return ops
 
     def write_overlay(self, directory: Path, gpu_overlay: Path) -> None:
