@@ -175,12 +175,17 @@ class CostPlan:
     schedule: RunSchedule
     examples: int
     seq_len: int
-    capacity: int  # GPUs (or CPUs) in the cluster
+    capacity: float  # GPUs (or CPUs) in the cluster
     slots: int
     per_trial: float  # GPUs (or CPUs) a trial holds
     nodes: list[ModelPart]
     works: dict[str, StepWork]
     searches: list[tuple[str, SearchCost, SearchCost]]  # name, low, high
+    setup_s: float = 0.0  # once per search, before its runs: Ray start, the base model's evaluation, importance
+
+    def wall_s(self, cost: SearchCost) -> float:
+        """A search's wall time: its setup, then its runs."""
+        return self.setup_s + cost.wall_s
 
     @property
     def unit(self) -> str:
@@ -203,7 +208,8 @@ class CostPlan:
             f"{t.grad_accum_steps} accumulation, {s.num_workers} worker(s)); evaluation at step(s) {points}",
             f"  throughput: {self.device_note}",
             f"  per run: start-up {self.overheads.startup_s:g} s, evaluation {self.overheads.eval_s:g} s and "
-            f"checkpoint {self.overheads.checkpoint_s:g} s per point",
+            f"checkpoint {self.overheads.checkpoint_s:g} s per point; per search: {self.setup_s:g} s before the "
+            f"first run",
             f"  cluster: {self.capacity} {self.unit}s; a trial holds {self.per_trial:g} {self.unit}(s): "
             f"{self.slots} trial(s) at once (search.max_concurrent_trials {c.search.max_concurrent_trials})",
             "",
@@ -219,7 +225,7 @@ class CostPlan:
         for name, low, high in self.searches:
             lines.append(f"  {name:<22} {_span(low.trials, high.trials, '{:,}'):>9} "
                          f"{_span(low.steps, high.steps, '{:,}'):>17} "
-                         f"{_span(low.wall_s, high.wall_s, _duration):>21} "
+                         f"{_span(self.wall_s(low), self.wall_s(high), _duration):>21} "
                          f"{_span(low.gpu_s / 3600, high.gpu_s / 3600, '{:.3g}'):>19}")
         lines.append("  (low: the fewest nodes, every run stopped as early as the stop rules allow; "
                      "high: the costliest branch, no run stopped)")
@@ -227,7 +233,8 @@ class CostPlan:
 
 
 def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device, device_note: str,
-               overheads: RunTime, capacity: int, examples: int, seq_len: int | None = None) -> CostPlan:
+               overheads: RunTime, capacity: float, examples: int, seq_len: int | None = None,
+               setup_s: float = 0.0) -> CostPlan:
     """The cost plan of `config` over `space` on `capacity` GPUs (or CPUs, for a CPU config)."""
     s, search = config.scaling, config.search
     seq_len = seq_len or config.data.max_seq_length
@@ -240,7 +247,7 @@ def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device,
     nodes = [n for n in space.reachable_nodes() if n.trains]
     if FULL_SFT_PART not in nodes:
         nodes.insert(0, FULL_SFT_PART)  # the sweep's node, and every node's "vs full"
-    works = {n.key(): step_work(shape, n, seq_len) for n in nodes}
+    works = {n.key(): step_work(shape, n, seq_len, config.train.activation_checkpointing) for n in nodes}
     rates = learning_rates(config)
     t = config.train
 
@@ -267,7 +274,7 @@ def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device,
         high = SearchCost.of(high_shape, rates, schedule, rules, False, run_seconds, slots, per_trial, limit)
         searches.append((name, low, high))
     return CostPlan(config, shape, device, device_note, overheads, schedule, examples, seq_len, capacity, slots,
-                    per_trial, nodes, works, searches)
+                    per_trial, nodes, works, searches, setup_s)
 
 
 def _span(low: float, high: float, fmt) -> str:
@@ -306,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-s", type=float, default=12.0, help="seconds from a trial's start to its first step")
     parser.add_argument("--eval-s", type=float, default=10.0, help="seconds of one evaluation point")
     parser.add_argument("--checkpoint-s", type=float, default=0.5, help="seconds of one point's checkpoints")
+    parser.add_argument("--setup-s", type=float, default=60.0,
+                        help="seconds once per search before its runs: Ray start, base model evaluation, importance")
     parser.add_argument("--seq-len", type=int, help="tokens per padded sequence (default data.max_seq_length)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of one Kubernetes node (default 8)")
     parser.add_argument("--kustomize", type=Path, metavar="DIR",
@@ -328,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         device, note = _device(args, config, shape, seq_len)
         overheads = RunTime(args.startup_s, args.eval_s, args.checkpoint_s)
         capacity = args.gpus if args.gpus is not None else args.cpus
-        plan = build_plan(config, space, shape, device, note, overheads, capacity, examples, seq_len)
+        plan = build_plan(config, space, shape, device, note, overheads, capacity, examples, seq_len, args.setup_s)
         print(plan.table())
         if config.scaling.use_gpu:
             cluster = cluster_shape(config, shape, plan.slots, args.gpus_per_node)

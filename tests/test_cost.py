@@ -48,6 +48,9 @@ def test_the_step_work_of_nodes_computed_by_hand():
     assert low_o.weight_gradients == 2 * 16
     # No backward below the lowest trained layer: a node higher up costs less.
     assert step_work(TINY, ModelPart(layers=(1,), modules=("o_proj",)), SEQ).per_token < low_o.per_token
+    # Activation checkpointing runs the forward of every layer the backward goes through once more.
+    assert step_work(TINY, FULL_SFT_PART, SEQ, activation_checkpointing=True).forward == forward + 2 * 368
+    assert step_work(TINY, ModelPart(layers=(1,), modules=("up_proj",)), SEQ, True).forward == forward + 368
     with pytest.raises(CostError, match="base node"):
         step_work(TINY, ModelPart(kind="base"), SEQ)
 

@@ -18,6 +18,8 @@ The step model, per token of the micro-batch (floating-point operations, a multi
   optimizer  AdamW and gradient clipping are memory-bound: OPTIMIZER_BYTES per trained parameter
              over the device's memory bandwidth (float32: read the weight, the gradient and two
              moments, write the weight and two moments, clipping reads the gradient once more).
+  recompute  with activation checkpointing, every layer the backward pass goes through runs its
+             forward once more.
 
 Not counted, on purpose: norms, activations, softmax, rotary embeddings and the loss (elementwise
 work, proportional to the tokens like the products); their time is inside the effective throughput,
@@ -123,7 +125,7 @@ def trained_modules(shape: Shape, part: ModelPart) -> set[tuple[int, str]]:
     return set(part.trained_modules(shape.num_layers))
 
 
-def step_work(shape: Shape, part: ModelPart, seq_len: int) -> StepWork:
+def step_work(shape: Shape, part: ModelPart, seq_len: int, activation_checkpointing: bool = False) -> StepWork:
     """The work per token of one training step of `part` on sequences of `seq_len` tokens (module docstring)."""
     if not part.trains:
         raise CostError("the base node trains nothing: it has no training step")
@@ -131,9 +133,11 @@ def step_work(shape: Shape, part: ModelPart, seq_len: int) -> StepWork:
     full = part.kind == "full"
     attention = 4 * seq_len * shape.num_heads * shape.head_dim
     lm_head = 2 * shape.hidden_size * shape.vocab_size
-    forward = shape.num_layers * (sum(2 * shape.projection(m) for m in ALL_MODULES) + attention) + lm_head
+    layer_forward = sum(2 * shape.projection(m) for m in ALL_MODULES) + attention
     # Where the lowest trained module sits: (layer, position); the embeddings (full SFT) are below everything.
     lowest = (-1, 0) if full else min((i, _POSITION[m]) for i, m in trained)
+    recomputed = shape.num_layers - max(lowest[0], 0) if activation_checkpointing else 0
+    forward = (shape.num_layers + recomputed) * layer_forward + lm_head
     input_grads = float(lm_head)
     weight_grads = float(lm_head) if full else 0.0
     for i in range(shape.num_layers):
