@@ -638,3 +638,58 @@ def test_dashboard_service_reaches_only_the_head(overlay, rendered):
     head_ports = {p["name"]: p["containerPort"] for p in head["ports"]}
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "dashboard" and head_ports["dashboard"] == 8265 == port["port"]
+
+
+# --------------------------------------------------------------------------- the cost plan's overlay
+
+
+@pytest.mark.parametrize("model, config_file, gpus, pod_gpus, replicas", [
+    ("LLaMA-2 7B", "gpu/search.yaml", 8, 2, 2),  # 2 DDP workers per trial, 2 trials at once
+    ("LLaMA 33B", "gpu-fsdp/search-fsdp.yaml", 32, 8, 2),  # 8 FSDP shards per trial: one 8-GPU pod
+])
+def test_the_cost_plans_overlay_renders_and_passes_the_schemas(model, config_file, gpus, pod_gpus, replicas, tmp_path):
+    """`python -m cofitune_ray.cost --kustomize DIR` writes an overlay next to the others: it renders, the RayJob
+    and its RayCluster match the KubeRay CRDs, every pod template Kubernetes' schema, and its GPU group holds the
+    planned config's concurrent trials, scales from zero and has host memory for every worker's copy of the model."""
+    import json
+
+    from cofitune_ray.config import load_config
+    from cofitune_ray.core.cost import Shape
+    from cofitune_ray.cost import main
+
+    k8s = tmp_path / "k8s"
+    shutil.copytree(K8S, k8s)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shape = json.loads((REPO / "benchmarks" / "llama2_shapes.json").read_text())["models"][model]["config"]
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"instruction": "q", "input": "", "output": "a"}\n' * 1000)
+    overrides = [f"model.path={model_dir}", f"data.speciality_train={train}",
+                 f"search.space={REPO / 'search_spaces' / 'cofitune.yaml'}"]
+    config_path = k8s / "overlays" / config_file
+    planned = k8s / "overlays" / "planned"
+    assert main(["--config", str(config_path), "--gpus", str(gpus), "--tflops", "400", "--kustomize", str(planned),
+                 "--gpu-overlay", str(k8s / "overlays" / "gpu"), *overrides]) == 0
+    assert (planned / "kustomization.yaml").is_file()
+
+    rayjob = one(render(planned), "RayJob")
+    assert crd_errors(rayjob, _crd_schema("RayJob")) == []
+    assert crd_errors(raycluster_from(rayjob), _crd_schema("RayCluster")) == []
+    for name, template in pod_templates(rayjob).items():
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace(":", "-")},
+                   "template": template}
+        kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
+    group, limits = _gpu_pod(rayjob)
+    assert group["groupName"] == ("gpu" if pod_gpus == 1 else f"gpu-x{pod_gpus}")
+    assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (0, 0, replicas)
+    assert int(limits["nvidia.com/gpu"]) == pod_gpus
+    config = load_config(config_path, overrides)
+    sc = config.scaling
+    trial_gpus = sc.num_workers * sc.gpus_per_worker
+    assert trial_gpus <= pod_gpus and pod_gpus % trial_gpus == 0  # a pod holds whole trials
+    assert config.search.max_concurrent_trials * trial_gpus <= group["maxReplicas"] * pod_gpus
+    workers = pod_gpus // sc.gpus_per_worker
+    assert workers * sc.cpus_per_worker + sc.trial_cpus <= quantity(limits["cpu"])
+    model_bytes = Shape.from_config(shape).parameters * {"bfloat16": 2, "float16": 2, "float32": 4}[config.model.dtype]
+    assert quantity(limits["memory"]) >= 1.25 * workers * model_bytes
