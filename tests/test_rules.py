@@ -4,7 +4,7 @@ import pytest
 
 from cofitune_ray.core.drive import drive
 from cofitune_ray.core.objective import Objective
-from cofitune_ray.core.rules import decide
+from cofitune_ray.core.rules import decide, rung_stop
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, SettingError, StopRules
 from cofitune_ray.core.space import parse_search_space
 from cofitune_ray.core.tree import SearchTree
@@ -167,7 +167,13 @@ def test_a_spectrum_reference_is_halved_like_a_trained_node_only_full_sft_keeps_
     assert report(tree, full.runs[0], point(1, 0.9, 0.5)) is None
     assert report(tree, full.runs[1], point(1, 0.9, 0.2)) is None  # worse at the rung, trains on
     assert report(tree, snr.runs[0], point(1, 0.85, 0.7)) is None
-    stop = report(tree, snr.runs[1], point(1, 0.85, 0.6))
+    # full SFT is still training, so the reference (its best Spec) may change: both runs wait at the rung
+    assert report(tree, snr.runs[1], point(1, 0.85, 0.6)) is None
+    assert tree.waits_at_rung(snr.runs[0].id) and tree.waits_at_rung(snr.runs[1].id)
+    for run in [base.runs[0], *full.runs]:
+        tree.complete(run.id, {"final": True})
+    assert not tree.waits_at_rung(snr.runs[0].id) and rung_stop(tree, snr.runs[0].id) is None
+    stop = rung_stop(tree, snr.runs[1].id)
     assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
 
 
