@@ -201,12 +201,21 @@ def discard_train_state(run_dir: Path) -> None:
 
 
 def _start_attempt(run_dir: Path, entry: dict) -> int:
-    """Append an attempt to the run's attempts file; return its number (1, 2, ...)."""
+    """Append an attempt to the run's attempts file; return its number (1, 2, ...).
+
+    An earlier attempt without an end had its process ended from outside (its trial paused at the rung,
+    or the search's driver killed): it is given an end at its last evaluation point (when the run's
+    history was last written), marked `"ended_at": "last point"`.
+    """
     path = run_dir / ATTEMPTS_FILE
-    count = len(path.read_text().splitlines()) if path.is_file() else 0
-    with open(path, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-    return count + 1
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    history = run_dir / HISTORY_FILE
+    last_point = history.stat().st_mtime if history.is_file() else None
+    for earlier in entries:
+        if "ended" not in earlier and last_point is not None and last_point > earlier["started"]:
+            earlier.update(ended=last_point, ended_at="last point")
+    write_whole(path, "".join(json.dumps(e) + "\n" for e in [*entries, entry]))
+    return len(entries) + 1
 
 
 def _end_attempt(run_dir: Path, attempt: int) -> None:
@@ -218,9 +227,8 @@ def _end_attempt(run_dir: Path, attempt: int) -> None:
 
 
 def attempts_wall_time(run_dir: Path) -> float:
-    """The run's cost in seconds: every attempt from its start to its end.
-
-    An attempt without an end (its process was killed together with the search's driver) is not counted.
+    """The run's cost in seconds: every attempt from its start to its end (for an attempt ended from outside,
+    to its last evaluation point; one that reported none is not counted).
     """
     entries = [json.loads(line) for line in (run_dir / ATTEMPTS_FILE).read_text().splitlines()]
     return sum(e["ended"] - e["started"] for e in entries if "ended" in e)
