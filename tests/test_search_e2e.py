@@ -27,11 +27,12 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.config import load_config
-from cofitune_ray.core.tree import ENDED, SearchTree
+from cofitune_ray.core.tree import ENDED, RUNG, SearchTree
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.training.spectrum import snr_part
+from cofitune_ray.training.worker import RUNG_KEPT_FILE
 from ray_processes import train_worker_pids
 from tiny import write_lm_eval_task
 from tool_rules import axolotl_selects
@@ -211,16 +212,30 @@ def run_view(tree: SearchTree, depth: int) -> dict:
             for n in tree.nodes.values() if n.depth <= depth for r in n.runs}
 
 
-def _running_runs_all_past_a_point(tree_file: Path) -> bool:
-    """Every run training now (per tree.json) has reported an evaluation point before its last step.
-
-    Tune records a point only after Ray Train has registered the training state reported with it.
+def _every_running_run_mid_training(run_dir: Path) -> bool:
+    """Every run training now (per tree.json) is between two saved evaluation points: its history.jsonl (written
+    before the point's training state is saved) ends before its last step, and it may train past that point
+    (past the rung, kept there, or never compared there). A worker killed now interrupts a run that has a saved
+    state to continue from and training left to do, not one waiting at the rung to be paused.
     """
+    tree_file = run_dir / "tree.json"
     if not tree_file.is_file():
         return False
-    running = [r for n in json.loads(tree_file.read_text())["nodes"] for r in n["runs"] if r["status"] == "running"]
-    return bool(running) and all(r["lr"] is not None and r["history"] and r["total_steps"]
-                                 and r["history"][-1]["step"] < r["total_steps"] for r in running)
+    tree = SearchTree.from_json(tree_file.read_text())
+    running = tree.in_flight()
+    for run in running:
+        node, directory = tree.node_of_run(run.id), run_dir / "nodes" / f"node-{run.id}"
+        history = directory / "history.jsonl"
+        lines = history.read_text().splitlines() if run.lr is not None and history.is_file() else []
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:  # a line being written
+            return False
+        if last is None or last["step"] >= last["total_steps"]:
+            return False
+        if last["eval_index"] == RUNG and tree.compared_at_rung(node) and not (directory / RUNG_KEPT_FILE).is_file():
+            return False
+    return bool(running)
 
 
 @pytest.mark.parametrize("repeat", range(int(os.environ.get("COFITUNE_KILL_RUNS", "1"))))
@@ -238,10 +253,10 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
     while not killed and time.time() < deadline and search.poll() is None:
         # mid-run: whichever run the killed worker belongs to has saved the state of an evaluation point
         pids = train_worker_pids(ray_cluster)
-        if pids and _running_runs_all_past_a_point(run_dir / "tree.json"):
+        if pids and _every_running_run_mid_training(run_dir):
             os.kill(pids[0], signal.SIGKILL)
             killed = True
-        time.sleep(0.2)  # the moments when every running run is past a point can be short
+        time.sleep(0.2)  # the moments when every running run is mid-training can be short
     assert killed, "no trained run was caught in the middle of training"
     search.wait(timeout=1200)
     reader.join(timeout=10)
