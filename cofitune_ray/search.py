@@ -126,6 +126,7 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
 
     from cofitune_ray.tuning.progress import SearchProgress
     from cofitune_ray.tuning.scheduler import PromisingChildScheduler
+    from cofitune_ray.tuning.searcher import RunLimiter
     from cofitune_ray.tuning.status_table import TrialStatusTable
     from cofitune_ray.tuning.trial import node_trial, trial_name
 
@@ -139,7 +140,8 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
     scheduler = PromisingChildScheduler(searcher, stop_rules(config))
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+        tune_config=tune.TuneConfig(search_alg=RunLimiter(searcher, s.max_concurrent_trials), scheduler=scheduler,
+                                    num_samples=-1,
                                     max_concurrent_trials=s.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(

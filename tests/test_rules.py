@@ -1,14 +1,16 @@
 """The scheduler's decisions without Ray: learning-rate halving at the rung, and the stop rules."""
 
 import pytest
+import yaml
 
 from cofitune_ray.core.drive import drive
 from cofitune_ray.core.objective import Objective
-from cofitune_ray.core.rules import decide
+from cofitune_ray.core.rules import decide, rung_stop
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, SettingError, StopRules
 from cofitune_ray.core.space import parse_search_space
 from cofitune_ray.core.tree import SearchTree
-from score_table import TableExecutor, key
+from conftest import PROJECT
+from score_table import PAPER_SCORES, TableExecutor, key
 
 SPACE = parse_search_space({
     "strategy": "grid", "references": ["base", "full"],
@@ -148,11 +150,39 @@ def test_stopped_runs_save_steps_and_the_same_table_gives_the_same_tree_at_any_c
         kept = {n.part.key(): [r.lr for r in tree.kept_runs(n)] for n in tree.nodes.values() if n.part.trains}
         assert kept == {"full|mask=off": [1e-4, 1e-3, 1e-5], key(0, 0.5): [1e-4], key(0.5, 1): [1e-4]}
         assert tree.steps_saved() > 0
-    assert one.to_dict()["best"] == three.to_dict()["best"]
+    assert decisions(one) == decisions(three)
     # Stopped runs were closed: the executor served them only up to the stop.
     for tree, executor in ((one, ex1), (three, ex3)):
         stopped = [r.id for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")]
         assert stopped and all(executor.consumed[r] < 5 for r in stopped)
+        # the rung's losers waited there: they trained to the rung and no further, and count only the rest as saved
+        for run in (r for n in tree.nodes.values() for r in n.runs if r.status == "stopped"):
+            assert [p["eval_index"] for p in run.history] == [1] and executor.consumed[run.id] == 1
+            assert run.train_steps == 10 and run.steps_saved() == 30
+
+
+def decisions(tree: SearchTree) -> dict:
+    """Everything a search decided and trained, without trial ids: statuses, reasons, histories, steps."""
+    return {"nodes": [(n.id, n.part.key(), n.status, n.stop_reason, n.promising,
+                       [(r.id, r.status, r.stop_reason, r.history, r.train_steps) for r in n.runs])
+                      for n in tree.nodes.values()],
+            "best": tree.best().id, "end": tree.end_reason, "saved": tree.steps_saved()}
+
+
+@pytest.mark.parametrize("objective,rules", [("uni", StopRules(vers_margin=0.1, prune_after=None)),
+                                             ("spec_floor", StopRules(vers_margin=0.05, prune_after=0.5))])
+def test_the_paper_search_gives_the_same_tree_at_concurrency_1_2_and_3(objective, rules):
+    """The vers rule and the rung decide on levels that have ended and on every rung point of a node, never on
+    which runs happened to report first: the whole tree is the same whatever the concurrency."""
+    space = parse_search_space(yaml.safe_load((PROJECT / "search_spaces" / "cofitune.yaml").read_text()))
+    trees = []
+    for concurrency in (1, 2, 3):
+        tree = SearchTree(space, SelectionPolicy(), Objective(objective), LearningRates((3e-5, 1e-4, 3e-4)))
+        trees.append(drive(tree, TableExecutor(PAPER_SCORES, num_evals=3, default=(0.3, 0.3)), rules,
+                           concurrency=concurrency))
+    assert decisions(trees[0]) == decisions(trees[1]) == decisions(trees[2])
+    runs = [r for n in trees[0].nodes.values() for r in n.runs]
+    assert {r.status for r in runs} >= {"finished", "stopped"} and trees[0].depth >= 2
 
 
 def test_a_spectrum_reference_is_halved_like_a_trained_node_only_full_sft_keeps_every_run():
@@ -167,7 +197,13 @@ def test_a_spectrum_reference_is_halved_like_a_trained_node_only_full_sft_keeps_
     assert report(tree, full.runs[0], point(1, 0.9, 0.5)) is None
     assert report(tree, full.runs[1], point(1, 0.9, 0.2)) is None  # worse at the rung, trains on
     assert report(tree, snr.runs[0], point(1, 0.85, 0.7)) is None
-    stop = report(tree, snr.runs[1], point(1, 0.85, 0.6))
+    # full SFT is still training, so the reference (its best Spec) may change: both runs wait at the rung
+    assert report(tree, snr.runs[1], point(1, 0.85, 0.6)) is None
+    assert tree.waits_at_rung(snr.runs[0].id) and tree.waits_at_rung(snr.runs[1].id)
+    for run in [base.runs[0], *full.runs]:
+        tree.complete(run.id, {"final": True})
+    assert not tree.waits_at_rung(snr.runs[0].id) and rung_stop(tree, snr.runs[0].id) is None
+    stop = rung_stop(tree, snr.runs[1].id)
     assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
 
 

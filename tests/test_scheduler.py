@@ -11,7 +11,7 @@ from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space
 from cofitune_ray.core.tree import SearchTree
 from cofitune_ray.tuning.scheduler import PromisingChildScheduler
-from cofitune_ray.tuning.searcher import TreeSearcher
+from cofitune_ray.tuning.searcher import RunLimiter, TreeSearcher
 from score_table import PAPER_SCORES, key, table_results
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -19,13 +19,18 @@ LRS = LearningRates((3e-5, 1e-4, 3e-4))
 
 
 class StubController:
-    """What the scheduler sees of Tune's controller: the trials."""
+    """What the scheduler sees of Tune's controller: the trials, and stop_trial (what it does to a trial's status)."""
 
-    def __init__(self, trials):
-        self.trials = trials
+    def __init__(self, trials=()):
+        self.trials = list(trials)
+        self.stopped: list[Trial] = []
 
     def get_trials(self):
         return self.trials
+
+    def stop_trial(self, trial):
+        trial.status = Trial.TERMINATED
+        self.stopped.append(trial)
 
 
 def paper_searcher(objective="spec_floor", rates=LRS, **policy) -> TreeSearcher:
@@ -78,8 +83,9 @@ def test_a_stopped_learning_rate_run_and_what_tune_calls_after_the_stop():
     past_references(searcher)
     scheduler = PromisingChildScheduler(searcher, StopRules(vers_margin=None, prune_after=None))
     low, mid, high = (stub_trial(searcher, f"l1-{i}") for i in range(3))
-    assert scheduler.on_trial_result(None, mid, result(1, 0.6, 0.5)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, high, result(1, 0.6, 0.4)) == TrialScheduler.STOP  # same gain, later run
+    tune = StubController([low, mid, high])
+    assert scheduler.on_trial_result(tune, mid, result(1, 0.6, 0.5)) == TrialScheduler.PAUSE  # low is not there yet
+    assert scheduler.on_trial_result(tune, high, result(1, 0.6, 0.4)) == TrialScheduler.STOP  # same gain, later run
     run = searcher.run_for_trial(high.trial_id)
     assert run.status == "stopped" and run.stop_reason.startswith("learning rate 0.0003 lost to 0.0001")
     searcher.on_trial_complete(high.trial_id, result(1, 0.6, 0.4))  # what Tune calls after a STOP
@@ -92,9 +98,10 @@ def test_final_and_replayed_results_are_never_judged():
     past_references(searcher)
     scheduler = PromisingChildScheduler(searcher, StopRules(vers_margin=0.0, prune_after=None))
     low, mid, high = (stub_trial(searcher, f"l1-{i}") for i in range(3))
-    assert scheduler.on_trial_result(None, low, result(1, 0.1, 0.0, final=True)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, low, result(1, 0.1, 0.0, replayed=True)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, low, result(1, 0.1, 0.0)) == TrialScheduler.STOP  # vers rule
+    tune = StubController([low, mid, high])
+    assert scheduler.on_trial_result(tune, low, result(1, 0.1, 0.0, final=True)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(tune, low, result(1, 0.1, 0.0, replayed=True)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(tune, low, result(1, 0.1, 0.0)) == TrialScheduler.STOP  # vers rule
     assert searcher.run_for_trial(low.trial_id).status == "pruned"
 
 
@@ -103,7 +110,7 @@ def test_references_are_only_compared_among_their_learning_rates():
     scheduler = PromisingChildScheduler(searcher, StopRules(vers_margin=0.0, prune_after=0.1))
     base, full_low, full_mid, full_high = (stub_trial(searcher, f"r{i}") for i in range(4))
     finish(searcher, base)
-    assert scheduler.on_trial_result(None, full_low, result(1, 0.0, 0.0)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(StubController(), full_low, result(1, 0.0, 0.0)) == TrialScheduler.CONTINUE
 
 
 def test_choose_trial_to_run_prefers_children_of_the_best_parent():
@@ -127,3 +134,37 @@ def test_choose_trial_to_run_prefers_children_of_the_best_parent():
     assert scheduler.choose_trial_to_run(StubController(listed)) is None
     level_2[2].status = Trial.PAUSED
     assert scheduler.choose_trial_to_run(StubController(listed)) is level_2[2]
+
+
+def test_a_run_at_the_rung_is_paused_until_its_node_is_decided_then_resumed_or_stopped():
+    searcher = paper_searcher()
+    past_references(searcher)
+    scheduler = PromisingChildScheduler(searcher, StopRules(vers_margin=None, prune_after=None))
+    limiter = RunLimiter(searcher, max_concurrent=1)  # one place: a run holding it at the rung would deadlock
+    tune = StubController()
+
+    def start(trial_id):
+        trial = Trial("__fake", config=limiter.suggest(trial_id), trial_id=trial_id, stub=True)
+        trial.status = Trial.RUNNING
+        tune.trials.append(trial)
+        return trial
+
+    low = start("l1-0")
+    assert limiter.suggest("l1-x") is None  # its place is taken
+    assert scheduler.on_trial_result(tune, low, result(1, 0.6, 0.4)) == TrialScheduler.PAUSE
+    low.status = Trial.PAUSED
+    assert searcher.waits_at_rung(low.trial_id) and scheduler.choose_trial_to_run(tune) is None  # not resumed yet
+    mid = start("l1-1")  # the paused run gave its place to its sibling
+    # mid beats low at the rung: the paused low is stopped there; mid waits for high
+    assert scheduler.on_trial_result(tune, mid, result(1, 0.6, 0.5)) == TrialScheduler.PAUSE
+    assert tune.stopped == [low] and searcher.run_for_trial(low.trial_id).status == "stopped"
+    limiter.on_trial_complete(low.trial_id)  # what Tune calls for a stopped paused trial
+    mid.status = Trial.PAUSED
+    high = start("l1-2")
+    assert scheduler.on_trial_result(tune, high, result(1, 0.6, 0.45)) == TrialScheduler.STOP
+    assert not searcher.waits_at_rung(mid.trial_id)  # decided: mid is kept
+    assert scheduler.choose_trial_to_run(tune) is mid
+    assert limiter.suggest("l1-y") is None  # the kept run counts again, before it resumes
+    runs = searcher.tree.node_of_run(searcher.run_for_trial(mid.trial_id).id).runs
+    assert [(r.status, r.train_steps, len(r.history)) for r in runs] == [("stopped", 10, 1), ("running", 10, 1),
+                                                                         ("stopped", 10, 1)]

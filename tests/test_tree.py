@@ -112,7 +112,8 @@ def test_max_trials_counts_every_learning_rate_run():
     drive(tree, TableExecutor(PAPER_SCORES, default=LOW), NO_STOPS)
     assert tree.end_reason == "max_trials reached" and tree.trials_started() == 6
     first = tree.at_depth(1)[0]
-    assert [r.status for r in first.runs] == ["finished", "finished", "not_expanded"]
+    # the third run never starts, so the rung's verdict is known once the first two are there: 3e-5 loses
+    assert [r.status for r in first.runs] == ["stopped", "finished", "not_expanded"]
     assert first.status == "finished" and [n.status for n in tree.at_depth(1)[1:]] == ["not_expanded", "not_expanded"]
 
 
@@ -122,13 +123,15 @@ def test_each_learning_rate_is_a_run_and_the_node_scores_its_best_kept_run():
     middle = next(n for n in tree.at_depth(1) if n.part.key() == key(0.25, 0.75))
     assert [r.id for r in middle.runs] == [f"{middle.id}-lr3e-05", f"{middle.id}-lr0.0001", f"{middle.id}-lr0.0003"]
     # No partial node reaches 0.9 of full SFT's gain here, so runs compare by gain: at the rung 3e-4 and 1e-4
-    # tie on Spec (0.60) and the earlier run, 1e-4, is kept; 3e-4 is stopped there (3e-5 had already finished).
+    # tie on Spec (0.60) and the earlier run, 1e-4, is kept; 3e-4 is stopped there, and 3e-5, which waited at the
+    # rung for the verdict instead of training on, too.
     assert [r.lr for r in tree.kept_runs(middle)] == [1e-4]
-    assert [r.status for r in middle.runs] == ["finished", "finished", "stopped"]
+    assert [r.status for r in middle.runs] == ["stopped", "finished", "stopped"]
+    assert [r.train_steps for r in middle.runs] == [10, 20, 10] and [len(r.history) for r in middle.runs] == [1, 2, 1]
     assert middle.runs[2].stop_reason.startswith("learning rate 0.0003 lost to 0.0001 at the first evaluation point")
     best = tree.best_point(middle)
     assert best.run.lr == 1e-4 and best.score.spec == pytest.approx(0.70)
-    assert middle.cost() == {"trials": 3, "train_steps": 50, "steps_saved": 10, "wall_time_s": 4.0}
+    assert middle.cost() == {"trials": 3, "train_steps": 40, "steps_saved": 20, "wall_time_s": 2.0}
 
 
 def test_failed_runs_and_nodes():

@@ -11,14 +11,16 @@ evaluation point (a dict with `eval_index`, `spec`, `vers`, `uni`, `step`, ...) 
 result (`final: True`, with `train_steps`, `total_steps`, `wall_time_s`). When the rules stop a
 run, the loop closes its iterator (an executor that trains stops training there).
 `concurrency` runs advance side by side, one evaluation point each in turn, as Tune's concurrent
-trials would. Pure Python: no Ray, no torch.
+trials would. A run that waits at the rung (`SearchTree.waits_at_rung`) is set aside without being
+advanced and frees its place, as the scheduler pauses its trial; once its node's verdict is known
+it is stopped (`rules.rung_stop`) or goes on before any new run starts. Pure Python: no Ray, no torch.
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-from cofitune_ray.core.rules import decide
+from cofitune_ray.core.rules import Stop, decide, rung_stop
 from cofitune_ray.core.settings import StopRules
 from cofitune_ray.core.tree import Run, SearchTree, TreeNode
 
@@ -48,8 +50,18 @@ def drive(tree: SearchTree, executor: Executor, rules: StopRules, order: NodeOrd
     """Run the search to its end; return the tree."""
     order = order or TreeOrder()
     active: list[tuple[str, Iterator[dict]]] = []
-    while not tree.finished or active:
-        while len(active) < concurrency and not tree.finished:
+    waiting: list[tuple[str, Iterator[dict], dict]] = []  # at the rung: the run, its results, its rung point
+    while not tree.finished or active or waiting:
+        for entry in list(waiting):
+            run_id, results, point = entry
+            stop = rung_stop(tree, run_id)
+            if stop is not None:
+                waiting.remove(entry)
+                _stop(tree, run_id, results, point, stop)
+            elif not tree.waits_at_rung(run_id) and len(active) < concurrency:
+                waiting.remove(entry)
+                active.append((run_id, results))
+        while len(active) + sum(not tree.waits_at_rung(w[0]) for w in waiting) < concurrency and not tree.finished:
             pick = order.next_run(tree)
             if pick is None:
                 break
@@ -59,13 +71,16 @@ def drive(tree: SearchTree, executor: Executor, rules: StopRules, order: NodeOrd
         if not active:
             raise RuntimeError(f"the search stalled at depth {tree.depth} with nothing running")
         for run_id, results in list(active):
-            if _advance(tree, rules, run_id, results):
+            outcome = _advance(tree, rules, run_id, results)
+            if outcome is not None:
                 active.remove((run_id, results))
+            if isinstance(outcome, dict):
+                waiting.append((run_id, results, outcome))
     return tree
 
 
-def _advance(tree: SearchTree, rules: StopRules, run_id: str, results: Iterator[dict]) -> bool:
-    """Take one result of a run; return True when the run has ended."""
+def _advance(tree: SearchTree, rules: StopRules, run_id: str, results: Iterator[dict]) -> bool | dict | None:
+    """Take one result of a run: True when the run has ended, its rung point when it waits there, else None."""
     try:
         result = next(results)
     except StopIteration:
@@ -79,11 +94,16 @@ def _advance(tree: SearchTree, rules: StopRules, run_id: str, results: Iterator[
         return True
     tree.record(run_id, result)
     stop = decide(tree, run_id, rules)
-    if stop is None:
-        return False
+    if stop is not None:
+        _stop(tree, run_id, results, result, stop)
+        return True
+    return result if tree.waits_at_rung(run_id) else None
+
+
+def _stop(tree: SearchTree, run_id: str, results: Iterator[dict], last: dict, stop: Stop) -> None:
+    """End a run the rules stopped at its last result: it trains no further."""
     tree.stop(run_id, stop.status, stop.reason)
     close = getattr(results, "close", None)
     if close:
         close()
-    tree.complete(run_id, result)
-    return True
+    tree.complete(run_id, last)

@@ -4,17 +4,22 @@ Checked at every evaluation point a run reports (never on its final result):
 
   learning rate (successive halving, trained nodes): the runs of a node are compared at their first
       evaluation point (the rung, core/tree.py; under spec_floor on their gain projected to the end
-      of the run, `Objective.rung_value`); a run is stopped as soon as `keep` other runs of its node
-      are better there. Full SFT's runs are never stopped by it: its best gain at the end of the
-      budget is the objective's yardstick.
+      of the run, `Objective.rung_value`) once the reference is final; a run is stopped as soon as
+      `keep` other runs of its node are better there. A run no such comparison stops yet waits at the
+      rung until its node's verdict is known (`SearchTree.waits_at_rung`); the drivers then stop the
+      losers (`rung_stop`) and let the kept runs train on. Full SFT's runs are never stopped by it:
+      its best gain at the end of the budget is the objective's yardstick.
   vers rule (`vers_margin`, trained nodes): the run's Vers is more than `vers_margin` below the
-      incumbent's (the best node so far; under spec_floor the best qualifying node, full SFT
-      included) while its Spec is not higher: training mostly lowers Vers further, so it cannot
+      incumbent's (the best node of the levels above; under spec_floor the best qualifying one, full
+      SFT included) while its Spec is not higher: training mostly lowers Vers further, so it cannot
       overtake the incumbent.
   floor rule (`prune_after`, spec_floor only, trained nodes): from that fraction of its steps on,
       a run none of whose points qualifies is stopped when its best gain so far, projected
       linearly to the end of its steps, stays below the floor.
   uni rule (`uni_margin`, uni only): the run's Uni is more than `uni_margin` below the incumbent's.
+
+Every decision depends only on the run's own points, its node's rung points and levels that have
+ended, never on the order in which runs happened to report: the same results give the same tree.
 
 The vers and uni rules wait for `min_evals` evaluation points. A run stopped by the learning-rate
 comparison ends `stopped`; one stopped by a rule ends `pruned` (and its node is pruned when that run
@@ -43,20 +48,29 @@ def decide(tree: SearchTree, run_id: str, rules: StopRules) -> Stop | None:
     node, run = tree.node_of_run(run_id), tree.run(run_id)
     if run.status != "running" or not run.history:
         return None
-    reason = learning_rate_reason(tree, run_id)
-    if reason:
-        return Stop("stopped", reason)
+    stop = rung_stop(tree, run_id)
+    if stop:
+        return stop
     if node.is_reference:
         return None
     reason = rule_reason(tree, run_id, rules)
     return Stop("pruned", reason) if reason else None
 
 
+def rung_stop(tree: SearchTree, run_id: str) -> Stop | None:
+    """The learning-rate comparison's stop of this running run, or None (the drivers ask it again for every run
+    waiting at the rung after each event: a verdict that has become known stops the losers)."""
+    if tree.run(run_id).status != "running":
+        return None
+    reason = learning_rate_reason(tree, run_id)
+    return Stop("stopped", reason) if reason else None
+
+
 def learning_rate_reason(tree: SearchTree, run_id: str) -> str | None:
     """Why the learning-rate comparison stops this run, or None."""
     node, run = tree.node_of_run(run_id), tree.run(run_id)
     keep = tree.learning_rates.keep
-    if node.is_yardstick or len(node.runs) <= keep or run.rung_point() is None:
+    if not tree.compared_at_rung(node) or run.rung_point() is None or not tree.reference_final():
         return None
     ranked = tree.kept_runs(node)
     if run in ranked:
@@ -74,7 +88,7 @@ def rule_reason(tree: SearchTree, run_id: str, rules: StopRules) -> str | None:
     run = tree.run(run_id)
     current = tree.point_score(run.history[-1])
     objective = tree.objective
-    incumbent = tree.incumbent()
+    incumbent = tree.incumbent(tree.node_of_run(run_id).depth)
     if len(run.history) >= rules.min_evals and incumbent is not None:
         best = tree.score(incumbent)
         if rules.vers_margin is not None and current.vers < best.vers - rules.vers_margin and current.spec <= best.spec:

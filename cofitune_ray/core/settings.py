@@ -77,8 +77,8 @@ class LearningRates:
 class StopRules:
     """When the scheduler stops a run early (core/rules.py applies them).
 
-    vers_margin: stop a run whose Vers is more than this below the incumbent's (the best node so
-        far: under spec_floor the best qualifying one) while its Spec is not higher (None: off).
+    vers_margin: stop a run whose Vers is more than this below the incumbent's (the best node of
+        the levels above: under spec_floor the best qualifying one) while its Spec is not higher (None: off).
     prune_after: under spec_floor, from this fraction of a run's steps on, stop it when its best
         gain so far, projected linearly to the end, stays below the floor (None: off).
     uni_margin: under uni, stop a run whose Uni is more than this below the incumbent's (None: off).

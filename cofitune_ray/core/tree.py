@@ -9,7 +9,10 @@ A level is expanded once every node of the level above has ended (finished, prun
 Runs. A trained node without its own `lr` is run once per candidate learning rate
 (`LearningRates`), each run one Tune trial; the base model has one run (evaluation only). The runs
 of a trained node are compared at their first evaluation point (the *rung*): the best `keep` of them
-are the node's *kept* runs, the scheduler stops the others there (core/rules.py). Under spec_floor
+are the node's *kept* runs, the scheduler stops the others there (core/rules.py). A run that reaches
+the rung before its node's verdict is known *waits* there, without training, until every run of the
+node has reached the rung (or failed) and the reference is final: what a run trains never depends on
+when its siblings ran, so the same config, seed and data give the same tree at any concurrency. Under spec_floor
 they are compared on what they project to (`Objective.rung_value`: the gain so far, extended linearly
 to the end of the run, decides whether a run qualifies; then Vers), not on the gain reached so far,
 which would always favour the fastest rate.
@@ -207,8 +210,8 @@ class SearchTree:
         return reference_from(base_points[0]["spec"] if base_points else None, full_specs)
 
     def reference_final(self) -> bool:
-        """Whether the reference can no longer change (every reference node has ended)."""
-        return all(n.status in ENDED for n in self.at_depth(0))
+        """Whether the reference can no longer change (the base model and full SFT have ended)."""
+        return all(n.status in ENDED for n in (self.reference_node("base"), self.reference_node("full")) if n)
 
     def point_score(self, point: dict) -> Score:
         return Score(point["spec"], point["vers"], point["uni"])
@@ -248,6 +251,26 @@ class SearchTree:
         score = self.score(node)
         return score is not None and self.objective.qualifies(score, self.reference())
 
+    def compared_at_rung(self, node: TreeNode) -> bool:
+        """Whether the node's runs are compared at the rung (more runs than `keep`; never full SFT's)."""
+        return not node.is_yardstick and len(node.runs) > self.learning_rates.keep
+
+    def rung_decided(self, node: TreeNode) -> bool:
+        """Whether the rung's verdict on the node is known: the reference is final, and every run of the node
+        that will run has reported its rung point or ended (a run the trial budget never starts does not count)."""
+        if not self.reference_final():
+            return False
+        startable = {r.id for _, r in self.runnable()}
+        return all(r.rung_point() is not None or r.ended or (r.status == "pending" and r.id not in startable)
+                   for r in node.runs)
+
+    def waits_at_rung(self, run_id: str) -> bool:
+        """Whether a running run has reached the rung and must wait there, without training, for its node's
+        verdict (a run whose rung point is its last has nothing left to train and does not wait)."""
+        node, run = self.node_of_run(run_id), self.run(run_id)
+        return (run.status == "running" and bool(run.history) and run.history[-1]["eval_index"] == RUNG
+                and run.rung_done() < 1 and self.compared_at_rung(node) and not self.rung_decided(node))
+
     def runnable(self) -> list[tuple[TreeNode, Run]]:
         """Pending runs of the current level that the trial budget allows: best parent first, then
         creation order, each node's runs together."""
@@ -284,10 +307,12 @@ class SearchTree:
         ranked = self.ranking()
         return ranked[0] if ranked else None
 
-    def incumbent(self) -> TreeNode | None:
-        """The node a running node must beat: the best scored node (under spec_floor, a qualifying one)."""
-        best = self.best()
-        return best if best is not None and self.qualifies(best) else None
+    def incumbent(self, depth: int) -> TreeNode | None:
+        """The node a running node of `depth` must beat: the best scored node of the levels above it (under
+        spec_floor, a qualifying one). Those levels have ended, so it does not depend on which nodes of the
+        node's own level happened to end first."""
+        ranked = [n for n in self.ranking() if n.depth < depth]
+        return ranked[0] if ranked and self.qualifies(ranked[0]) else None
 
     def pareto_front(self) -> list[TreeNode]:
         """Scored nodes that no other scored node beats on both Spec and Vers, by Spec descending."""

@@ -6,7 +6,8 @@ every evaluation point to Tune).
 
 A run's directory `storage_dir/name/` holds `history.jsonl` (one line per evaluation point),
 `points/eval-<k>/` (each point's delta checkpoint), `attempts.jsonl` (one line per start, with its
-end when the attempt ended in this process), Ray Train's `checkpoint_*/` (the training state of
+end when the attempt ended in this process), `kept.json` (the search kept the run at the rung: it
+trains on past its rung point), Ray Train's `checkpoint_*/` (the training state of
 the latest evaluation point, which a retried attempt continues from; deleted when the run
 finishes) and, written last, `result.json` (the run finished; a restarted trial replays it instead
 of training).
@@ -26,7 +27,7 @@ from ray.train.torch import TorchTrainer
 from cofitune_ray.config import Config
 from cofitune_ray.core.files import write_whole
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.worker import HISTORY_FILE, train_node
+from cofitune_ray.training.worker import HISTORY_FILE, RUNG_KEPT_FILE, train_node
 
 #: Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2._internal.constants).
 RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -99,9 +100,13 @@ def run_node(
     base_metrics: dict | None = None,
     callbacks: list | None = None,
     max_failures: int = 0,
+    waits_at_rung: bool = False,
 ) -> RunResult:
     """Train `part` at learning rate `lr` (the part's own, else `train.lr`, when None), or only
     evaluate it for the base model; return the run's evaluation points and cost.
+
+    `waits_at_rung`: the run's node compares its runs at the rung, so the workers train past the rung
+    point only once the search has kept the run there (`keep_at_rung`).
 
     `storage_dir` must be reachable by every worker (a local path on one machine, shared storage
     on a cluster); the run's Ray Train run, history and checkpoints are stored under `storage_dir/name`.
@@ -124,6 +129,7 @@ def run_node(
             "importance_key": importance.key if importance else None,
             "base_metrics": base_metrics,
             "run_dir": str(run_dir),
+            "waits_at_rung": waits_at_rung,
         },
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
@@ -150,6 +156,13 @@ def run_node(
     write_whole(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=2))
     discard_train_state(run_dir)  # a finished run is replayed, never resumed
     return result
+
+
+def keep_at_rung(run_dir: Path) -> None:
+    """The search kept this run at the rung: its workers (waiting there now, or resumed there later) train on."""
+    mark = Path(run_dir) / RUNG_KEPT_FILE
+    if not mark.is_file():
+        write_whole(mark, json.dumps({"kept": True}))
 
 
 def end_stopped_run(run_dir: Path, reason: str) -> None:
@@ -188,12 +201,21 @@ def discard_train_state(run_dir: Path) -> None:
 
 
 def _start_attempt(run_dir: Path, entry: dict) -> int:
-    """Append an attempt to the run's attempts file; return its number (1, 2, ...)."""
+    """Append an attempt to the run's attempts file; return its number (1, 2, ...).
+
+    An earlier attempt without an end had its process ended from outside (its trial paused at the rung,
+    or the search's driver killed): it is given an end at its last evaluation point (when the run's
+    history was last written), marked `"ended_at": "last point"`.
+    """
     path = run_dir / ATTEMPTS_FILE
-    count = len(path.read_text().splitlines()) if path.is_file() else 0
-    with open(path, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-    return count + 1
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    history = run_dir / HISTORY_FILE
+    last_point = history.stat().st_mtime if history.is_file() else None
+    for earlier in entries:
+        if "ended" not in earlier and last_point is not None and last_point > earlier["started"]:
+            earlier.update(ended=last_point, ended_at="last point")
+    write_whole(path, "".join(json.dumps(e) + "\n" for e in [*entries, entry]))
+    return len(entries) + 1
 
 
 def _end_attempt(run_dir: Path, attempt: int) -> None:
@@ -205,9 +227,8 @@ def _end_attempt(run_dir: Path, attempt: int) -> None:
 
 
 def attempts_wall_time(run_dir: Path) -> float:
-    """The run's cost in seconds: every attempt from its start to its end.
-
-    An attempt without an end (its process was killed together with the search's driver) is not counted.
+    """The run's cost in seconds: every attempt from its start to its end (for an attempt ended from outside,
+    to its last evaluation point; one that reported none is not counted).
     """
     entries = [json.loads(line) for line in (run_dir / ATTEMPTS_FILE).read_text().splitlines()]
     return sum(e["ended"] - e["started"] for e in entries if "ended" in e)

@@ -7,7 +7,13 @@ writes a delta checkpoint (only the trained parameters, safetensors; rank 0) to
 `<run dir>/points/eval-<k>/` and reports Spec/Vers/Uni with that path (`checkpoint`) through
 `ray.train.report`, together with the training state (`train_state.py`) as the run's Ray Train
 checkpoint. A retried run (Tune restarts the trial after a worker died) gets that state back from
-`ray.train.get_checkpoint()` and continues from its last evaluation point.
+`ray.train.get_checkpoint()` and continues from its last evaluation point, which it first reports
+again (so the search judges it even if the point never reached the search before).
+
+A run whose node compares its runs at the rung (`waits_at_rung`) trains no further than its rung
+point until the search has kept it there: the driver writes `kept.json` in the run directory
+(`RUNG_KEPT_FILE`); meanwhile the scheduler pauses or stops the run's trial, which ends these
+workers. So a run never trains past the rung on timing, and a run the rung stops has no point past it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.tree import RUNG
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
 from cofitune_ray.training.data import encode_example
 from cofitune_ray.training.evaluate import Evaluator
@@ -41,6 +48,8 @@ from cofitune_ray.training.softmask import SoftMask
 from cofitune_ray.training.train_state import Position, read_position
 
 HISTORY_FILE = "history.jsonl"  # one line per evaluation point, in the run directory
+RUNG_KEPT_FILE = "kept.json"  # the search kept this run at the rung: it trains on past its rung point
+RUNG_POLL_S = 0.5
 POINTS_DIR = "points"  # <run dir>/points/eval-<k>/: the delta checkpoint of evaluation point k
 
 
@@ -48,13 +57,16 @@ class _Reporter:
     """Evaluates, writes the point's delta checkpoint and history line (rank 0), and reports to Ray Train
     with the training state as the run's checkpoint."""
 
-    def __init__(self, evaluator, part, rank, world_size, base, run_dir, trained_names, trained_params, started):
+    def __init__(self, evaluator, part, rank, world_size, base, run_dir, trained_names, trained_params, started,
+                 waits_at_rung):
         self.evaluator, self.part, self.rank, self.world_size = evaluator, part, rank, world_size
         self.base, self.run_dir, self.started = base, Path(run_dir), started
         self.trained_names, self.trained_params = set(trained_names), trained_params
+        self.waits_at_rung = waits_at_rung
         spec = evaluator.speciality.examples[0]
         self.probe_ids = encode_example(evaluator.tokenizer, evaluator.template, spec)[0]
         self.resumed_from_step = 0
+        self.resumed_point: dict = {}  # rank 0: the history line of the point these workers continue from
 
     def start_from(self, position: Position) -> None:
         """These workers continue the run at `position` (the start: `Position()`).
@@ -69,6 +81,21 @@ class _Reporter:
         lines = path.read_text().splitlines() if path.is_file() else []
         kept = [line for line in lines if line.strip() and json.loads(line)["eval_index"] <= position.evaluations]
         path.write_text("".join(line + "\n" for line in kept))
+        self.resumed_point = json.loads(kept[-1]) if kept and position.evaluations else {}
+
+    def report_again(self, position: Position) -> None:
+        """Report the point a continued run resumes from once more (rank 0's history line), then wait there if it
+        is the rung: the search records it (again: the same point replaces itself) and judges it."""
+        ray.train.report(self.resumed_point)
+        self.wait_at_rung(position.evaluations)
+
+    def wait_at_rung(self, eval_index: int) -> None:
+        """At the rung point of a run compared there: wait until the search keeps the run (a run it stops or
+        pauses has its trial, and these workers, ended meanwhile)."""
+        if not self.waits_at_rung or eval_index != RUNG:
+            return
+        while not (self.run_dir / RUNG_KEPT_FILE).is_file():
+            time.sleep(RUNG_POLL_S)
 
     def __call__(self, model: torch.nn.Module, point: TrainingPoint) -> None:
         metrics = self.evaluator.evaluate(model, self.rank, self.world_size, self.base)
@@ -121,7 +148,7 @@ def _spread_across_ranks(value: float, world_size: int) -> float:
 
 def train_node(loop_config: dict) -> None:
     """Ray Train worker entry point. loop_config: config, part, lr, importance_dir, importance_key, base_metrics,
-    run_dir."""
+    run_dir, waits_at_rung."""
     started = time.time()
     config = config_from_dict(loop_config["config"])
     part = ModelPart.from_dict(loop_config["part"])
@@ -137,7 +164,7 @@ def train_node(loop_config: dict) -> None:
     trained_params = freeze_all_but(model, names)
     evaluator = Evaluator.from_config(config, tokenizer)
     report = _Reporter(evaluator, part, rank, world_size, loop_config.get("base_metrics"),
-                       loop_config["run_dir"], names, trained_params, started)
+                       loop_config["run_dir"], names, trained_params, started, loop_config.get("waits_at_rung", False))
     model = distribute(model, config.scaling.strategy, device, bf16=use_bf16(config, device),
                        activation_checkpointing=config.train.activation_checkpointing and part.trains)
     if not part.trains:
@@ -154,7 +181,11 @@ def train_node(loop_config: dict) -> None:
     saved = ray.train.get_checkpoint()  # the latest state of this run, when an earlier attempt left one
     # For local storage the directory is the checkpoint itself; remote storage is downloaded for the run.
     with saved.as_directory() if saved else nullcontext() as resume:
-        report.start_from(read_position(Path(resume)) if resume else Position())
+        position = read_position(Path(resume)) if resume else Position()
+        report.start_from(position)
+        if position.evaluations:
+            report.report_again(position)
         for point in training_points(config, loop_config["lr"], model, tokenizer, softmask, rank, world_size, device,
                                      resume=Path(resume) if resume else None):
             report(model, point)
+            report.wait_at_rung(point.eval_index)

@@ -3,7 +3,8 @@
 The lines say which nodes a level runs and at how many learning rates, how each node ended (its
 score, why it ranks where it does, what happened to each learning-rate run) with a running count
 and an estimate of the level's remaining time. The callback also keeps tree.json current and
-deletes checkpoints no ranking can need any more once a level has ended.
+deletes checkpoints no ranking can need any more once a level has ended. It also writes the mark that
+lets a run the rung kept train past its rung point (`training.runner.keep_at_rung`).
 
 The metrics go through `ray.util.metrics`, so they are exported on the node's metrics port
 (as `ray_cofitune_*`) and show in Grafana and the dashboard's metrics view.
@@ -19,7 +20,7 @@ from ray.util.metrics import Gauge
 
 from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
 from cofitune_ray.training.checkpoint import delete_checkpoints
-from cofitune_ray.training.runner import end_stopped_run
+from cofitune_ray.training.runner import end_stopped_run, keep_at_rung
 from cofitune_ray.tuning.searcher import TreeSearcher
 from cofitune_ray.tuning.trial import NODES_DIR, run_name
 
@@ -103,8 +104,8 @@ def _minutes(seconds: float) -> str:
 
 
 class SearchProgress(Callback):
-    """Prints the level and node lines, keeps tree.json current, frees unneeded checkpoints and the training
-    state of stopped runs, updates metrics."""
+    """Prints the level and node lines, keeps tree.json current, lets the runs the rung kept train on, frees
+    unneeded checkpoints and the training state of stopped runs, updates metrics."""
 
     def __init__(self, searcher: TreeSearcher, run_dir: str, run_name: str):
         self.searcher = searcher
@@ -136,6 +137,9 @@ class SearchProgress(Callback):
         # refresh, not once: a stopped trial's worker can still upload a checkpoint after the first discard.
         for run in (r for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")):
             end_stopped_run(Path(self.run_dir) / NODES_DIR / run_name(run.id), run.stop_reason or run.status)
+        for run in tree.in_flight():  # the rung kept it: its workers may train past the rung
+            if run.rung_point() and tree.compared_at_rung(tree.node_of_run(run.id)) and not tree.waits_at_rung(run.id):
+                keep_at_rung(Path(self.run_dir) / NODES_DIR / run_name(run.id))
         for node in tree.nodes.values():
             if node.id not in self._ended_shown and node.status in ("finished", "pruned", "failed"):
                 self._ended_shown.add(node.id)

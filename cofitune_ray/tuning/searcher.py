@@ -2,11 +2,12 @@
 
 Tune asks for trials; the searcher hands out the next learning-rate run of the tree's current level
 (`order.next_run`, the same call `core/drive.py` makes) as the trial config
-`{"part": ModelPart.to_dict(), "node_id": "n3", "run_id": "n3-lr0.0001", "lr": 1e-4}`, returns None
-while the level's results are still in flight, and `Searcher.FINISHED` once the tree has ended.
-Results and completions go into the tree, which expands the next level.
+`{"part": ModelPart.to_dict(), "node_id": "n3", "run_id": "n3-lr0.0001", "lr": 1e-4, "waits_at_rung": True}`
+(`waits_at_rung`: the node's runs are compared at the rung, so the run waits there for the verdict),
+returns None while the level's results are still in flight, and `Searcher.FINISHED` once the tree
+has ended. Results and completions go into the tree, which expands the next level.
 
-Use with `TuneConfig(search_alg=searcher, scheduler=PromisingChildScheduler(searcher, rules),
+Use as `TuneConfig(search_alg=RunLimiter(searcher, N), scheduler=PromisingChildScheduler(searcher, rules),
 num_samples=-1, max_concurrent_trials=N)`. `save`/`restore` write and read the tree as JSON, so
 `Tuner.restore` continues the search exactly where it stopped.
 """
@@ -17,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from cofitune_ray.core.drive import NodeOrder, TreeOrder
 from cofitune_ray.core.tree import Run, SearchTree
@@ -41,12 +42,18 @@ class TreeSearcher(Searcher):
         node, run = pick
         self.tree.start(run.id, trial_id)
         self.trial_runs[trial_id] = run.id
-        return {"part": node.part.to_dict(), "node_id": node.id, "run_id": run.id, "lr": run.lr}
+        return {"part": node.part.to_dict(), "node_id": node.id, "run_id": run.id, "lr": run.lr,
+                "waits_at_rung": self.tree.compared_at_rung(node)}
 
     def run_for_trial(self, trial_id: str) -> Run | None:
         """The run a Tune trial runs, or None for a trial this searcher did not suggest."""
         run_id = self.trial_runs.get(trial_id)
         return self.tree.run(run_id) if run_id else None
+
+    def waits_at_rung(self, trial_id: str) -> bool:
+        """Whether the trial's run waits at the rung for its node's verdict (`SearchTree.waits_at_rung`)."""
+        run = self.run_for_trial(trial_id)
+        return run is not None and self.tree.waits_at_rung(run.id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.trial_runs:
@@ -69,6 +76,28 @@ class TreeSearcher(Searcher):
         state = json.loads(Path(checkpoint_path).read_text())
         self.tree = SearchTree.from_dict(state["tree"])
         self.trial_runs = state["trial_runs"]
+
+
+class RunLimiter(ConcurrencyLimiter):
+    """Tune's `ConcurrencyLimiter` for a `TreeSearcher`, where a trial waiting at the rung does not count.
+
+    The scheduler pauses such a trial until its node's verdict is known; its place goes to the next
+    run, a sibling the verdict waits for among them (with one place the sibling could never start
+    otherwise). A paused run the verdict keeps counts again, and resumes when a place is free.
+    """
+
+    def __init__(self, searcher: TreeSearcher, max_concurrent: int):
+        super().__init__(searcher, max_concurrent)
+
+    def suggest(self, trial_id: str):
+        waiting = sum(self.searcher.waits_at_rung(t) for t in self.live_trials)
+        if len(self.live_trials) - waiting >= self.max_concurrent:
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        return suggestion
 
 
 def latest_saved_tree(experiment_dir: str | Path, wait_s: float = 60.0) -> SearchTree | None:

@@ -1,7 +1,7 @@
 """The Ray Tune function trainable: one learning-rate run of a tree node per trial.
 
 It runs the node at the trial's learning rate as a Ray Train job (`training.runner.run_node`),
-forwards every evaluation point to Tune (so the scheduler can stop it), and ends with one
+forwards every evaluation point to Tune (so the scheduler can stop or pause it), and ends with one
 `final: true` result holding the run's cost. The base model is evaluated once before the search;
 its trial reports that cached result instead of evaluating again.
 """
@@ -95,5 +95,6 @@ def node_trial(trial_config: dict, run: RunContext) -> None:
         importance=run.importance,
         base_metrics={"spec": base["spec"], "vers": base["vers"]},
         callbacks=[TuneReportCallback()],
+        waits_at_rung=trial_config.get("waits_at_rung", False),
     )
     tune.report(final_result(result))
