@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
+from cofitune_ray.config import ColumnsConfig
+from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_examples
 from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.sharding import unwrapped
 
@@ -34,14 +35,16 @@ class EvalSet:
     metric: str  # exact_match | loglik | choice
 
     @classmethod
-    def load(cls, name: str, path: str, metric: str = "auto", limit: int | None = None) -> "EvalSet":
-        examples = read_jsonl(path)[:limit]
+    def load(cls, name: str, path: str, metric: str = "auto", limit: int | None = None,
+             columns: ColumnsConfig | None = None) -> "EvalSet":
+        """The first `limit` examples of a data file or directory (`training/data.py`), scored by `metric`."""
+        examples = read_examples(path, columns)[:limit]
         has_choices = [e.choices is not None for e in examples]
         if metric == "auto":
             metric = "choice" if all(has_choices) else "exact_match"
         if metric == "choice" and not all(has_choices):
-            line = examples[has_choices.index(False)].line
-            raise DataError(f"{path}:{line}: metric 'choice' needs 'choices' and 'answer' on every line")
+            where = examples[has_choices.index(False)].where
+            raise DataError(f"{where}: metric 'choice' needs 'choices' and 'answer' in every record")
         return cls(name, examples, metric)
 
 
@@ -160,10 +163,11 @@ def score_set(model, tokenizer, template: str, eval_set: EvalSet, batch_size: in
 
 
 def versatility_set(config, index: int) -> EvalSet | HarnessTask:
-    """The config's `data.versatility[index]`: a JSONL set (read now) or an lm-eval task (loaded when first scored)."""
+    """The config's `data.versatility[index]`: a set given by path (read now) or an lm-eval task (loaded when first
+    scored)."""
     entry, limit = config.data.versatility[index], config.data.max_eval_examples
     if entry.lm_eval is None:
-        return EvalSet.load(entry.name, entry.path, entry.metric, limit)
+        return EvalSet.load(entry.name, entry.path, entry.metric, limit, config.data.columns)
     return HarnessTask.from_config(entry.name, entry.lm_eval, config.model.tokenizer or config.model.path, limit,
                                    key=f"data.versatility[{index}].lm_eval")
 
@@ -182,7 +186,8 @@ class Evaluator:
     def from_config(cls, config, tokenizer) -> "Evaluator":
         limit = config.data.max_eval_examples
         spec_cfg = config.data.speciality_eval
-        speciality = EvalSet.load(spec_cfg.name or "speciality", spec_cfg.path, spec_cfg.metric, limit)
+        speciality = EvalSet.load(spec_cfg.name or "speciality", spec_cfg.path, spec_cfg.metric, limit,
+                                  config.data.columns)
         versatility = [versatility_set(config, i) for i in range(len(config.data.versatility))]
         return cls(speciality, versatility, tokenizer, config.data.prompt_template, config.eval.batch_size,
                    config.eval.max_new_tokens, config.eval.spec_weight, config.eval.vers_weight)
