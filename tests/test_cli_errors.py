@@ -62,6 +62,31 @@ def test_missing_field(tmp_path, world, capsys):
     assert code == 2 and f"{bad}:1: missing field 'output'" in err
 
 
+def test_a_parquet_file_that_is_not_one(tmp_path, world, capsys):
+    fake = tmp_path / "train.parquet"
+    fake.write_text(Path(world["data"]["speciality_train"]).read_text())
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(speciality_train=str(fake)))
+    assert code == 2 and f"{fake}: not a Parquet file" in err
+
+
+def test_a_chat_record_without_an_assistant_turn(tmp_path, world, capsys):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+                    + "\n" + json.dumps({"messages": [{"from": "human", "value": "a"}]}) + "\n")
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"]["speciality_eval"].update(path=str(chat)))
+    assert code == 2 and f"{chat}:2: field 'messages' has no assistant turn" in err
+
+
+def test_a_saved_dataset_without_a_mapped_column(tmp_path, world, capsys):
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([{"question": "a", "reply": "b"}]).save_to_disk(str(saved))
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(speciality_train=str(saved),
+                                                                        columns={"instruction": "question"}))
+    assert code == 2 and f"{saved}: no column 'output' nor 'messages' (its columns: question, reply)" in err
+
+
 def test_empty_dataset(tmp_path, world, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
