@@ -49,12 +49,19 @@ class Example:
     choices: tuple[str, ...] | None = None
     answer: int | None = None  # index into choices
     where: str = ""  # `file:line` or `file: row n`, for messages about this example
+    # A chat record read for the `chat` template: its turns ((role, content), ...), ending with the assistant's
+    # (`output`); instruction is then the last user turn, for messages about it.
+    messages: tuple[tuple[str, str], ...] | None = None
 
 
-def read_examples(path: str | Path, columns: ColumnsConfig | None = None) -> list[Example]:
-    """Read and check every record of a data file or `save_to_disk` directory (blank JSONL lines are skipped)."""
+def read_examples(path: str | Path, columns: ColumnsConfig | None = None, chat: bool = False) -> list[Example]:
+    """Read and check every record of a data file or `save_to_disk` directory (blank JSONL lines are skipped).
+
+    chat: the records are for the `chat` template, which formats any conversation that ends with an assistant
+    turn (else a chat record must be one user turn and one assistant turn).
+    """
     path, columns = Path(path), columns or ColumnsConfig()
-    examples = [_example(record, where, columns) for where, record in _records(path, columns)]
+    examples = [_example(record, where, columns, chat) for where, record in _records(path, columns)]
     if not examples:
         raise DataError(f"{path}: the file holds no examples")
     return examples
@@ -163,10 +170,16 @@ def _text(record: dict, key: str, columns: ColumnsConfig, where: str, required: 
     return value
 
 
-def _example(record: object, where: str, columns: ColumnsConfig) -> Example:
+def _example(record: object, where: str, columns: ColumnsConfig, chat: bool) -> Example:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if record.get(columns.messages) is not None:
+    messages = None
+    if record.get(columns.messages) is not None and chat:
+        messages = _conversation(record[columns.messages], where, columns)
+        instruction = next((content for role, content in reversed(messages) if role == "user"), "")
+        input_text, output = "", messages[-1][1]
+        output_name = f"field {_field(columns.messages, 'messages', columns)}: the last assistant turn"
+    elif record.get(columns.messages) is not None:
         instruction, input_text, output = _single_turn(record[columns.messages], where, columns)
         output_name = f"field {_field(columns.messages, 'messages', columns)}: the assistant turn"
     else:
@@ -187,7 +200,7 @@ def _example(record: object, where: str, columns: ColumnsConfig) -> Example:
             raise DataError(f"{where}: field {_field(columns.answer, 'answer', columns)} must be an index into "
                             f"choices or one of the choices")
         choices = tuple(choices)
-    return Example(instruction, input_text, output, choices, answer, where)
+    return Example(instruction, input_text, output, choices, answer, where, messages)
 
 
 def _turns(messages: object, where: str, columns: ColumnsConfig) -> list[tuple[str, str]]:
@@ -210,6 +223,16 @@ def _turns(messages: object, where: str, columns: ColumnsConfig) -> list[tuple[s
     if not any(role == "assistant" for role, _ in turns):
         raise DataError(f"{where}: field {name} has no assistant turn (nothing to learn or score)")
     return turns
+
+
+def _conversation(messages: object, where: str, columns: ColumnsConfig) -> tuple[tuple[str, str], ...]:
+    """The turns of a chat record for the `chat` template, up to its last assistant turn (the response)."""
+    turns = _turns(messages, where, columns)
+    last = max(i for i, (role, _) in enumerate(turns) if role == "assistant")
+    if last < len(turns) - 1:
+        raise DataError(f"{where}: field {_field(columns.messages, 'messages', columns)} ends with a "
+                        f"{turns[-1][0]} turn: a conversation ends with the assistant turn the model learns")
+    return tuple(turns)
 
 
 def _single_turn(messages: object, where: str, columns: ColumnsConfig) -> tuple[str, str, str]:
