@@ -39,6 +39,7 @@ class Preflight:
     max_seq_length: int
     strategy: str  # ddp | fsdp: `scaling.strategy` with `auto` resolved by the memory plan
     tokenized: TrainingSet  # the training set's cache entry (built now, or found)
+    eval_sets_tokenized: tuple[int, int]  # (evaluation sets tokenised now, sets given by path): the others were cached
 
     def lines(self) -> list[str]:
         """What the search will run on, in words, and a warning when training sequences do not fit."""
@@ -54,8 +55,9 @@ class Preflight:
                          f"data.max_seq_length ({self.max_seq_length} tokens) and are truncated; "
                          f"{self.left_out} of them keep no response token and are left out")
         entry = self.tokenized
+        now, total = self.eval_sets_tokenized
         lines.append(f"training set {'tokenized' if entry.built else 'already tokenized'}: {entry.rows} sequences in "
-                     f"{entry.directory}")
+                     f"{entry.directory}; evaluation sets tokenized now: {now} of {total}")
         return lines
 
 
@@ -66,7 +68,7 @@ def preflight(config: Config) -> Preflight:
     except (OSError, SearchSpaceError) as exc:
         raise PreflightError(f"search.space: {exc}") from None
     # torch comes in with the evaluation sets: a config or search-space error above is reported without it
-    from cofitune_ray.training.evaluate import EvalSet, versatility_set
+    from cofitune_ray.training.evaluate import EvalSet, tokenize_eval_sets, versatility_set
     from cofitune_ray.training.harness import HarnessTask
     from cofitune_ray.training.importance import importance_data
     from cofitune_ray.training.spectrum import safetensors_files
@@ -104,11 +106,12 @@ def preflight(config: Config) -> Preflight:
         train = read_examples(config.data.speciality_train, config.data.columns)
         spec_eval = config.data.speciality_eval
         spec_name = spec_eval.name or "speciality"
-        counts[spec_name] = len(EvalSet.load(spec_name, spec_eval.path, spec_eval.metric,
-                                             config.data.max_eval_examples, config.data.columns).examples)
-        for i, entry in enumerate(config.data.versatility):
-            chosen = versatility_set(config, i)
-            counts[entry.name] = chosen.load() if isinstance(chosen, HarnessTask) else len(chosen.examples)
+        spec_set = EvalSet.load(spec_name, spec_eval.path, spec_eval.metric, config.data.max_eval_examples,
+                                config.data.columns)
+        counts[spec_name] = len(spec_set.examples)
+        vers_sets = [versatility_set(config, i) for i in range(len(config.data.versatility))]
+        for chosen in vers_sets:
+            counts[chosen.name] = chosen.load() if isinstance(chosen, HarnessTask) else len(chosen.examples)
         uses_softmask = any(s.softmask for s in space.reachable_nodes())
         if uses_softmask and not importance_data(config):
             problems.append("importance.data: soft-masking nodes need general data to compute importance on, "
@@ -130,6 +133,7 @@ def preflight(config: Config) -> Preflight:
         raise PreflightError(f"{', '.join(harness_sets)}: an lm-eval task is scored by one worker on the whole model, "
                              "which scaling.strategy fsdp shards over the workers: use ddp, or a set given by path")
     tokenized = training_set(config, tokenizer, train)
+    eval_sets_tokenized = tokenize_eval_sets(config, tokenizer, spec_set, vers_sets)
     return Preflight(arch, space, len(train), counts, uses_softmask, memory, truncated=tokenized.truncated,
                      left_out=tokenized.lost_all_labels, max_seq_length=config.data.max_seq_length, strategy=strategy,
-                     tokenized=tokenized)
+                     tokenized=tokenized, eval_sets_tokenized=eval_sets_tokenized)

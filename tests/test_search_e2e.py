@@ -93,9 +93,11 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
     run_dir, output, finished_before, before = resumed_run
     assert "resuming the search" in output
     assert output.strip().splitlines()[-1] == f"Results: {run_dir}"
-    # One tokenisation of the training set for every trial and worker of both drivers (training/tokenized.py).
-    assert len((run_dir.parent / CACHE_DIR / BUILDS_FILE).read_text().splitlines()) == 1
-    assert "[cofitune] training set already tokenized" in output
+    # One tokenisation of the training set, and of each evaluation set given by path (speciality, copy, reverse),
+    # for every trial and worker of both drivers (training/tokenized.py).
+    builds = [json.loads(line) for line in (run_dir.parent / CACHE_DIR / BUILDS_FILE).read_text().splitlines()]
+    assert len(builds) == len({b["entry"] for b in builds}) == 4
+    assert "[cofitune] training set already tokenized" in output and "evaluation sets tokenized now: 0 of 3" in output
     after = attempts(run_dir)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for node_id in finished_before:

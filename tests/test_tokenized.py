@@ -1,17 +1,20 @@
-"""The training set is tokenised once per search: a node's data from every format gives the hand-built tokens,
-the cache is reused while data, tokenizer and template stay, and workers read it memory-mapped."""
+"""Training and evaluation sets are tokenised once per search: a node's data from every format gives the hand-built
+tokens, the cache is reused while data, tokenizer and template stay, workers read it memory-mapped, and evaluation
+scores what it scored before."""
 
 import copy
+import dataclasses
 import json
 import re
 
 import pytest
 
 from cofitune_ray.config import config_from_dict
-from cofitune_ray.training.data import IGNORE_INDEX, DataError
-from cofitune_ray.training.model import load_tokenizer
+from cofitune_ray.training.data import IGNORE_INDEX, DataError, encode_example
+from cofitune_ray.training.evaluate import Evaluator, score_set
+from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR, TOKENS_FILE, training_set
-from tiny import ALPHABET, FORMATS, SPECIALS, make_tokenizer, write_formats
+from tiny import ALPHABET, FORMATS, SPECIALS, make_model, make_tokenizer, write_formats
 
 ROWS = [{"instruction": "rev", "input": "", "output": "ba"},
         {"instruction": "pick", "input": "", "output": "y", "choices": ["x", "y"], "answer": 1}]
@@ -96,3 +99,20 @@ def test_workers_read_the_cache_memory_mapped(files, tmp_path):
     rows = entry.load()
     assert [f["filename"] for f in rows.cache_files] == [str(entry.directory / TOKENS_FILE)]
     assert type(rows.data).__name__ == "MemoryMappedTable"
+
+
+def test_evaluation_sets_are_tokenised_once_and_score_as_before(files, tmp_path):
+    root, formats = files
+    make_model(root / "tok", layers=2)
+    config = _config(root, *formats["messages-parquet"], tmp_path)
+    tokenizer = load_tokenizer(str(root / "tok"))
+    evaluator = Evaluator.from_config(config, tokenizer)
+    spec = evaluator.speciality
+    assert spec.tokens.built and not Evaluator.from_config(config, tokenizer).speciality.tokens.built
+    for example in spec.examples:
+        for response in (example.output, *(example.choices or ())):
+            assert spec.tokens.encode(example, response) == encode_example(tokenizer, "compact", example, response)
+    assert spec.tokens.encode(spec.examples[0]) == (ids("rev:="), ids("ba") + [EOS])
+    model = load_model(str(root / "tok"))
+    cached = score_set(model, tokenizer, "compact", spec, 2, 4)
+    assert cached == score_set(model, tokenizer, "compact", dataclasses.replace(spec, tokens=None), 2, 4)

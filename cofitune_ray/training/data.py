@@ -307,6 +307,19 @@ def tokenize_rows(batch: dict[str, list], tokenizer, template: str, max_seq_leng
     return rows
 
 
+def encode_eval_rows(batch: dict[str, list], tokenizer, template: str, examples: list[Example]) -> dict[str, list]:
+    """Token ids of a batch of evaluation examples (column `index` into `examples`), by `encode_example`: the
+    prompt, the output, and each choice as the response. A plain function, for `datasets.Dataset.map`."""
+    rows = {"prompt_ids": [], "output_ids": [], "choice_ids": []}
+    for index in batch["index"]:
+        example = examples[index]
+        prompt_ids, output_ids = encode_example(tokenizer, template, example)
+        rows["prompt_ids"].append(prompt_ids)
+        rows["output_ids"].append(output_ids)
+        rows["choice_ids"].append([encode_example(tokenizer, template, example, c)[1] for c in example.choices or ()])
+    return rows
+
+
 def example_columns(examples: list[Example]) -> dict[str, list[str]]:
     """The columns `tokenize_rows` reads, from examples."""
     return {"instruction": [e.instruction for e in examples], "input": [e.input for e in examples],
