@@ -49,17 +49,34 @@ class LmEvalTaskConfig:
 
 @dataclass
 class EvalSetConfig:
-    """One evaluation set: a JSONL file and the metric that scores it, or (versatility only) an lm-eval task."""
+    """One evaluation set: a data file (or directory) and the metric that scores it, or (versatility only) an
+    lm-eval task."""
 
     name: str = ""
     path: str = ""
-    metric: str = "auto"  # auto | exact_match | loglik | choice (JSONL sets)
+    metric: str = "auto"  # auto | exact_match | loglik | choice (sets given by path)
     lm_eval: LmEvalTaskConfig | None = None  # instead of path: the set is this lm-eval task
 
 
 @dataclass
+class ColumnsConfig:
+    """The names the data's fields have, where they differ from ours (like LLaMA-Factory's `columns`).
+
+    One mapping for every data entry of the run; a record is an instruction record (instruction, input,
+    output) or a chat record (messages), and either may carry choices and answer (multiple choice).
+    """
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"  # a list of {role, content} (ShareGPT's {from, value} too)
+    choices: str = "choices"
+    answer: str = "answer"
+
+
+@dataclass
 class DataConfig:
-    """Training and evaluation data (JSONL lines with instruction, input, output)."""
+    """Training and evaluation data: JSONL, JSON, Parquet or `datasets.save_to_disk` directories (training/data.py)."""
 
     speciality_train: str = ""
     speciality_eval: EvalSetConfig = field(default_factory=EvalSetConfig)
@@ -68,6 +85,7 @@ class DataConfig:
     max_seq_length: int = 512
     loss_on: str = "response"  # response | sequence
     max_eval_examples: int | None = None  # per set; None = all
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
 
 
 @dataclass
@@ -105,7 +123,7 @@ class EvalConfig:
 class ImportanceConfig:
     """Unit importance for soft-masking (CoFiTune's fine level; docs/softmask.md)."""
 
-    data: list[str] = field(default_factory=list)  # JSONL files; empty = the versatility eval sets
+    data: list[str] = field(default_factory=list)  # data files; empty = the versatility eval sets
     max_examples: int = 256
     batch_size: int = 8
     temperature: float = 0.1
@@ -365,22 +383,22 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         need(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
     need(bool(config.model.path), "model.path", "the base model directory is required")
-    need(bool(config.data.speciality_train), "data.speciality_train", "a JSONL file is required")
-    need(bool(config.data.speciality_eval.path), "data.speciality_eval.path", "a JSONL file is required")
+    need(bool(config.data.speciality_train), "data.speciality_train", "a data file or directory is required")
+    need(bool(config.data.speciality_eval.path), "data.speciality_eval.path", "a data file or directory is required")
     need(bool(config.data.versatility), "data.versatility", "at least one versatility eval set is required")
     sets = [config.data.speciality_eval, *config.data.versatility]
     need(config.data.speciality_eval.lm_eval is None, "data.speciality_eval.lm_eval",
-         "only versatility sets may be lm-eval tasks (the speciality set is your JSONL data)")
+         "only versatility sets may be lm-eval tasks (the speciality set is your data)")
     for i, item in enumerate(config.data.versatility):
         key = f"data.versatility[{i}]"
         need(bool(item.name), f"{key}.name", "a name is required")
         task = item.lm_eval
         if task is None:
-            need(bool(item.path), f"{key}.path", "a JSONL file (or an lm_eval task) is required")
+            need(bool(item.path), f"{key}.path", "a data file or directory (or an lm_eval task) is required")
             continue
-        need(not item.path, key, "give either path (a JSONL file) or lm_eval (a task), not both")
+        need(not item.path, key, "give either path (a data file or directory) or lm_eval (a task), not both")
         need(item.metric == "auto", f"{key}.metric",
-             "applies to JSONL sets; an lm-eval set names its metric in lm_eval.metric")
+             "applies to sets given by path; an lm-eval set names its metric in lm_eval.metric")
         need(bool(task.task), f"{key}.lm_eval.task", "a task name is required, e.g. arc_easy")
         need(task.limit is None or task.limit >= 1, f"{key}.lm_eval.limit", "must be at least 1 or null")
         need(task.include_path is None or Path(task.include_path).is_dir(), f"{key}.lm_eval.include_path",

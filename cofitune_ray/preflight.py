@@ -1,9 +1,10 @@
 """Everything that can be checked before any Ray or GPU time is spent.
 
 Reads the model's config (and checks that its weight files exist, without loading them), the
-tokenizer, every data file line by line, builds every lm-eval task with its data, resolves every
+tokenizer, every data entry record by record, builds every lm-eval task with its data, resolves every
 node the search space can reach against the model's depth and modules, and makes the memory plan
-(`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error.
+(`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error. When all is well,
+it tokenises the training set into the search's cache (`training/tokenized.py`), or finds it there.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from cofitune_ray.config import Config, objective
 from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
 from cofitune_ray.plan import MemoryPlan, PlanError, memory_plan
-from cofitune_ray.training.data import DataError, read_jsonl, tokenize_for_training
+from cofitune_ray.training.data import DataError, read_examples
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
+from cofitune_ray.training.tokenized import TrainingSet, training_set
 
 
 class PreflightError(ValueError):
@@ -36,6 +38,8 @@ class Preflight:
     left_out: int  # of those, sequences with no response token left (not trained on)
     max_seq_length: int
     strategy: str  # ddp | fsdp: `scaling.strategy` with `auto` resolved by the memory plan
+    tokenized: TrainingSet  # the training set's cache entry (built now, or found)
+    eval_sets_tokenized: tuple[int, int]  # (evaluation sets tokenised now, sets given by path): the others were cached
 
     def lines(self) -> list[str]:
         """What the search will run on, in words, and a warning when training sequences do not fit."""
@@ -50,6 +54,10 @@ class Preflight:
             lines.append(f"warning: {self.truncated} of {self.train_examples} training sequences are longer than "
                          f"data.max_seq_length ({self.max_seq_length} tokens) and are truncated; "
                          f"{self.left_out} of them keep no response token and are left out")
+        entry = self.tokenized
+        now, total = self.eval_sets_tokenized
+        lines.append(f"training set {'tokenized' if entry.built else 'already tokenized'}: {entry.rows} sequences in "
+                     f"{entry.directory}; evaluation sets tokenized now: {now} of {total}")
         return lines
 
 
@@ -60,7 +68,7 @@ def preflight(config: Config) -> Preflight:
     except (OSError, SearchSpaceError) as exc:
         raise PreflightError(f"search.space: {exc}") from None
     # torch comes in with the evaluation sets: a config or search-space error above is reported without it
-    from cofitune_ray.training.evaluate import EvalSet, versatility_set
+    from cofitune_ray.training.evaluate import EvalSet, tokenize_eval_sets, versatility_set
     from cofitune_ray.training.harness import HarnessTask
     from cofitune_ray.training.importance import importance_data
     from cofitune_ray.training.spectrum import safetensors_files
@@ -95,21 +103,22 @@ def preflight(config: Config) -> Preflight:
             problems.append(str(exc))
     counts: dict[str, int] = {}
     try:
-        train = read_jsonl(config.data.speciality_train)
+        train = read_examples(config.data.speciality_train, config.data.columns)
         spec_eval = config.data.speciality_eval
         spec_name = spec_eval.name or "speciality"
-        counts[spec_name] = len(EvalSet.load(spec_name, spec_eval.path, spec_eval.metric,
-                                             config.data.max_eval_examples).examples)
-        for i, entry in enumerate(config.data.versatility):
-            chosen = versatility_set(config, i)
-            counts[entry.name] = chosen.load() if isinstance(chosen, HarnessTask) else len(chosen.examples)
+        spec_set = EvalSet.load(spec_name, spec_eval.path, spec_eval.metric, config.data.max_eval_examples,
+                                config.data.columns)
+        counts[spec_name] = len(spec_set.examples)
+        vers_sets = [versatility_set(config, i) for i in range(len(config.data.versatility))]
+        for chosen in vers_sets:
+            counts[chosen.name] = chosen.load() if isinstance(chosen, HarnessTask) else len(chosen.examples)
         uses_softmask = any(s.softmask for s in space.reachable_nodes())
         if uses_softmask and not importance_data(config):
-            problems.append("importance.data: soft-masking nodes need general JSONL data to compute importance on, "
+            problems.append("importance.data: soft-masking nodes need general data to compute importance on, "
                             "and every versatility set is an lm-eval task")
         elif uses_softmask:
             for path in importance_data(config):
-                read_jsonl(path)
+                read_examples(path, config.data.columns)
     except DataError as exc:
         problems.append(str(exc))
     if problems:
@@ -122,8 +131,9 @@ def preflight(config: Config) -> Preflight:
     harness_sets = [f"data.versatility[{i}] ({v.name})" for i, v in enumerate(config.data.versatility) if v.lm_eval]
     if strategy == "fsdp" and harness_sets:
         raise PreflightError(f"{', '.join(harness_sets)}: an lm-eval task is scored by one worker on the whole model, "
-                             "which scaling.strategy fsdp shards over the workers: use ddp, or a JSONL set")
-    d = config.data
-    fitted = tokenize_for_training(train, tokenizer, d.prompt_template, d.max_seq_length, d.loss_on)
-    return Preflight(arch, space, len(train), counts, uses_softmask, memory, truncated=fitted.truncated,
-                     left_out=fitted.lost_all_labels, max_seq_length=d.max_seq_length, strategy=strategy)
+                             "which scaling.strategy fsdp shards over the workers: use ddp, or a set given by path")
+    tokenized = training_set(config, tokenizer, train)
+    eval_sets_tokenized = tokenize_eval_sets(config, tokenizer, spec_set, vers_sets)
+    return Preflight(arch, space, len(train), counts, uses_softmask, memory, truncated=tokenized.truncated,
+                     left_out=tokenized.lost_all_labels, max_seq_length=config.data.max_seq_length, strategy=strategy,
+                     tokenized=tokenized, eval_sets_tokenized=eval_sets_tokenized)

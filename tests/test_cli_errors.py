@@ -62,6 +62,31 @@ def test_missing_field(tmp_path, world, capsys):
     assert code == 2 and f"{bad}:1: missing field 'output'" in err
 
 
+def test_a_parquet_file_that_is_not_one(tmp_path, world, capsys):
+    fake = tmp_path / "train.parquet"
+    fake.write_text(Path(world["data"]["speciality_train"]).read_text())
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(speciality_train=str(fake)))
+    assert code == 2 and f"{fake}: not a Parquet file" in err
+
+
+def test_a_chat_record_without_an_assistant_turn(tmp_path, world, capsys):
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+                    + "\n" + json.dumps({"messages": [{"from": "human", "value": "a"}]}) + "\n")
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"]["speciality_eval"].update(path=str(chat)))
+    assert code == 2 and f"{chat}:2: field 'messages' has no assistant turn" in err
+
+
+def test_a_saved_dataset_without_a_mapped_column(tmp_path, world, capsys):
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([{"question": "a", "reply": "b"}]).save_to_disk(str(saved))
+    code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(speciality_train=str(saved),
+                                                                        columns={"instruction": "question"}))
+    assert code == 2 and f"{saved}: no column 'output' nor 'messages' (its columns: question, reply)" in err
+
+
 def test_empty_dataset(tmp_path, world, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -133,7 +158,8 @@ def test_lm_eval_set_without_lm_eval_installed(tmp_path, world, capsys, monkeypa
 def test_versatility_set_with_both_a_file_and_an_lm_eval_task(tmp_path, world, capsys):
     code, err = _run(tmp_path, world, capsys,
                      lambda d: d["data"]["versatility"][0].update(lm_eval={"task": "arc_easy"}))
-    assert code == 2 and "data.versatility[0]: give either path (a JSONL file) or lm_eval (a task), not both" in err
+    assert code == 2
+    assert "data.versatility[0]: give either path (a data file or directory) or lm_eval (a task), not both" in err
 
 
 @pytest.mark.slow
@@ -160,7 +186,7 @@ def test_soft_masking_without_jsonl_general_data(tmp_path, world, capsys):
     only_lm_eval = [{"name": "upper-lm", "lm_eval": {"task": "toy_upper", "include_path": str(tmp_path / "tasks")}}]
     # paper space soft-masks
     code, err = _run(tmp_path, world, capsys, lambda d: d["data"].update(versatility=only_lm_eval))
-    assert code == 2 and "importance.data: soft-masking nodes need general JSONL data" in err
+    assert code == 2 and "importance.data: soft-masking nodes need general data" in err
 
 
 def test_spectrum_reference_that_selects_no_layer(tmp_path, world, capsys):

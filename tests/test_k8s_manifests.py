@@ -674,8 +674,8 @@ def test_the_cost_plans_overlay_renders_and_passes_the_schemas(model, config_fil
     assert (planned / "kustomization.yaml").is_file()
 
     rayjob = one(render(planned), "RayJob")
-    assert crd_errors(rayjob, _crd_schema("RayJob")) == []
-    assert crd_errors(raycluster_from(rayjob), _crd_schema("RayCluster")) == []
+    assert crd_errors(rayjob, crd_schema("RayJob")) == []
+    assert crd_errors(raycluster_from(rayjob), crd_schema("RayCluster")) == []
     for name, template in pod_templates(rayjob).items():
         wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace(":", "-")},
                    "template": template}

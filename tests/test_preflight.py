@@ -18,8 +18,13 @@ def test_the_preflight_line_reads_as_words(tmp_path, world):
     reachable = len(checked.space.reachable_nodes())
     assert checked.lines() == [
         "preflight ok: llama with 4 layers; 32 training examples; Spec set reverse (8 examples); "
-        f"Vers sets upper (8); {reachable} reachable nodes"
+        f"Vers sets upper (8); {reachable} reachable nodes",
+        f"training set {'tokenized' if checked.tokenized.built else 'already tokenized'}: 32 sequences in "
+        f"{checked.tokenized.directory}; evaluation sets tokenized now: {checked.eval_sets_tokenized[0]} of 2",
     ]
+    again = preflight(load_config(write_config(tmp_path / "run.yaml", world)))
+    assert again.lines()[-1] == (f"training set already tokenized: 32 sequences in {checked.tokenized.directory}; "
+                                 "evaluation sets tokenized now: 0 of 2")
     assert checked.truncated == 0
 
 

@@ -32,6 +32,7 @@ from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.training.spectrum import snr_part
+from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR
 from cofitune_ray.training.worker import RUNG_KEPT_FILE
 from ray_processes import train_worker_pids
 from tiny import write_lm_eval_task
@@ -95,6 +96,11 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
     run_dir, output, finished_before, before = resumed_run
     assert "resuming the search" in output
     assert output.strip().splitlines()[-1] == f"Results: {run_dir}"
+    # One tokenisation of the training set, and of each evaluation set given by path (speciality, copy, reverse),
+    # for every trial and worker of both drivers (training/tokenized.py).
+    builds = [json.loads(line) for line in (run_dir.parent / CACHE_DIR / BUILDS_FILE).read_text().splitlines()]
+    assert len(builds) == len({b["entry"] for b in builds}) == 4
+    assert "[cofitune] training set already tokenized" in output and "evaluation sets tokenized now: 0 of 3" in output
     after = attempts(run_dir)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for node_id in finished_before:  # not trained again (a run kept at the rung was started twice: paused there)

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint
-from cofitune_ray.training.data import Example, read_jsonl
+from cofitune_ray.training.data import Example, read_examples
 from cofitune_ray.training.evaluate import EvalSet, score_set
 from cofitune_ray.training.importance import ImportanceSettings, compute_importance
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_tokenizer
@@ -70,7 +70,7 @@ def _evaluation_and_importance_match(rank, root):
     tokenizer, path = load_tokenizer(str(root)), str(root / "eval.jsonl")
     arch = Architecture.from_config(LlamaConfig(**SHAPE))
     reference, sharded = _model(), distribute(_model(), "fsdp", torch.device("cpu"))
-    examples = read_jsonl(path)
+    examples = read_examples(path)
     # multiple choice with 2 to 4 options: the workers' shares are 4, 6 and 4 (example, option) pairs
     with_choices = [Example(e.instruction, e.input, e.output, choices=(e.output, e.input, "ab", "ba")[: 2 + i % 3],
                             answer=0) for i, e in enumerate(examples)]

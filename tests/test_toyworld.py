@@ -18,7 +18,7 @@ from cofitune_ray.toyworld.pretrain import INFO_FILE, PretrainSettings, lr_facto
 from cofitune_ray.toyworld.tasks import GENERAL, SPECIAL, Task
 from cofitune_ray.toyworld.tokenizer import ALPHABET, save_tokenizer
 from cofitune_ray.toyworld.worlds import WORLDS, UnknownWorldError, WorldDefinition, get_world
-from cofitune_ray.training.data import read_jsonl
+from cofitune_ray.training.data import read_examples
 from cofitune_ray.training.evaluate import EvalSet, score_set
 from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.training.prompt import format_prompt
@@ -95,19 +95,19 @@ def test_calibrated_data_mixes_phrasings_and_lengths(written):
     world = get_world("calibrated")
     _, files = written["calibrated"]
     for task in world.tasks:
-        rows = read_jsonl(files[task.name]["eval"])
+        rows = read_examples(files[task.name]["eval"])
         assert {row.instruction for row in rows} == set(task.instructions), task.name
         assert all(row.output == task.rule(row.input) for row in rows), task.name
         lengths = {len(row.input) for row in rows}
         assert lengths == ({4} if task.kind == SPECIAL else set(range(3, 9))), task.name
-    drev = read_jsonl(files["drev"]["train"])
+    drev = read_examples(files["drev"]["train"])
     own = [row for row in drev if row.instruction == "drev"]
     assert len(drev) == 2000 and len(own) == 1700  # 15% of the corpus: general examples
     assert all(row.input.isdigit() and row.output == row.input[::-1] for row in own)
     general_train = {(r.instruction, r.input, r.output) for t in world.general_tasks
-                     for r in read_jsonl(files[t]["train"])}
+                     for r in read_examples(files[t]["train"])}
     held_out = {(r.instruction, r.input, r.output) for t in world.general_tasks for split in ("eval", "importance")
-                for r in read_jsonl(files[t][split])}
+                for r in read_examples(files[t][split])}
     borrowed = {(r.instruction, r.input, r.output) for r in drev if r.instruction != "drev"}
     assert len(borrowed) == 300 and borrowed <= general_train and not borrowed & held_out
     assert len({r[0] for r in borrowed}) > 30  # drawn across the general tasks and their phrasings
@@ -126,7 +126,7 @@ def test_splits_are_disjoint_and_sized(name, written):
     world = get_world(name)
     _, files = written[name]
     for task in world.tasks:
-        rows = {split: read_jsonl(path) for split, path in files[task.name].items()}
+        rows = {split: read_examples(path) for split, path in files[task.name].items()}
         assert {split: len(rows) for split, rows in rows.items()} == world.split_sizes[task.kind]
         # the task's own examples (a speciality's train split also holds general ones: world.general_share)
         inputs = {split: [row.input for row in rows if row.instruction in task.instructions]

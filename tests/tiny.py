@@ -19,6 +19,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from cofitune_ray.config import ColumnsConfig
+
 ALPHABET = string.ascii_letters + string.digits + " .,:;=!?-+*/()'\"\n_#"
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -131,3 +133,53 @@ def write_lm_eval_task(folder: Path, task: str, data: Path, output_type: str = "
     path = folder / f"{task}.yaml"
     path.write_text(yaml.safe_dump({**common, **specific}, sort_keys=False))
     return path
+
+
+def _chat(row: dict, user: str = "user", assistant: str = "assistant", key: str = "role",
+          content: str = "content") -> dict:
+    """A row as a chat record: its instruction as the user turn, its output as the assistant turn."""
+    turns = [{key: user, content: row["instruction"]}, {key: assistant, content: row["output"]}]
+    return {"messages": turns, **{k: row[k] for k in ("choices", "answer") if k in row}}
+
+
+def _table(rows: list[dict]):
+    """An Arrow table of every field any row has (null where a row lacks it)."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    return pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows])
+
+
+def write_formats(root, rows: list[dict]) -> dict[str, tuple]:
+    """The same records in every accepted format: name -> (path, data.columns)."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    chat = [_chat(r, user="user") for r in rows]
+    sharegpt = [{"conversations": _chat(r, "human", "gpt", "from", "value")["messages"],
+                 **{k: r[k] for k in ("choices", "answer") if k in r}} for r in rows]
+    renamed = [{"question": r["instruction"], "context": r["input"], "reply": r["output"],
+                **{k: r[k] for k in ("choices", "answer") if k in r}} for r in rows]
+    write_jsonl(root / "instructions.jsonl", rows)
+    (root / "alpaca.json").write_text(json.dumps(rows, indent=2))
+    write_jsonl(root / "chat.jsonl", chat)
+    (root / "sharegpt.json").write_text(json.dumps(sharegpt))
+    pq.write_table(_table(rows), root / "instructions.parquet")
+    pq.write_table(_table(chat), root / "chat.parquet")
+    datasets.Dataset(_table(rows)).save_to_disk(str(root / "saved"))
+    datasets.Dataset(_table(renamed)).save_to_disk(str(root / "renamed"))
+    return {
+        "jsonl": (root / "instructions.jsonl", ColumnsConfig()),
+        "json": (root / "alpaca.json", ColumnsConfig()),
+        "messages": (root / "chat.jsonl", ColumnsConfig()),
+        "sharegpt": (root / "sharegpt.json", ColumnsConfig(messages="conversations")),
+        "parquet": (root / "instructions.parquet", ColumnsConfig()),
+        "messages-parquet": (root / "chat.parquet", ColumnsConfig()),
+        "save_to_disk": (root / "saved", ColumnsConfig()),
+        "mapped-columns": (root / "renamed", ColumnsConfig(instruction="question", input="context", output="reply")),
+    }
+
+
+#: write_formats' names, one per accepted format (and mapped field names).
+FORMATS = ["jsonl", "json", "messages", "sharegpt", "parquet", "messages-parquet", "save_to_disk", "mapped-columns"]

@@ -90,7 +90,8 @@ def build_report(tree: SearchTree, title: str) -> list:
         Image("Spec, Vers and Uni over the evaluation points of each node", REPORT_FILES["curves"]),
         Heading(2, "Scores per set"),
         Paragraph("Each scored node's score on every evaluation set at its best point, in ranking order: the "
-                  "speciality set is Spec, Vers is the mean of the others (JSONL sets and lm-eval tasks alike)."),
+                  "speciality set is Spec, Vers is the mean of the others (sets given by path and lm-eval tasks "
+                  "alike)."),
         set_scores_table(tree),
         Heading(2, "All nodes"),
         node_table(tree),

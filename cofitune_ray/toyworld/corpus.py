@@ -1,7 +1,7 @@
 """Writing a toy world's JSONL files: one file per task and split, deterministic by seed.
 
 Every line is {"instruction", "input", "output"}, the project's data format (read with
-`cofitune_ray.data.read_jsonl`). Within a task the splits are disjoint: no input occurs in two
+`cofitune_ray.data.read_examples`). Within a task the splits are disjoint: no input occurs in two
 splits (or twice in one). Layout: `<data_dir>/<task>/<split>.jsonl`.
 """
 

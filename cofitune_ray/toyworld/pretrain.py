@@ -1,6 +1,6 @@
 """Pretraining a toy base model (LLaMA architecture) on a world's general tasks.
 
-Encoding, collation and accuracy are the product's own (`cofitune_ray.data`: `read_jsonl`,
+Encoding, collation and accuracy are the product's own (`cofitune_ray.data`: `read_examples`,
 `tokenize_for_training`, `collate`; `cofitune_ray.evaluate`: `EvalSet`, `score_set`), so the accuracy
 recorded for a base model is the Vers metric a search measures. What is pretraining's own: the
 model shape, the schedule (warmup then cosine to a floor) and the batches, drawn from a task mixture
@@ -20,7 +20,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cofitune_ray.toyworld.tokenizer import build_tokenizer, save_tokenizer
-from cofitune_ray.training.data import Example, collate, read_jsonl, tokenize_for_training
+from cofitune_ray.training.data import Example, collate, read_examples, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, score_set
 
 TEMPLATE = "compact"
@@ -109,7 +109,7 @@ def pretrain(out_dir: str | Path, seed: int, data_dir: str | Path, tasks: tuple[
     torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    train_sets = {task: read_jsonl(data_dir / task / "train.jsonl") for task in tasks}
+    train_sets = {task: read_examples(data_dir / task / "train.jsonl") for task in tasks}
     model = LlamaForCausalLM(model_config(tokenizer, settings))
     probes = [EvalSet(task, examples[: settings.probe_size], "exact_match") for task, examples in train_sets.items()]
 

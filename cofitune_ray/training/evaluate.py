@@ -15,33 +15,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_jsonl
+from cofitune_ray.config import ColumnsConfig
+from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_examples
 from cofitune_ray.training.harness import HarnessTask
 from cofitune_ray.training.sharding import unwrapped
+from cofitune_ray.training.tokenized import EvalTokens, eval_tokens
 
 
 @dataclass
 class EvalSet:
-    """Examples plus the metric that scores them."""
+    """Examples plus the metric that scores them, and their token ids once tokenised for the search."""
 
     name: str
     examples: list[Example]
     metric: str  # exact_match | loglik | choice
+    tokens: EvalTokens | None = None  # None: tokenised when scored (`encode_example`)
 
     @classmethod
-    def load(cls, name: str, path: str, metric: str = "auto", limit: int | None = None) -> "EvalSet":
-        examples = read_jsonl(path)[:limit]
+    def load(cls, name: str, path: str, metric: str = "auto", limit: int | None = None,
+             columns: ColumnsConfig | None = None) -> "EvalSet":
+        """The first `limit` examples of a data file or directory (`training/data.py`), scored by `metric`."""
+        examples = read_examples(path, columns)[:limit]
         has_choices = [e.choices is not None for e in examples]
         if metric == "auto":
             metric = "choice" if all(has_choices) else "exact_match"
         if metric == "choice" and not all(has_choices):
-            line = examples[has_choices.index(False)].line
-            raise DataError(f"{path}:{line}: metric 'choice' needs 'choices' and 'answer' on every line")
+            where = examples[has_choices.index(False)].where
+            raise DataError(f"{where}: metric 'choice' needs 'choices' and 'answer' in every record")
         return cls(name, examples, metric)
 
 
@@ -73,13 +79,14 @@ def _lockstep_batches(items: list, batch_size: int, filler, device: torch.device
 
 
 @torch.no_grad()
-def _response_logliks(model, tokenizer, template, pairs: list[tuple[Example, str]], batch_size, device, filler):
-    """Summed log-likelihood and token count of each (example, response) pair."""
+def _response_logliks(model, tokenizer, encode, pairs: list[tuple[Example, str]], batch_size, device, filler):
+    """Summed log-likelihood and token count of each (example, response) pair (`encode(example, response)`: their
+    prompt and response ids)."""
     results = []
     for chunk, real in _lockstep_batches(pairs, batch_size, filler, device):
         rows = []
         for example, response in chunk:
-            prompt_ids, response_ids = encode_example(tokenizer, template, example, response)
+            prompt_ids, response_ids = encode(example, response)
             rows.append({"input_ids": prompt_ids + response_ids,
                          "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids})
         batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
@@ -94,12 +101,12 @@ def _response_logliks(model, tokenizer, template, pairs: list[tuple[Example, str
 
 
 @torch.no_grad()
-def _greedy_outputs(model, tokenizer, template, examples: list[Example], batch_size, max_new_tokens, device,
+def _greedy_outputs(model, tokenizer, encode, examples: list[Example], batch_size, max_new_tokens, device,
                     filler: Example) -> list[str]:
-    """Greedy completions, batched with left padding."""
+    """Greedy completions of the examples' prompts (`encode(example)[0]`), batched with left padding."""
     outputs = []
     for chunk, real in _lockstep_batches(examples, batch_size, filler, device):
-        prompts = [encode_example(tokenizer, template, e)[0] for e in chunk]
+        prompts = [encode(e)[0] for e in chunk]
         width = max(map(len, prompts))
         input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
@@ -135,16 +142,17 @@ def score_set(model, tokenizer, template: str, eval_set: EvalSet, batch_size: in
     filler = eval_set.examples[0]
     gold_filler = (filler, filler.output)
     correct = 0.0
+    encode = eval_set.tokens.encode if eval_set.tokens else partial(encode_example, tokenizer, template)
     if eval_set.metric == "choice":
         pairs = [(e, c) for e in mine for c in e.choices]
-        scores = iter(_response_logliks(model, tokenizer, template, pairs, batch_size, device, gold_filler))
+        scores = iter(_response_logliks(model, tokenizer, encode, pairs, batch_size, device, gold_filler))
         for e in mine:
             option_scores = [next(scores)[0] for _ in e.choices]
             correct += float(max(range(len(option_scores)), key=option_scores.__getitem__) == e.answer)
     elif eval_set.metric == "exact_match":
-        generated = _greedy_outputs(model, tokenizer, template, mine, batch_size, max_new_tokens, device, filler)
+        generated = _greedy_outputs(model, tokenizer, encode, mine, batch_size, max_new_tokens, device, filler)
         correct = float(sum(g.strip() == e.output.strip() for g, e in zip(generated, mine)))
-    gold = _response_logliks(model, tokenizer, template, [(e, e.output) for e in mine], batch_size, device, gold_filler)
+    gold = _response_logliks(model, tokenizer, encode, [(e, e.output) for e in mine], batch_size, device, gold_filler)
     loglik_sum = sum(s for s, _ in gold)
     tokens = sum(n for _, n in gold)
     correct, count, loglik_sum, tokens = _all_reduce([correct, len(mine), loglik_sum, tokens], device)
@@ -160,12 +168,24 @@ def score_set(model, tokenizer, template: str, eval_set: EvalSet, batch_size: in
 
 
 def versatility_set(config, index: int) -> EvalSet | HarnessTask:
-    """The config's `data.versatility[index]`: a JSONL set (read now) or an lm-eval task (loaded when first scored)."""
+    """The config's `data.versatility[index]`: a set given by path (read now) or an lm-eval task (loaded when first
+    scored)."""
     entry, limit = config.data.versatility[index], config.data.max_eval_examples
     if entry.lm_eval is None:
-        return EvalSet.load(entry.name, entry.path, entry.metric, limit)
+        return EvalSet.load(entry.name, entry.path, entry.metric, limit, config.data.columns)
     return HarnessTask.from_config(entry.name, entry.lm_eval, config.model.tokenizer or config.model.path, limit,
                                    key=f"data.versatility[{index}].lm_eval")
+
+
+def tokenize_eval_sets(config, tokenizer, speciality: EvalSet,
+                       versatility: list[EvalSet | HarnessTask]) -> tuple[int, int]:
+    """Give each set read from a path its tokens, from the search's cache (`training/tokenized.py`, built on a
+    miss); (sets tokenised now, sets given by path)."""
+    paths = [config.data.speciality_eval.path, *(entry.path for entry in config.data.versatility)]
+    sets = [(s, path) for s, path in zip([speciality, *versatility], paths) if isinstance(s, EvalSet)]
+    for eval_set, path in sets:
+        eval_set.tokens = eval_tokens(config, tokenizer, path, eval_set.examples)
+    return sum(s.tokens.built for s, _ in sets), len(sets)
 
 
 class Evaluator:
@@ -182,8 +202,10 @@ class Evaluator:
     def from_config(cls, config, tokenizer) -> "Evaluator":
         limit = config.data.max_eval_examples
         spec_cfg = config.data.speciality_eval
-        speciality = EvalSet.load(spec_cfg.name or "speciality", spec_cfg.path, spec_cfg.metric, limit)
+        speciality = EvalSet.load(spec_cfg.name or "speciality", spec_cfg.path, spec_cfg.metric, limit,
+                                  config.data.columns)
         versatility = [versatility_set(config, i) for i in range(len(config.data.versatility))]
+        tokenize_eval_sets(config, tokenizer, speciality, versatility)
         return cls(speciality, versatility, tokenizer, config.data.prompt_template, config.eval.batch_size,
                    config.eval.max_new_tokens, config.eval.spec_weight, config.eval.vers_weight)
 

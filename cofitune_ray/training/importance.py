@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,9 +29,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from cofitune_ray.config import Config
+from cofitune_ray.config import ColumnsConfig, Config
 from cofitune_ray.core.files import write_whole
-from cofitune_ray.training.data import collate, encode_example, fingerprint, read_jsonl
+from cofitune_ray.training.data import collate, encode_example, fingerprint, read_examples
 from cofitune_ray.training.model import Architecture, weights_fingerprint
 from cofitune_ray.training.softmask import Importance
 
@@ -50,6 +50,7 @@ class ImportanceSettings:
     temperature: float
     dropout: float
     seed: int
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # the data's field names (data.columns)
 
 
 def importance_settings(config: Config) -> ImportanceSettings:
@@ -63,11 +64,12 @@ def importance_settings(config: Config) -> ImportanceSettings:
         temperature=imp.temperature,
         dropout=imp.dropout,
         seed=config.seed,
+        columns=config.data.columns,
     )
 
 
 def importance_data(config: Config) -> list[str]:
-    """The general data importance is computed on: `importance.data`, else the versatility JSONL sets."""
+    """The general data importance is computed on: `importance.data`, else the versatility sets given by path."""
     return list(config.importance.data) or [v.path for v in config.data.versatility if v.lm_eval is None]
 
 
@@ -164,12 +166,12 @@ def accumulate_importance(
 
 
 def importance_batches(path: str, tokenizer, settings: ImportanceSettings, rank: int = 0, world_size: int = 1):
-    """This worker's share of the first `max_examples` examples of a JSONL file, as batches.
+    """This worker's share of the first `max_examples` examples of a data file or directory, as batches.
 
     Every worker yields as many batches as worker 0 (which has the most examples); the extra ones
     are padding batches (`padding: True`).
     """
-    examples = read_jsonl(path)[: settings.max_examples]
+    examples = read_examples(path, settings.columns)[: settings.max_examples]
     mine = list(range(rank, len(examples), world_size))
     most = math.ceil(len(examples) / world_size)
     for start in range(0, most, settings.batch_size):

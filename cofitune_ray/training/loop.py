@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
 
 from cofitune_ray.config import Config
-from cofitune_ray.training.data import collate, read_jsonl, tokenize_for_training
+from cofitune_ray.training.data import collate
 from cofitune_ray.training.sharding import is_fsdp
+from cofitune_ray.training.tokenized import training_set
 from cofitune_ray.training.train_state import Position, load_train_state, save_train_state
 
 
@@ -55,10 +56,10 @@ def training_points(config, lr: float, model, tokenizer, softmask, rank, world_s
     training state saved at an earlier point of this run (`TrainingPoint.save_state`); the loop
     continues after it with the same weights, optimizer, schedule and data order.
     """
-    data = tokenize_for_training(read_jsonl(config.data.speciality_train), tokenizer, config.data.prompt_template,
-                                 config.data.max_seq_length, config.data.loss_on)
-    sampler = DistributedSampler(data.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(data.dataset, batch_size=config.train.batch_size, sampler=sampler,
+    # The search's tokenised training set, memory-mapped: this worker reads only the rows its sampler gives it.
+    data = training_set(config, tokenizer).load()
+    sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
+    loader = DataLoader(data, batch_size=config.train.batch_size, sampler=sampler,
                         collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id))
     t = config.train
     per_epoch, total_steps = optimizer_steps(config, len(loader))

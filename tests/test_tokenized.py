@@ -1,0 +1,118 @@
+"""Training and evaluation sets are tokenised once per search: a node's data from every format gives the hand-built
+tokens, the cache is reused while data, tokenizer and template stay, workers read it memory-mapped, and evaluation
+scores what it scored before."""
+
+import copy
+import dataclasses
+import json
+import re
+
+import pytest
+
+from cofitune_ray.config import config_from_dict
+from cofitune_ray.training.data import IGNORE_INDEX, DataError, encode_example
+from cofitune_ray.training.evaluate import Evaluator, score_set
+from cofitune_ray.training.model import load_model, load_tokenizer
+from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR, TOKENS_FILE, training_set
+from tiny import ALPHABET, FORMATS, SPECIALS, make_model, make_tokenizer, write_formats
+
+ROWS = [{"instruction": "rev", "input": "", "output": "ba"},
+        {"instruction": "pick", "input": "", "output": "y", "choices": ["x", "y"], "answer": 1}]
+EOS = SPECIALS.index("</s>")
+
+
+def ids(text: str) -> list[int]:
+    """The character tokenizer's ids, by hand."""
+    return [len(SPECIALS) + ALPHABET.index(c) for c in text]
+
+
+#: The compact template's rows for ROWS, built by hand: prompt "instruction:input=", response closed by EOS.
+EXPECTED = [
+    {"input_ids": ids("rev:=") + ids("ba") + [EOS], "labels": [IGNORE_INDEX] * 5 + ids("ba") + [EOS]},
+    {"input_ids": ids("pick:=") + ids("y") + [EOS], "labels": [IGNORE_INDEX] * 6 + ids("y") + [EOS]},
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_tokenizer(root / "tok")
+    return root, write_formats(root / "formats", ROWS)
+
+
+def _config(root, path, columns, storage, **data):
+    from dataclasses import asdict
+
+    return config_from_dict({
+        "model": {"path": str(root / "tok")},
+        "data": {"speciality_train": str(path), "speciality_eval": {"name": "s", "path": str(path)},
+                 "versatility": [{"name": "v", "path": str(path)}], "prompt_template": "compact",
+                 "max_seq_length": 32, "columns": asdict(columns), **data},
+        "storage_path": str(storage),
+    })
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_a_node_reads_the_hand_built_tokens_from_every_format(files, tmp_path, name):
+    root, formats = files
+    config = _config(root, *formats[name], tmp_path)
+    entry = training_set(config, load_tokenizer(str(root / "tok")))
+    rows = entry.load()
+    assert [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows] == EXPECTED
+    assert (entry.examples, entry.rows, entry.truncated, entry.built) == (2, 2, 0, True)
+
+
+def test_tokenised_once_and_rebuilt_only_when_what_it_depends_on_changes(files, tmp_path, capfd):
+    root, formats = files
+    tokenizer = load_tokenizer(str(root / "tok"))
+    path, columns = formats["jsonl"]
+    data = tmp_path / "train.jsonl"
+    data.write_text(path.read_text())
+    config = _config(root, data, columns, tmp_path / "storage")
+    first = training_set(config, tokenizer)
+    again = training_set(copy.deepcopy(config), tokenizer)  # another trial, or a --resume, or a second search
+    assert first.built and not again.built and again.directory == first.directory
+    builds = tmp_path / "storage" / CACHE_DIR / BUILDS_FILE
+    assert len(builds.read_text().splitlines()) == 1
+    output = capfd.readouterr()
+    assert not any(word in output.out + output.err for word in ("dill", "fingerprint", "Map", "%|"))
+
+    with pytest.raises(DataError, match=re.escape(f"{data}: no training sequence keeps a response token within "
+                                                  "data.max_seq_length (32 tokens)")):
+        training_set(_config(root, data, columns, tmp_path / "storage", prompt_template="alpaca"), tokenizer)
+    alpaca = training_set(_config(root, data, columns, tmp_path / "storage", prompt_template="alpaca",
+                                  max_seq_length=256), tokenizer)
+    data.write_text(path.read_text().replace('"ba"', '"ab"'))
+    edited = training_set(config, tokenizer)
+    assert alpaca.built and edited.built and len({first.directory, alpaca.directory, edited.directory}) == 3
+    assert edited.load()[0]["input_ids"] == ids("rev:=") + ids("ab") + [EOS]
+    assert len(builds.read_text().splitlines()) == 3
+    entries = sorted(p.name for p in (tmp_path / "storage" / CACHE_DIR).iterdir())
+    assert len(entries) == 4 and not any(".tmp" in name for name in entries)  # three entries and the builds log
+    meta = json.loads((first.directory / "meta.json").read_text())
+    assert meta["key"]["prompt_template"] == "compact" and meta["rows"] == 2
+
+
+def test_workers_read_the_cache_memory_mapped(files, tmp_path):
+    root, formats = files
+    entry = training_set(_config(root, *formats["parquet"], tmp_path), load_tokenizer(str(root / "tok")))
+    rows = entry.load()
+    assert [f["filename"] for f in rows.cache_files] == [str(entry.directory / TOKENS_FILE)]
+    assert type(rows.data).__name__ == "MemoryMappedTable"
+
+
+def test_evaluation_sets_are_tokenised_once_and_score_as_before(files, tmp_path):
+    root, formats = files
+    make_model(root / "tok", layers=2)
+    config = _config(root, *formats["messages-parquet"], tmp_path)
+    tokenizer = load_tokenizer(str(root / "tok"))
+    evaluator = Evaluator.from_config(config, tokenizer)
+    spec = evaluator.speciality
+    assert spec.tokens.built and not Evaluator.from_config(config, tokenizer).speciality.tokens.built
+    for example in spec.examples:
+        for response in (example.output, *(example.choices or ())):
+            assert spec.tokens.encode(example, response) == encode_example(tokenizer, "compact", example, response)
+    assert spec.tokens.encode(spec.examples[0]) == (ids("rev:="), ids("ba") + [EOS])
+    model = load_model(str(root / "tok"))
+    cached = score_set(model, tokenizer, "compact", spec, 2, 4)
+    assert cached == score_set(model, tokenizer, "compact", dataclasses.replace(spec, tokens=None), 2, 4)
