@@ -47,7 +47,7 @@ from cofitune_ray.core.objective import Score
 from cofitune_ray.core.optuna_order import OptunaOrder
 from cofitune_ray.core.settings import SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
-from cofitune_ray.core.tree import SearchTree, TreeNode
+from cofitune_ray.core.tree import SearchTree, Status, TreeNode
 from cofitune_ray.toyworld.prepare import config_for_seed
 from cofitune_ray.training.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.local import LocalExecutor, RunCache
@@ -81,7 +81,7 @@ def method_from_tree(name: str, tree: SearchTree, node: TreeNode | None = None, 
     node = node or tree.best()
     best, reference = tree.best_point(node), tree.reference()
     if best is None:
-        errors = "; ".join(f"{r.id}: {r.stop_reason}" for r in node.runs if r.status == "failed")
+        errors = "; ".join(f"{r.id}: {r.stop_reason}" for r in node.runs if r.status == Status.FAILED)
         raise RuntimeError(f"{name}: {node.part.describe()} has no evaluation point ({errors or 'no run trained'})")
     costs = [n.cost() for n in tree.nodes.values()]
     lr = f", lr {best.run.lr:.3g}" if best.run.lr is not None else ""

@@ -84,3 +84,19 @@ def test_architecture_doc_lists_each_modules_imports():
         if missing or extra:
             wrong.append(f"{path}: not listed {missing}, listed but not imported {extra}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_statuses_are_written_only_as_the_enum():
+    """A node's or run's status is `core.tree.Status`, never a string literal spelled out again elsewhere."""
+    from cofitune_ray.core.tree import Status
+
+    values = {s.value for s in Status}
+    found = []
+    for path in list(PACKAGE.rglob("*.py")) + list((PACKAGE.parent / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        definition = {id(n) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "Status"
+                      for n in ast.walk(c)}  # the enum's own values
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in values and id(node) not in definition:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}")
+    assert not found, "\n".join(found)

@@ -22,7 +22,7 @@ from optuna.samplers import TPESampler
 from optuna.trial import create_trial
 
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.core.tree import Run, SearchTree, TreeNode
+from cofitune_ray.core.tree import Run, SearchTree, Status, TreeNode
 
 #: Optuna's parameters for one candidate node, in tie-breaking order.
 NODE_PARAMS = ("range", "modules", "softmask", "lr")
@@ -72,7 +72,7 @@ class OptunaOrder:
             return None
         if tree.depth == 0:
             return runnable[0]  # the references, in order
-        started = [(n, r) for n, r in runnable if n.status == "running"]
+        started = [(n, r) for n, r in runnable if n.status == Status.RUNNING]
         if started:
             return started[0]  # finish starting the runs of a node before choosing the next node
         pending = list({n.id: n for n, _ in runnable}.values())

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from cofitune_ray.core.objective import Score
 from cofitune_ray.core.settings import StopRules
-from cofitune_ray.core.tree import SearchTree
+from cofitune_ray.core.tree import SearchTree, Status
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Stop:
 def decide(tree: SearchTree, run_id: str, rules: StopRules) -> Stop | None:
     """Whether the run should stop at the evaluation point it has just reported."""
     node, run = tree.node_of_run(run_id), tree.run(run_id)
-    if run.status != "running" or not run.history:
+    if run.status != Status.RUNNING or not run.history:
         return None
     stop = rung_stop(tree, run_id)
     if stop:
@@ -54,16 +54,16 @@ def decide(tree: SearchTree, run_id: str, rules: StopRules) -> Stop | None:
     if node.is_reference:
         return None
     reason = rule_reason(tree, run_id, rules)
-    return Stop("pruned", reason) if reason else None
+    return Stop(Status.PRUNED, reason) if reason else None
 
 
 def rung_stop(tree: SearchTree, run_id: str) -> Stop | None:
     """The learning-rate comparison's stop of this running run, or None (the drivers ask it again for every run
     waiting at the rung after each event: a verdict that has become known stops the losers)."""
-    if tree.run(run_id).status != "running":
+    if tree.run(run_id).status != Status.RUNNING:
         return None
     reason = learning_rate_reason(tree, run_id)
-    return Stop("stopped", reason) if reason else None
+    return Stop(Status.STOPPED, reason) if reason else None
 
 
 def learning_rate_reason(tree: SearchTree, run_id: str) -> str | None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from cofitune_ray.core.files import write_whole
@@ -43,14 +44,38 @@ from cofitune_ray.core.objective import Objective, Reference, Score, reference_f
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, parse_search_space
 
-#: pending: waiting to run; running; finished: ran to the end; pruned: its best kept run was stopped
-#: by a stop rule (see stop_reason); failed: no kept run produced a score; not_expanded: never run
-#: because the search ended (trial budget) first.
-STATUSES = ("pending", "running", "finished", "pruned", "failed", "not_expanded")
-ENDED = ("finished", "pruned", "failed", "not_expanded")
-#: A run's status: like a node's, plus stopped (lost the learning-rate comparison at the rung).
-RUN_STATUSES = ("pending", "running", "finished", "stopped", "pruned", "failed", "not_expanded")
-RUN_ENDED = ("finished", "stopped", "pruned", "failed", "not_expanded")
+
+class Status(str, Enum):
+    """What state a node or a run is in; saved in tree.json as its value ("finished", ...).
+
+    pending: waiting to run; running; finished: ran to the end; stopped (runs only): lost the
+    learning-rate comparison at the rung; pruned: stopped by a stop rule (a node: its best kept run
+    was; see stop_reason); failed: no kept run produced a score; not_expanded: never run because the
+    search ended (trial budget) first.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    NOT_EXPANDED = "not_expanded"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    __hash__ = str.__hash__  # a member and its value are one key: tree.json's strings find the members
+
+
+#: A node's statuses once it has ended, and a run's.
+ENDED = (Status.FINISHED, Status.PRUNED, Status.FAILED, Status.NOT_EXPANDED)
+RUN_ENDED = (Status.FINISHED, Status.STOPPED, Status.PRUNED, Status.FAILED, Status.NOT_EXPANDED)
+#: A run the scheduler stopped early: at the rung (stopped) or by a stop rule (pruned).
+STOPPED_EARLY = (Status.STOPPED, Status.PRUNED)
 
 #: Keys of one evaluation point kept in a run's history (the metric contract in docs/architecture.md).
 EVAL_KEYS = ("eval_index", "spec", "vers", "uni", "spec_rel", "vers_rel", "step", "epoch", "train_loss")
@@ -69,7 +94,7 @@ class Run:
 
     id: str
     lr: float | None
-    status: str = "pending"
+    status: Status = Status.PENDING
     stop_reason: str | None = None
     trial_id: str | None = None
     history: list[dict] = field(default_factory=list)
@@ -93,7 +118,7 @@ class Run:
 
     def steps_saved(self) -> int:
         """Planned steps this run did not train because it was stopped early."""
-        if self.status not in ("stopped", "pruned") or self.total_steps is None:
+        if self.status not in STOPPED_EARLY or self.total_steps is None:
             return 0
         return max(0, self.total_steps - self.train_steps)
 
@@ -109,7 +134,7 @@ class TreeNode:
     level: int | None  # index of the space level whose rule made it; None for references and grid nodes
     runs: list[Run] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
-    status: str = "pending"
+    status: Status = Status.PENDING
     stop_reason: str | None = None  # why the node was pruned or failed
     trained_params: int | None = None
     promising: bool = False  # selected at its level (and expanded, where a later rule applies)
@@ -129,7 +154,7 @@ class TreeNode:
 
     def cost(self) -> dict:
         """Every run counts: trials started, optimizer steps trained, steps saved by early stops, wall time."""
-        started = [r for r in self.runs if r.status not in ("pending", "not_expanded")]
+        started = [r for r in self.runs if r.status not in (Status.PENDING, Status.NOT_EXPANDED)]
         return {
             "trials": len(started),
             "train_steps": sum(r.train_steps for r in started),
@@ -147,8 +172,9 @@ class TreeNode:
     @classmethod
     def from_dict(cls, data: dict) -> "TreeNode":
         data = {k: v for k, v in data.items() if k not in ("key", "cost", "score")}
-        runs = [Run(**r) for r in data.pop("runs")]
-        return cls(**{**data, "part": ModelPart.from_dict(data["part"]), "runs": runs})
+        runs = [Run(**{**r, "status": Status(r["status"])}) for r in data.pop("runs")]
+        return cls(**{**data, "part": ModelPart.from_dict(data["part"]), "runs": runs,
+                      "status": Status(data["status"])})
 
 
 @dataclass(frozen=True)
@@ -227,7 +253,7 @@ class SearchTree:
         and runs without a rung point are never kept.
         """
         reference = reference or self.reference()
-        candidates = [r for r in node.runs if r.status != "failed" and r.rung_point() is not None]
+        candidates = [r for r in node.runs if r.status != Status.FAILED and r.rung_point() is not None]
         ranked = sorted(candidates, key=lambda r: self._rung_key(node, r, reference))
         return ranked if node.is_yardstick else ranked[: self.learning_rates.keep]
 
@@ -261,22 +287,22 @@ class SearchTree:
         if not self.reference_final():
             return False
         startable = {r.id for _, r in self.runnable()}
-        return all(r.rung_point() is not None or r.ended or (r.status == "pending" and r.id not in startable)
+        return all(r.rung_point() is not None or r.ended or (r.status == Status.PENDING and r.id not in startable)
                    for r in node.runs)
 
     def waits_at_rung(self, run_id: str) -> bool:
         """Whether a running run has reached the rung and must wait there, without training, for its node's
         verdict (a run whose rung point is its last has nothing left to train and does not wait)."""
         node, run = self.node_of_run(run_id), self.run(run_id)
-        return (run.status == "running" and bool(run.history) and run.history[-1]["eval_index"] == RUNG
+        return (run.status == Status.RUNNING and bool(run.history) and run.history[-1]["eval_index"] == RUNG
                 and run.rung_done() < 1 and self.compared_at_rung(node) and not self.rung_decided(node))
 
     def runnable(self) -> list[tuple[TreeNode, Run]]:
         """Pending runs of the current level that the trial budget allows: best parent first, then
         creation order, each node's runs together."""
-        nodes = sorted((n for n in self.at_depth(self.depth) if n.status in ("pending", "running")),
+        nodes = sorted((n for n in self.at_depth(self.depth) if n.status in (Status.PENDING, Status.RUNNING)),
                        key=self.run_priority)
-        pending = [(n, r) for n in nodes for r in n.runs if r.status == "pending"]
+        pending = [(n, r) for n in nodes for r in n.runs if r.status == Status.PENDING]
         budget = self.policy.max_trials
         if budget is not None:
             pending = pending[: max(0, budget - self.trials_started())]
@@ -288,14 +314,15 @@ class SearchTree:
         return (self._rank_key(parent) if parent and self.score(parent) else (0,), int(node.id[1:]))
 
     def in_flight(self) -> list[Run]:
-        return [r for n in self.nodes.values() for r in n.runs if r.status == "running"]
+        return [r for n in self.nodes.values() for r in n.runs if r.status == Status.RUNNING]
 
     def trials_started(self) -> int:
-        return sum(r.status not in ("pending", "not_expanded") for n in self.nodes.values() for r in n.runs)
+        return sum(r.status not in (Status.PENDING, Status.NOT_EXPANDED) for n in self.nodes.values() for r in n.runs)
 
     def scored(self, include_references: bool = True) -> list[TreeNode]:
         """Nodes with a score that have ended (finished or pruned)."""
-        nodes = [n for n in self.nodes.values() if n.status in ("finished", "pruned") and self.score(n) is not None]
+        nodes = [n for n in self.nodes.values()
+                 if n.status in (Status.FINISHED, Status.PRUNED) and self.score(n) is not None]
         return [n for n in nodes if include_references or not n.is_reference]
 
     def ranking(self, include_references: bool = True) -> list[TreeNode]:
@@ -327,7 +354,7 @@ class SearchTree:
         any_qualifies = any(self.qualifies(n) for n in self.scored(include_references=False))
         eligible = [
             n for n in self.ranking()
-            if n.depth == depth and n.status == "finished"
+            if n.depth == depth and n.status == Status.FINISHED
             and (self.qualifies(n) or not any_qualifies) and self._beats_parent(n, reference)
         ]
         if not eligible:
@@ -369,11 +396,11 @@ class SearchTree:
     # ---- updates from trials ------------------------------------------------------------------
     def start(self, run_id: str, trial_id: str) -> None:
         node, run = self.node_of_run(run_id), self.run(run_id)
-        if run.status != "pending":
+        if run.status != Status.PENDING:
             raise ValueError(f"run {run_id} is {run.status}, not pending")
-        run.status, run.trial_id = "running", trial_id
-        if node.status == "pending":
-            node.status = "running"
+        run.status, run.trial_id = Status.RUNNING, trial_id
+        if node.status == Status.PENDING:
+            node.status = Status.RUNNING
 
     def record(self, run_id: str, metrics: dict) -> None:
         """Keep one evaluation point (a result with `eval_index`); a repeated index replaces the old one."""
@@ -395,7 +422,7 @@ class SearchTree:
 
     def stop(self, run_id: str, status: str, reason: str) -> None:
         """The scheduler stopped a run: `stopped` (lost the learning-rate comparison) or `pruned` (a stop rule)."""
-        if status not in ("stopped", "pruned"):
+        if status not in STOPPED_EARLY:
             raise ValueError(f"a run is stopped as 'stopped' or 'pruned', not {status!r}")
         run = self.run(run_id)
         run.status, run.stop_reason = status, reason
@@ -406,8 +433,8 @@ class SearchTree:
         self.record(run_id, result)
         run.train_steps = int(result.get("train_steps", run.train_steps))
         run.wall_time_s = float(result.get("wall_time_s", run.wall_time_s))
-        if run.status == "running":
-            run.status = "finished" if run.history else "failed"
+        if run.status == Status.RUNNING:
+            run.status = Status.FINISHED if run.history else Status.FAILED
             if not run.history:
                 run.stop_reason = "the trial reported no evaluation point"
         self._end_node_if_done(self.node_of_run(run_id))
@@ -416,22 +443,22 @@ class SearchTree:
     def fail(self, run_id: str, error: str) -> None:
         """The run's trial errored (after Tune's retries): the run is recorded failed."""
         run = self.run(run_id)
-        run.status, run.stop_reason = "failed", error
+        run.status, run.stop_reason = Status.FAILED, error
         self._end_node_if_done(self.node_of_run(run_id))
         self._advance()
 
     # ---- expansion ------------------------------------------------------------------------
     def _end_node_if_done(self, node: TreeNode) -> None:
-        if node.status not in ("pending", "running") or not all(r.ended for r in node.runs):
+        if node.status not in (Status.PENDING, Status.RUNNING) or not all(r.ended for r in node.runs):
             return
         best = self.best_point(node)
         if best is None:
             reasons = {r.stop_reason for r in node.runs if r.stop_reason}
-            node.status, node.stop_reason = "failed", "; ".join(sorted(reasons)) or "no run produced a score"
-        elif best.run.status == "pruned":
-            node.status, node.stop_reason = "pruned", best.run.stop_reason
+            node.status, node.stop_reason = Status.FAILED, "; ".join(sorted(reasons)) or "no run produced a score"
+        elif best.run.status == Status.PRUNED:
+            node.status, node.stop_reason = Status.PRUNED, best.run.stop_reason
         else:
-            node.status = "finished"
+            node.status = Status.FINISHED
 
     def _advance(self) -> None:
         """Expand the next level once the current one has ended; end the search when nothing is left."""
@@ -439,7 +466,7 @@ class SearchTree:
             budget = self.policy.max_trials
             if budget is not None and self.trials_started() >= budget:
                 self._end("max_trials reached")
-            elif any(n.status in ("pending", "running") for n in self.at_depth(self.depth)):
+            elif any(n.status in (Status.PENDING, Status.RUNNING) for n in self.at_depth(self.depth)):
                 return
             elif self.policy.max_depth is not None and self.depth >= self.policy.max_depth:
                 self._end("max_depth reached")
@@ -490,10 +517,10 @@ class SearchTree:
         self.end_reason = reason
         for node in self.nodes.values():
             for run in node.runs:
-                if run.status == "pending":
-                    run.status = "not_expanded"
-            if node.status == "pending":
-                node.status = "not_expanded"
+                if run.status == Status.PENDING:
+                    run.status = Status.NOT_EXPANDED
+            if node.status == Status.PENDING:
+                node.status = Status.NOT_EXPANDED
             self._end_node_if_done(node)
 
     def _beats_parent(self, node: TreeNode, reference: Reference) -> bool:
@@ -571,12 +598,12 @@ def describe_runs(tree: SearchTree, node: TreeNode) -> str:
     kept = tree.kept_runs(node)
     parts = []
     for run in node.runs:
-        if run.status in ("stopped", "pruned"):
-            what = f"{'stopped' if run.status == 'stopped' else 'pruned'} at step {run.train_steps}"
-        elif run.status == "failed":
-            what = "failed"
+        if run.status in STOPPED_EARLY:
+            what = f"{run.status} at step {run.train_steps}"
+        elif run.status == Status.FAILED:
+            what = str(run.status)
         else:
-            what = "kept" if run in kept else run.status
+            what = "kept" if run in kept else str(run.status)
         parts.append(f"lr {run.lr:.3g} {what}")
     return "; ".join(parts)
 

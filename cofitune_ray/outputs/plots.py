@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cofitune_ray.core.objective import Score
-from cofitune_ray.core.tree import SearchTree, TreeNode
+from cofitune_ray.core.tree import SearchTree, Status, TreeNode
 
 
 def _scored(tree: SearchTree) -> list[tuple[TreeNode, Score]]:
@@ -31,8 +31,8 @@ def plot_pareto(tree: SearchTree, path: Path) -> None:
     special = {n.id for n in front} | {n.id for n in (best, tree.reference_node("base"), tree.reference_node("full"))
                                        if n}
     others = [(n, s) for n, s in scored if n.id not in special]
-    for status, marker, label in (("finished", "o", "other finished nodes"),
-                                  ("pruned", "x", "pruned (best point before the stop)")):
+    for status, marker, label in ((Status.FINISHED, "o", "other finished nodes"),
+                                  (Status.PRUNED, "x", "pruned (best point before the stop)")):
         points = [s for n, s in others if n.status == status]
         if points:
             ax.scatter([s.spec for s in points], [s.vers for s in points], marker=marker, color="0.55", s=30,
@@ -122,7 +122,7 @@ def _plot_node_curves(ax, tree: SearchTree, node: TreeNode, x_key: str, is_winne
                 label=metric.capitalize())
     name = node.part.describe()
     name = name if len(name) <= 30 else name[:29] + "…"
-    status = "" if node.status == "finished" else f" ({node.status})"
+    status = "" if node.status == Status.FINISHED else f" ({node.status})"
     lr = f" lr {main.lr:.3g}" if main.lr is not None else ""
     ax.set_title(f"{'★ ' if is_winner else ''}{node.id} {name}{lr}{status}", fontsize=8,
                  weight="bold" if is_winner else "normal")

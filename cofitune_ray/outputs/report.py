@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from cofitune_ray.core.objective import Score
-from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
+from cofitune_ray.core.tree import SearchTree, Status, TreeNode, describe_runs
 from cofitune_ray.outputs.document import (
     MISSING,
     Bullets,
@@ -52,15 +52,15 @@ def write_report(tree: SearchTree, run_dir: Path, title: str | None = None) -> d
 
 def status_text(node: TreeNode, tree: SearchTree) -> str:
     """What happened to a node, in words: expanded, promising, pruned/failed with the reason, ..."""
-    if node.status == "finished":
+    if node.status == Status.FINISHED:
         if node.children:
             return "expanded (promising)"
         if node.promising:
             return "promising (no deeper level to expand)"
         return "reference" if node.is_reference else "finished, not expanded"
-    if node.status in ("pruned", "failed"):
+    if node.status in (Status.PRUNED, Status.FAILED):
         return f"{node.status}: {node.stop_reason or 'no reason recorded'}"
-    if node.status == "not_expanded":
+    if node.status == Status.NOT_EXPANDED:
         return f"not run (search ended: {tree.end_reason})"
     return node.status
 
@@ -110,8 +110,8 @@ def ranking_rule(tree: SearchTree) -> str:
 def summary_lines(tree: SearchTree) -> list[str]:
     """The run summary: space, objective, learning rates, how the search ended, node counts and cost."""
     counts = {s: sum(n.status == s for n in tree.nodes.values())
-              for s in ("finished", "pruned", "failed", "not_expanded")}
-    unfinished = sum(n.status in ("pending", "running") for n in tree.nodes.values())
+              for s in (Status.FINISHED, Status.PRUNED, Status.FAILED, Status.NOT_EXPANDED)}
+    unfinished = sum(n.status in (Status.PENDING, Status.RUNNING) for n in tree.nodes.values())
     costs = [n.cost() for n in tree.nodes.values()]
     policy, objective, rates = tree.policy, tree.objective, tree.learning_rates
     floor = f" at spec_floor {objective.spec_floor:g}" if objective.name == "spec_floor" else ""
@@ -122,9 +122,9 @@ def summary_lines(tree: SearchTree) -> list[str]:
         f"Selection: beam_width {policy.beam_width}, epsilon {policy.epsilon:g}, min_gain {policy.min_gain:g}, "
         f"max_depth {policy.max_depth}, max_trials {policy.max_trials}",
         f"Search ended: {tree.end_reason}" if tree.finished else "Search still running",
-        f"Nodes run: {counts['finished'] + counts['pruned'] + counts['failed']} "
-        f"({counts['finished']} finished, {counts['pruned']} pruned, {counts['failed']} failed); "
-        f"not expanded: {counts['not_expanded']}" + (f"; pending or running: {unfinished}" if unfinished else ""),
+        f"Nodes run: {counts[Status.FINISHED] + counts[Status.PRUNED] + counts[Status.FAILED]} "
+        f"({counts[Status.FINISHED]} finished, {counts[Status.PRUNED]} pruned, {counts[Status.FAILED]} failed); "
+        f"not expanded: {counts[Status.NOT_EXPANDED]}" + (f"; pending or running: {unfinished}" if unfinished else ""),
         f"Trials (learning-rate runs): {sum(c['trials'] for c in costs)}; "
         f"train steps: {fmt_count(sum(c['train_steps'] for c in costs))}; "
         f"steps saved by early stops: {fmt_count(sum(c['steps_saved'] for c in costs))}; "

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from cofitune_ray.config import Config
-from cofitune_ray.core.tree import SearchTree, TreeNode
+from cofitune_ray.core.tree import STOPPED_EARLY, SearchTree, Status, TreeNode
 from cofitune_ray.outputs.recipes import write_recipes
 from cofitune_ray.outputs.report import write_report
 from cofitune_ray.outputs.verdict import verdict
@@ -78,7 +78,8 @@ def export_recipes(config: Config, tree: SearchTree, out_dir: Path) -> Path | No
 
 def summarise(tree: SearchTree, run_dir: Path) -> dict:
     nodes = list(tree.nodes.values())
-    counts = {s: sum(n.status == s for n in nodes) for s in ("finished", "pruned", "failed", "not_expanded")}
+    counts = {s.value: sum(n.status == s for n in nodes)
+              for s in (Status.FINISHED, Status.PRUNED, Status.FAILED, Status.NOT_EXPANDED)}
     costs = [n.cost() for n in nodes]
     runs = [r for n in nodes for r in n.runs]
     best = tree.best()
@@ -92,7 +93,7 @@ def summarise(tree: SearchTree, run_dir: Path) -> dict:
         "trials": sum(c["trials"] for c in costs),
         "train_steps": sum(c["train_steps"] for c in costs),
         "steps_saved": tree.steps_saved(),
-        "runs_stopped_early": sum(r.status in ("stopped", "pruned") for r in runs),
+        "runs_stopped_early": sum(r.status in STOPPED_EARLY for r in runs),
         "wall_time_s": sum(c["wall_time_s"] for c in costs),
         "answer": answer_kind(best) if best else None,
         "verdict": verdict(tree),
@@ -141,8 +142,9 @@ def summary_text(summary: dict) -> str:
              f"{planned:,} planned steps ({summary['steps_saved'] / planned:.0%})") if summary["steps_saved"] else \
         "; no run was stopped early"
     lines = [
-        f"CoFiTune search done ({summary['end_reason']}): {summary['nodes']} nodes ({c['finished']} finished, "
-        f"{c['pruned']} pruned, {c['failed']} failed, {c['not_expanded']} not run), {summary['trials']} trials; "
+        f"CoFiTune search done ({summary['end_reason']}): {summary['nodes']} nodes "
+        f"({c[Status.FINISHED]} finished, {c[Status.PRUNED]} pruned, {c[Status.FAILED]} failed, "
+        f"{c[Status.NOT_EXPANDED]} not run), {summary['trials']} trials; "
         f"depth {summary['depth']}; {summary['train_steps']:,} train steps{saved}; "
         f"{summary['wall_time_s'] / 60:.1f} run-minutes",
         f"Answer: {summary['verdict']}",

@@ -6,14 +6,14 @@ Printed in the summary, written in best_node.yaml and at the top of the report.
 from __future__ import annotations
 
 from cofitune_ray.core.objective import Score
-from cofitune_ray.core.tree import SearchTree
+from cofitune_ray.core.tree import SearchTree, Status
 from cofitune_ray.outputs.document import fmt_count, fmt_percent, fmt_score
 
 
 def reference_score(tree: SearchTree, kind: str) -> Score | None:
     """The score of an ended reference of `kind`, or None when it is missing or has no score."""
     node = tree.reference_node(kind)
-    return tree.score(node) if node is not None and node.status in ("finished", "pruned") else None
+    return tree.score(node) if node is not None and node.status in (Status.FINISHED, Status.PRUNED) else None
 
 
 def _missing_reference(tree: SearchTree, kind: str, name: str) -> str | None:

@@ -18,17 +18,17 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
-from cofitune_ray.core.tree import SearchTree, TreeNode, describe_runs
+from cofitune_ray.core.tree import STOPPED_EARLY, SearchTree, Status, TreeNode, describe_runs
 from cofitune_ray.training.checkpoint import delete_checkpoints
 from cofitune_ray.training.runner import end_stopped_run, keep_at_rung
 from cofitune_ray.tuning.searcher import TreeSearcher
 from cofitune_ray.tuning.trial import NODES_DIR, run_name
 
 METRIC_NAMES = {
-    "finished": "cofitune_nodes_finished",
-    "running": "cofitune_nodes_running",
-    "pruned": "cofitune_nodes_pruned",
-    "failed": "cofitune_nodes_failed",
+    Status.FINISHED: "cofitune_nodes_finished",
+    Status.RUNNING: "cofitune_nodes_running",
+    Status.PRUNED: "cofitune_nodes_pruned",
+    Status.FAILED: "cofitune_nodes_failed",
     "best_objective": "cofitune_best_objective",
     "steps_saved": "cofitune_steps_saved",
     "depth": "cofitune_tree_depth",
@@ -45,7 +45,7 @@ class SearchMetrics:
 
     def update(self, tree: SearchTree) -> None:
         statuses = [n.status for n in tree.nodes.values()]
-        for status in ("finished", "running", "pruned", "failed"):
+        for status in (Status.FINISHED, Status.RUNNING, Status.PRUNED, Status.FAILED):
             self.gauges[status].set(statuses.count(status), tags=self.tags)
         best = tree.best()
         value = tree.objective.scalar(tree.score(best), tree.reference()) if best else 0.0
@@ -64,15 +64,15 @@ def ended_node_line(tree: SearchTree, node: TreeNode) -> str:
                   f"({tree.objective.explain(best.score, tree.reference())})")
         if best.run.lr is not None:
             scores += f" at lr {best.run.lr:.3g}"
-    outcome = {"pruned": f"pruned: {node.stop_reason}",
-               "failed": f"failed: {node.stop_reason}"}.get(node.status, node.status)
+    outcome = {Status.PRUNED: f"pruned: {node.stop_reason}",
+               Status.FAILED: f"failed: {node.stop_reason}"}.get(node.status, node.status)
     runs = describe_runs(tree, node)
     return f"[cofitune] {node.id} {node.part.describe()}: {scores} -> {outcome}" + (f" [{runs}]" if runs else "")
 
 
 def level_line(tree: SearchTree, depth: int) -> str:
     """The line that opens a level: its nodes and how many learning-rate runs each gets."""
-    nodes = [n for n in tree.at_depth(depth) if n.status != "not_expanded"]
+    nodes = [n for n in tree.at_depth(depth) if n.status != Status.NOT_EXPANDED]
     runs = sum(len(n.runs) for n in nodes)
     name = "references" if depth == 0 else _level_name(tree, nodes)
     return (f"[cofitune] level {depth} ({name}): {len(nodes)} node(s), {runs} run(s): "
@@ -81,10 +81,10 @@ def level_line(tree: SearchTree, depth: int) -> str:
 
 def count_line(tree: SearchTree, depth: int, level_started: float) -> str:
     """How far the level is, and about how long it still needs at the pace of its ended runs."""
-    nodes = [n for n in tree.at_depth(depth) if n.status != "not_expanded"]
-    runs = [r for n in nodes for r in n.runs if r.status != "not_expanded"]
+    nodes = [n for n in tree.at_depth(depth) if n.status != Status.NOT_EXPANDED]
+    runs = [r for n in nodes for r in n.runs if r.status != Status.NOT_EXPANDED]
     ended = [r for r in runs if r.ended]
-    ended_nodes = sum(n.status in ("finished", "pruned", "failed") for n in nodes)
+    ended_nodes = sum(n.status in (Status.FINISHED, Status.PRUNED, Status.FAILED) for n in nodes)
     text = f"{ended_nodes} of {len(nodes)} node(s) of level {depth} ended, {len(ended)} of {len(runs)} run(s)"
     if ended and len(ended) < len(runs):
         pace = (time.time() - level_started) / len(ended)
@@ -135,13 +135,13 @@ class SearchProgress(Callback):
         tree = self.searcher.tree
         # before any line says so: a stopped run is never trained again, even if the driver dies now. At every
         # refresh, not once: a stopped trial's worker can still upload a checkpoint after the first discard.
-        for run in (r for n in tree.nodes.values() for r in n.runs if r.status in ("stopped", "pruned")):
+        for run in (r for n in tree.nodes.values() for r in n.runs if r.status in STOPPED_EARLY):
             end_stopped_run(Path(self.run_dir) / NODES_DIR / run_name(run.id), run.stop_reason or run.status)
         for run in tree.in_flight():  # the rung kept it: its workers may train past the rung
             if run.rung_point() and tree.compared_at_rung(tree.node_of_run(run.id)) and not tree.waits_at_rung(run.id):
                 keep_at_rung(Path(self.run_dir) / NODES_DIR / run_name(run.id))
         for node in tree.nodes.values():
-            if node.id not in self._ended_shown and node.status in ("finished", "pruned", "failed"):
+            if node.id not in self._ended_shown and node.status in (Status.FINISHED, Status.PRUNED, Status.FAILED):
                 self._ended_shown.add(node.id)
                 print(f"{ended_node_line(tree, node)}  ({count_line(tree, node.depth, self._level_started)})",
                       flush=True)

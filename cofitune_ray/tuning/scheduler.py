@@ -26,6 +26,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from cofitune_ray.core.rules import Stop, decide, rung_stop
 from cofitune_ray.core.settings import StopRules
+from cofitune_ray.core.tree import STOPPED_EARLY
 from cofitune_ray.tuning.searcher import TreeSearcher
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,6 @@ class PromisingChildScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         runs = [r for n in self.searcher.tree.nodes.values() for r in n.runs]
-        stopped = sum(r.status in ("stopped", "pruned") for r in runs)
+        stopped = sum(r.status in STOPPED_EARLY for r in runs)
         return (f"PromisingChildScheduler: {stopped} run(s) stopped early, "
                 f"{self.searcher.tree.steps_saved()} steps saved")

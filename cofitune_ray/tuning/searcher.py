@@ -21,7 +21,7 @@ from pathlib import Path
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from cofitune_ray.core.drive import NodeOrder, TreeOrder
-from cofitune_ray.core.tree import Run, SearchTree
+from cofitune_ray.core.tree import Run, SearchTree, Status
 
 
 class TreeSearcher(Searcher):
@@ -61,7 +61,7 @@ class TreeSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         run = self.run_for_trial(trial_id)
-        if run is None or run.status not in ("running", "stopped", "pruned"):
+        if run is None or run.status not in (Status.RUNNING, Status.STOPPED, Status.PRUNED):
             return
         if error:
             self.tree.fail(run.id, f"trial {trial_id} errored after Tune's retries (see its error file)")
