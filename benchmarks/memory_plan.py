@@ -130,7 +130,7 @@ def build_world(root: Path, size: dict) -> Path:
                  "prompt_template": "compact"},
         "train": {"epochs": 1, "max_steps": STEPS, "warmup_ratio": 0.0},
     }
-    path = root / "config.yaml"
+    path = root / "world.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from transformers.utils import logging as transformers_logging
 
-LOG_DIR = "logs"
-DRIVER_LOG = "driver.log"
+from cofitune_ray.core.layout import DRIVER_LOG, LOG_DIR
+
 # Tune's `progress_reporter` (our status table) is honoured by its legacy output engine only.
 TUNE_OUTPUT_ENGINE = {"RAY_AIR_NEW_OUTPUT": "0"}
 

@@ -30,6 +30,7 @@ from cofitune_ray.config import (
     selection_policy,
     stop_rules,
 )
+from cofitune_ray.core.layout import BASE_RESULT_FILE, CONFIG_FILE, EXPERIMENT_DIR, NODES_DIR, SUMMARY_FILE
 from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.core.space import SearchSpace
 from cofitune_ray.core.tree import SearchTree
@@ -44,8 +45,6 @@ if TYPE_CHECKING:  # the CLI imports Ray, torch and transformers only once the c
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "toy.yaml"
 TOY_ASSETS = PROJECT_ROOT / "assets" / "toyworld"
-BASE_RESULT_FILE = "base_result.json"
-EXPERIMENT = "tune"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -93,8 +92,6 @@ def run_directory(config: Config, resume: bool) -> Path:
 def base_result(config: Config, run_dir: Path) -> dict:
     """The base model's evaluation, computed once per run directory."""
     from cofitune_ray.training.runner import run_node
-    from cofitune_ray.tuning.trial import NODES_DIR
-
     path = run_dir / BASE_RESULT_FILE
     if path.is_file():
         return json.loads(path.read_text())
@@ -131,7 +128,7 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
     from cofitune_ray.tuning.trial import node_trial, trial_name
 
     trainable = tune.with_resources(tune.with_parameters(node_trial, run=context), {"cpu": config.scaling.trial_cpus})
-    experiment = run_dir / EXPERIMENT
+    experiment = run_dir / EXPERIMENT_DIR
     if resume and tune.Tuner.can_restore(str(experiment)):
         print(f"[cofitune] resuming the search in {experiment}", flush=True)
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
@@ -145,7 +142,7 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
                                     max_concurrent_trials=s.max_concurrent_trials,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
-            name=EXPERIMENT,
+            name=EXPERIMENT_DIR,
             storage_path=str(run_dir),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             callbacks=[SearchProgress(searcher, str(run_dir), config.name)],
@@ -161,11 +158,11 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     checked = preflight(config)
     from cofitune_ray.cluster import connect
     from cofitune_ray.console import console_output, log_locations_line
-    from cofitune_ray.outputs.results import SUMMARY_FILE, summary_text, write_results
+    from cofitune_ray.outputs.results import summary_text, write_results
     from cofitune_ray.training.importance_job import ensure_importance
     from cofitune_ray.training.spectrum import ensure_scores, with_selections
     from cofitune_ray.tuning.searcher import latest_saved_tree
-    from cofitune_ray.tuning.trial import NODES_DIR, RunContext
+    from cofitune_ray.tuning.trial import RunContext
 
     for line in checked.lines() + checked.memory.summary(config.scaling.strategy).splitlines():
         print(f"[cofitune] {line}", flush=True)
@@ -175,7 +172,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
         print("[cofitune] this run has already finished; its summary:", flush=True)
         print(summary_text(json.loads((run_dir / SUMMARY_FILE).read_text())))
         return run_dir
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     with console_output(run_dir, verbose) as log_dir:
         session_dir = connect(address, dashboard, verbose)
         print(log_locations_line(log_dir, session_dir, verbose), flush=True)
@@ -192,7 +189,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
                   flush=True)
         context = RunContext(config.to_dict(), str(run_dir / NODES_DIR), base, importance)
         make_tuner(config, space, run_dir, context, resume).fit()
-        tree = latest_saved_tree(run_dir / EXPERIMENT)
+        tree = latest_saved_tree(run_dir / EXPERIMENT_DIR)
         summary = write_results(config, tree, run_dir)
     print(summary_text(summary), flush=True)
     return run_dir

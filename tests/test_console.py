@@ -18,7 +18,8 @@ import pytest
 import ray  # noqa: F401  (configures the "ray" logger, as it is in the CLI)
 from transformers.utils import logging as transformers_logging
 
-from cofitune_ray.console import DRIVER_LOG, TUNE_OUTPUT_ENGINE, console_output, log_locations_line
+from cofitune_ray.console import TUNE_OUTPUT_ENGINE, console_output, log_locations_line
+from cofitune_ray.core.layout import DRIVER_LOG
 from cofitune_ray.core.tree import SearchTree
 
 REPO = Path(__file__).resolve().parent.parent

@@ -100,3 +100,25 @@ def test_statuses_are_written_only_as_the_enum():
             if isinstance(node, ast.Constant) and node.value in values and id(node) not in definition:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}")
     assert not found, "\n".join(found)
+
+
+def test_run_directory_names_are_spelled_only_in_the_layout_module():
+    """Every file name of a run directory comes from `core.layout` (docstrings may describe them)."""
+    from cofitune_ray.core import layout
+
+    names = {v for k, v in vars(layout).items() if k.endswith("_FILE") or k == "DRIVER_LOG"}
+    names |= set(layout.REPORT_FILES.values())
+    found = []
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "benchmarks").glob("*.py"),
+                 *(PACKAGE.parent / "scripts").glob("*.py")]:
+        if path.name == "layout.py" and path.parent.name == "core":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {name}" for name in names
+                          if name in node.value]
+    assert not found, "\n".join(found)

@@ -2,9 +2,10 @@
 
 import json
 
+from cofitune_ray.core.layout import RAY_TRAIN_SNAPSHOT, STOPPED_FILE
 from cofitune_ray.core.space import load_search_space
 from cofitune_ray.core.tree import SearchTree
-from cofitune_ray.training.runner import RAY_TRAIN_SNAPSHOT, STOPPED_FILE, end_stopped_run, stopped_history
+from cofitune_ray.training.runner import end_stopped_run, stopped_history
 from conftest import PROJECT
 
 

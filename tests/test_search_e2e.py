@@ -27,13 +27,12 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.config import load_config
+from cofitune_ray.core.layout import ATTEMPTS_FILE, RUNG_KEPT_FILE
 from cofitune_ray.core.tree import ENDED, RUNG, SearchTree
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.model import load_model
-from cofitune_ray.training.runner import ATTEMPTS_FILE
 from cofitune_ray.training.spectrum import snr_part
 from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR
-from cofitune_ray.training.worker import RUNG_KEPT_FILE
 from ray_processes import train_worker_pids
 from tiny import write_lm_eval_task
 from tool_rules import axolotl_selects

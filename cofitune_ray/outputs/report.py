@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cofitune_ray.core.layout import REPORT_FILES
 from cofitune_ray.core.objective import Score
 from cofitune_ray.core.tree import SearchTree, Status, TreeNode, describe_runs
 from cofitune_ray.outputs.document import (
@@ -29,8 +30,6 @@ from cofitune_ray.outputs.document import (
 from cofitune_ray.outputs.plots import plot_curves, plot_pareto
 from cofitune_ray.outputs.verdict import reference_score, verdict
 
-#: Names of the files `write_report` writes, by the key it returns them under.
-REPORT_FILES = {"markdown": "report.md", "html": "report.html", "pareto": "pareto.png", "curves": "curves.png"}
 #: Headers of the all-nodes table, the part of report.md that mirrors tree.json one row per node.
 NODE_TABLE_HEADERS = ("Node", "Key", "Status", "Spec", "Vers", "Uni", "Trained params", "Runs", "Train steps",
                       "Steps saved", "Wall time", "Note")

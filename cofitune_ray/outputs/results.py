@@ -16,6 +16,15 @@ from pathlib import Path
 import yaml
 
 from cofitune_ray.config import Config
+from cofitune_ray.core.layout import (
+    BEST_MODEL_DIR,
+    BEST_NODE_FILE,
+    PARETO_FILE,
+    RECIPES_DIR,
+    REPORT_FILES,
+    SUMMARY_FILE,
+    TREE_FILE,
+)
 from cofitune_ray.core.tree import STOPPED_EARLY, SearchTree, Status, TreeNode
 from cofitune_ray.outputs.recipes import write_recipes
 from cofitune_ray.outputs.report import write_report
@@ -24,7 +33,6 @@ from cofitune_ray.training.checkpoint import delta_names
 from cofitune_ray.training.export import export_merged
 from cofitune_ray.training.model import load_model, load_tokenizer, parameter_names
 
-SUMMARY_FILE = "summary.json"
 PARETO_COLUMNS = ("node_id", "key", "label", "status", "lr", "spec", "vers", "uni", "qualifies", "trained_params",
                   "trials", "train_steps", "pareto")
 
@@ -115,8 +123,8 @@ def _node_summary(tree: SearchTree, node: TreeNode | None) -> dict | None:
 
 def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
     """Write every output file; return the summary (also saved as summary.json, written last)."""
-    tree.save(run_dir / "tree.json")
-    write_pareto_csv(tree, run_dir / "pareto.csv")
+    tree.save(run_dir / TREE_FILE)
+    write_pareto_csv(tree, run_dir / PARETO_FILE)
     best = tree.best()
     if best is not None:
         point = tree.best_point(best)
@@ -124,9 +132,9 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
                      "key": best.part.key(), "id": best.id, "lr": point.run.lr, "run": point.run.id,
                      "eval_index": point.point["eval_index"], "step": point.point.get("step"),
                      "scores": _node_summary(tree, best), "checkpoint": point.checkpoint}
-        (run_dir / "best_node.yaml").write_text(yaml.safe_dump(best_node, sort_keys=False))
-    export_best_model(config, tree, run_dir / "best_model")
-    recipes = export_recipes(config, tree, run_dir / "recipes")
+        (run_dir / BEST_NODE_FILE).write_text(yaml.safe_dump(best_node, sort_keys=False))
+    export_best_model(config, tree, run_dir / BEST_MODEL_DIR)
+    recipes = export_recipes(config, tree, run_dir / RECIPES_DIR)
     write_report(tree, run_dir)
     summary = summarise(tree, run_dir)
     summary["recipes"] = str(recipes) if recipes else None
@@ -157,7 +165,7 @@ def summary_text(summary: dict) -> str:
                          f"  ({s['trained_params'] or 0:,} trained parameters)")
     lines.append("Pareto front: " + "; ".join(summary["pareto"]))
     run_dir = Path(summary["run_dir"])
-    lines.append(f"Report: {run_dir / 'report.md'}  Best model: {run_dir / 'best_model'}"
+    lines.append(f"Report: {run_dir / REPORT_FILES['markdown']}  Best model: {run_dir / BEST_MODEL_DIR}"
                  + (f"  Recipes: {summary['recipes']}" if summary.get("recipes") else ""))
     lines.append(f"Results: {run_dir}")
     return "\n".join(lines)

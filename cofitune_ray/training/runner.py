@@ -26,14 +26,17 @@ from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config
 from cofitune_ray.core.files import write_whole
+from cofitune_ray.core.layout import (
+    ATTEMPTS_FILE,
+    HISTORY_FILE,
+    RAY_TRAIN_CHECKPOINTS,
+    RAY_TRAIN_SNAPSHOT,
+    RESULT_FILE,
+    RUNG_KEPT_FILE,
+    STOPPED_FILE,
+)
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.worker import HISTORY_FILE, RUNG_KEPT_FILE, train_node
-
-#: Ray Train's record of a run's checkpoints, in the run directory (ray.train.v2._internal.constants).
-RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
-STOPPED_FILE = "stopped.json"  # the search stopped this run (its reason): never trained again
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per time the run's training was started, with its end
-RESULT_FILE = "result.json"  # written last: the run finished
+from cofitune_ray.training.worker import train_node
 
 
 @dataclass
@@ -195,7 +198,7 @@ def discard_train_state(run_dir: Path) -> None:
     restarts a stopped run's trial when the driver died before it saved the stop.
     """
     (Path(run_dir) / RAY_TRAIN_SNAPSHOT).unlink(missing_ok=True)
-    for state in Path(run_dir).glob("checkpoint_*"):  # also the part an attempt killed mid-upload left behind
+    for state in Path(run_dir).glob(RAY_TRAIN_CHECKPOINTS):  # also the part an attempt killed mid-upload left behind
         if state.is_dir():
             shutil.rmtree(state, ignore_errors=True)
 

@@ -29,6 +29,7 @@ import ray.train.torch
 import torch
 
 from cofitune_ray.config import config_from_dict
+from cofitune_ray.core.layout import HISTORY_FILE, RUNG_KEPT_FILE, point_dir
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import RUNG
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
@@ -47,10 +48,7 @@ from cofitune_ray.training.sharding import distribute, unwrapped
 from cofitune_ray.training.softmask import SoftMask
 from cofitune_ray.training.train_state import Position, read_position
 
-HISTORY_FILE = "history.jsonl"  # one line per evaluation point, in the run directory
-RUNG_KEPT_FILE = "kept.json"  # the search kept this run at the rung: it trains on past its rung point
 RUNG_POLL_S = 0.5
-POINTS_DIR = "points"  # <run dir>/points/eval-<k>/: the delta checkpoint of evaluation point k
 
 
 class _Reporter:
@@ -102,7 +100,7 @@ class _Reporter:
         hf_model = unwrapped(model)
         fingerprint = model_fingerprint(hf_model, self.trained_names, self.probe_ids)
         delta = delta_state(hf_model, keep=self.rank == 0)  # every worker: gathering shards is a collective
-        point_dir = self.run_dir / POINTS_DIR / f"eval-{point.eval_index}"
+        directory = point_dir(self.run_dir, point.eval_index)
         metrics.update(
             eval_index=point.eval_index,
             step=point.step,
@@ -114,14 +112,14 @@ class _Reporter:
             train_time_s=time.time() - self.started,
             resumed_from_step=self.resumed_from_step,  # where these workers started: 0, or a retried attempt's state
             peak_memory_gb=_peak_memory_gb(model),
-            checkpoint=str(point_dir) if self.part.trains else None,
+            checkpoint=str(directory) if self.part.trains else None,
             # DDP keeps ranks identical, a non-zero spread means they diverged (FSDP's sums are global).
             rank_checksum_spread=_spread_across_ranks(fingerprint["trained_sum"], self.world_size),
         )
         if self.rank == 0:
             if self.part.trains:
-                point_dir.mkdir(parents=True, exist_ok=True)
-                write_checkpoint(point_dir, delta, self.part, metrics, fingerprint)
+                directory.mkdir(parents=True, exist_ok=True)
+                write_checkpoint(directory, delta, self.part, metrics, fingerprint)
             with open(self.run_dir / HISTORY_FILE, "a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
         if point.save_state is None:

@@ -18,11 +18,11 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
+from cofitune_ray.core.layout import NODES_DIR, TREE_FILE, run_dir_name
 from cofitune_ray.core.tree import STOPPED_EARLY, SearchTree, Status, TreeNode, describe_runs
 from cofitune_ray.training.checkpoint import delete_checkpoints
 from cofitune_ray.training.runner import end_stopped_run, keep_at_rung
 from cofitune_ray.tuning.searcher import TreeSearcher
-from cofitune_ray.tuning.trial import NODES_DIR, run_name
 
 METRIC_NAMES = {
     Status.FINISHED: "cofitune_nodes_finished",
@@ -136,10 +136,10 @@ class SearchProgress(Callback):
         # before any line says so: a stopped run is never trained again, even if the driver dies now. At every
         # refresh, not once: a stopped trial's worker can still upload a checkpoint after the first discard.
         for run in (r for n in tree.nodes.values() for r in n.runs if r.status in STOPPED_EARLY):
-            end_stopped_run(Path(self.run_dir) / NODES_DIR / run_name(run.id), run.stop_reason or run.status)
+            end_stopped_run(Path(self.run_dir) / NODES_DIR / run_dir_name(run.id), run.stop_reason or run.status)
         for run in tree.in_flight():  # the rung kept it: its workers may train past the rung
             if run.rung_point() and tree.compared_at_rung(tree.node_of_run(run.id)) and not tree.waits_at_rung(run.id):
-                keep_at_rung(Path(self.run_dir) / NODES_DIR / run_name(run.id))
+                keep_at_rung(Path(self.run_dir) / NODES_DIR / run_dir_name(run.id))
         for node in tree.nodes.values():
             if node.id not in self._ended_shown and node.status in (Status.FINISHED, Status.PRUNED, Status.FAILED):
                 self._ended_shown.add(node.id)
@@ -154,7 +154,7 @@ class SearchProgress(Callback):
         disposable = tree.disposable_checkpoints()
         if disposable:
             tree.forget_checkpoints(delete_checkpoints(disposable))
-        tree.save(Path(self.run_dir) / "tree.json")
+        tree.save(Path(self.run_dir) / TREE_FILE)
         if self._metrics is None:
             self._metrics = SearchMetrics(self.run_name)
         self._metrics.update(tree)

@@ -15,15 +15,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cofitune_ray.config import config_from_dict
+from cofitune_ray.core.layout import run_dir_name
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.runner import ImportanceRef, RunResult, finished_result, run_node, stopped_history
-
-NODES_DIR = "nodes"  # <run directory>/nodes/<run name>/: each run's Ray Train run, history and checkpoints
-
-
-def run_name(run_id: str) -> str:
-    """The name of a run's directory under NODES_DIR, and of its Ray Train run."""
-    return f"node-{run_id}"
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def node_trial(trial_config: dict, run: RunContext) -> None:
     """Tune trainable: train and score the run in `trial_config` (or replay its saved result)."""
     part = ModelPart.from_dict(trial_config["part"])
     lr = trial_config.get("lr")
-    name = run_name(trial_config.get("run_id") or trial_config["node_id"])
+    name = run_dir_name(trial_config.get("run_id") or trial_config["node_id"])
     if part.kind == "base":
         replay(RunResult.from_dict(run.base_result))
         return
