@@ -100,7 +100,8 @@ def check_lm_eval(config, root: Path) -> None:
 
 def train_node_and_print(config, node: ModelPart, strategy: str, root: Path, importance):
     """Train `node` under the config's scaling.strategy (`strategy`) and print its evaluation points."""
-    result = run_node(config, node, f"gpu-check-node-{strategy}", root / "runs" / "nodes", importance=importance)
+    result = run_node(config, node, f"gpu-check-node-{strategy}", root / "runs" / "nodes", lr=config.train.lr,
+                      importance=importance)
     backend = "nccl" if config.scaling.use_gpu else "gloo"
     print(f"{strategy}: node {node.key()} on {config.scaling.num_workers} worker(s), backend {backend}, "
           f"bf16 {config.train.bf16}: {result.train_steps} steps in {result.wall_time_s:.1f} s (including Ray Train "

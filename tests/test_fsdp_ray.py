@@ -73,7 +73,8 @@ def runs(ray_cluster, world, importance, tmp_path_factory):
                 results[strategy, mode] = _run_with_a_worker_killed(ray_cluster, config, name, storage,
                                                                     importance["ddp"])
             else:
-                results[strategy, mode] = run_node(config, NODE, name, storage, importance=importance["ddp"])
+                results[strategy, mode] = run_node(config, NODE, name, storage, lr=config.train.lr,
+                                                           importance=importance["ddp"])
     return results
 
 
@@ -99,7 +100,7 @@ def _run_with_a_worker_killed(ray_module, config, name, storage, importance):
 
     def run():
         try:
-            outcome["result"] = run_node(config, NODE, name, storage, importance=importance,
+            outcome["result"] = run_node(config, NODE, name, storage, lr=config.train.lr, importance=importance,
                                          callbacks=[_MarkRegistered(registered)], max_failures=1)
         except Exception as exc:  # re-raised below, in the test
             outcome["error"] = exc

@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
+
+from cofitune_ray.config import Config
 from cofitune_ray.core.layout import RAY_TRAIN_SNAPSHOT, STOPPED_FILE
+from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.space import load_search_space
 from cofitune_ray.core.tree import SearchTree
-from cofitune_ray.training.runner import end_stopped_run, stopped_history
+from cofitune_ray.training.runner import end_stopped_run, run_node, stopped_history
 from conftest import PROJECT
 
 
@@ -30,3 +34,8 @@ def test_tree_json_is_replaced_whole(tmp_path):
     tree.save(target)
     assert SearchTree.from_json(target.read_text()).to_dict() == tree.to_dict()
     assert [p.name for p in tmp_path.iterdir()] == ["tree.json"]
+
+
+def test_run_node_needs_the_runs_learning_rate_for_a_trained_part(tmp_path):
+    with pytest.raises(ValueError, match="give the learning rate of its run"):
+        run_node(Config(), ModelPart(layer_range=(0.0, 0.5)), "n1", tmp_path)

@@ -225,3 +225,13 @@ def test_checkpoints_of_ended_levels_are_disposable_except_each_best_point():
     tree.forget_checkpoints(disposable)
     assert tree.disposable_checkpoints() == []
     assert all(tree.best_point(n).checkpoint for n in tree.at_depth(1))
+
+
+def test_a_nodes_own_learning_rate_replaces_the_candidates_everywhere():
+    rates = LearningRates((1e-4, 3e-4), keep=1)
+    assert rates.for_node(None) == (1e-4, 3e-4) and rates.for_node(5e-5) == (5e-5,)
+    space = load_search_space(SPACES / "cofitune.yaml")
+    tree = SearchTree(space, learning_rates=rates)
+    full = tree.reference_node("full")
+    assert [r.lr for r in full.runs] == [1e-4, 3e-4]
+

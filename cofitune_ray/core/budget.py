@@ -86,7 +86,7 @@ def node_runs(part: ModelPart, rates: LearningRates, schedule: RunSchedule, rule
     """The runs of one node: with `stopped_early` each stopped as early as the rules allow (the low bound)."""
     if not part.trains:
         return [Run(part, 0, 1)]
-    count = 1 if part.lr is not None else len(rates.candidates)
+    count = len(rates.for_node(part.lr))
     last = len(schedule.points) - 1
     runs = []
     for i in range(count):

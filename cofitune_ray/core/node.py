@@ -33,7 +33,7 @@ class ModelPart:
     layers: explicit 0-based layer indices; when given they replace layer_range.
     modules: projection names trained inside those layers (subset of ALL_MODULES).
     softmask: whether fine-level soft-masking by unit importance is on.
-    lr: learning rate for this node; None means the config's train.lr.
+    lr: learning rate for this node; None: every candidate of the search (`LearningRates.for_node`).
     top_percent: snr nodes only: the share of each module type's layers they train, in (0, 100].
     selection: snr nodes only: (module, layer indices) pairs, computed from the base weights before
         the search (None until then); layer_range, layers and modules do not apply to them.

@@ -65,6 +65,11 @@ class LearningRates:
                f"learning rates must be distinct, got {list(self.candidates)}")
         _check(self.keep >= 1, "lr_keep", f"must be at least 1, got {self.keep}")
 
+    def for_node(self, own_lr: float | None) -> tuple[float, ...]:
+        """The learning rates a node is run at: its own (a search space's `learning_rate` rule), else every
+        candidate. The one place this precedence is decided."""
+        return (own_lr,) if own_lr is not None else self.candidates
+
     @staticmethod
     def around(lr: float, count: int = 3) -> tuple[float, ...]:
         """`count` values spanning a decade centred on `lr` (log-spaced, three significant digits)."""

@@ -505,7 +505,7 @@ class SearchTree:
         if not part.trains:
             runs = [Run(node_id, None)]
         else:
-            lrs = (part.lr,) if part.lr is not None else self.learning_rates.candidates
+            lrs = self.learning_rates.for_node(part.lr)
             runs = [Run(f"{node_id}-lr{lr:.3g}", lr) for lr in lrs]
         node = TreeNode(node_id, part, parent.id if parent else None, depth, level, runs)
         self.nodes[node.id] = node

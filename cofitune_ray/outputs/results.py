@@ -79,8 +79,8 @@ def export_recipes(config: Config, tree: SearchTree, out_dir: Path) -> Path | No
     point = tree.best_point(best) if best is not None else None
     if point is None or not best.part.trains or not point.checkpoint:
         return None
-    lr = point.run.lr or config.train.lr
-    write_recipes(out_dir, best.part, delta_names(point.checkpoint), parameter_names(config.model.path), lr, config)
+    write_recipes(out_dir, best.part, delta_names(point.checkpoint), parameter_names(config.model.path), point.run.lr,
+                  config)
     return out_dir
 
 

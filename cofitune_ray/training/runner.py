@@ -105,8 +105,9 @@ def run_node(
     max_failures: int = 0,
     waits_at_rung: bool = False,
 ) -> RunResult:
-    """Train `part` at learning rate `lr` (the part's own, else `train.lr`, when None), or only
-    evaluate it for the base model; return the run's evaluation points and cost.
+    """Train `part` at learning rate `lr` (required for a part that trains: the search decides it,
+    `LearningRates.for_node`), or only evaluate it for the base model; return the run's evaluation points
+    and cost.
 
     `waits_at_rung`: the run's node compares its runs at the rung, so the workers train past the rung
     point only once the search has kept the run there (`keep_at_rung`).
@@ -116,7 +117,9 @@ def run_node(
     """
     if part.softmask and importance is None:
         raise ValueError(f"node {part.key()} uses soft-masking but no importance was given")
-    lr = None if not part.trains else (lr or part.lr or config.train.lr)
+    if part.trains and lr is None:
+        raise ValueError(f"node {part.key()} trains: give the learning rate of its run")
+    lr = lr if part.trains else None
     storage_dir = Path(storage_dir).resolve()
     run_dir = storage_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
