@@ -50,7 +50,7 @@ from cofitune_ray.training.model import (
     load_tokenizer,
     trainable_parameter_names,
 )
-from cofitune_ray.training.softmask import Importance, SoftMask
+from cofitune_ray.training.softmask.mask import Importance, SoftMask
 
 SIZES = {
     "S": dict(layers=4, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=512),

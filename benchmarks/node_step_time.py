@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cofitune_ray.core.node import PAPER_NODE, ModelPart
 from cofitune_ray.training.model import Architecture, freeze_all_but, trainable_parameter_names
-from cofitune_ray.training.softmask import Importance, SoftMask
+from cofitune_ray.training.softmask.mask import Importance, SoftMask
 
 VARIANTS = {
     "full SFT": (ModelPart(kind="full"), None),

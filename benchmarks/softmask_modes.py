@@ -18,7 +18,6 @@ import torch
 from cofitune_ray.config import load_config
 from cofitune_ray.core.node import PAPER_NODE
 from cofitune_ray.training.evaluate import Evaluator
-from cofitune_ray.training.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.model import (
     Architecture,
@@ -27,7 +26,8 @@ from cofitune_ray.training.model import (
     load_tokenizer,
     trainable_parameter_names,
 )
-from cofitune_ray.training.softmask import SoftMask
+from cofitune_ray.training.softmask.importance import compute_importance, importance_data, importance_settings
+from cofitune_ray.training.softmask.mask import SoftMask
 
 NODE = PAPER_NODE.with_(softmask=True)
 

@@ -49,9 +49,9 @@ from cofitune_ray.core.settings import SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
 from cofitune_ray.core.tree import SearchTree, Status, TreeNode
 from cofitune_ray.toyworld.prepare import config_for_seed
-from cofitune_ray.training.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.local import LocalExecutor, RunCache
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.training.softmask.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.spectrum import snr_part
 
 TOP_HALF = ModelPart(layer_range=(0.5, 1.0))

@@ -70,7 +70,7 @@ def preflight(config: Config) -> Preflight:
     # torch comes in with the evaluation sets: a config or search-space error above is reported without it
     from cofitune_ray.training.evaluate import EvalSet, tokenize_eval_sets, versatility_set
     from cofitune_ray.training.harness import HarnessTask
-    from cofitune_ray.training.importance import importance_data
+    from cofitune_ray.training.softmask.importance import importance_data
     from cofitune_ray.training.spectrum import safetensors_files
 
     try:

@@ -159,7 +159,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     from cofitune_ray.cluster import connect
     from cofitune_ray.console import console_output, log_locations_line
     from cofitune_ray.outputs.results import summary_text, write_results
-    from cofitune_ray.training.importance_job import ensure_importance
+    from cofitune_ray.training.softmask.job import ensure_importance
     from cofitune_ray.training.spectrum import ensure_scores, with_selections
     from cofitune_ray.tuning.searcher import latest_saved_tree
     from cofitune_ray.tuning.trial import RunContext

@@ -42,9 +42,9 @@ from cofitune_ray.toyworld.pretrain import save_random_model
 from cofitune_ray.toyworld.worlds import DEFAULT_WORLD, get_world
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.harness import HarnessTask
-from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.softmask.job import ensure_importance
 from cofitune_ray.training.spectrum import ensure_scores, module_scores, select
 
 ROOT = Path(__file__).resolve().parent.parent

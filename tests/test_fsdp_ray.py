@@ -23,10 +23,10 @@ from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.export import export_merged
-from cofitune_ray.training.importance import load_cached_importance
-from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.softmask.importance import load_cached_importance
+from cofitune_ray.training.softmask.job import ensure_importance
 from cofitune_ray.training.train_state import POSITION_FILE
 from ray_processes import train_worker_pids
 from tiny import make_world

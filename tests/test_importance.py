@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cofitune_ray.training.importance import (
+from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.training.softmask.importance import (
     ImportanceSettings,
     accumulate_importance,
     cache_dir,
@@ -13,7 +14,6 @@ from cofitune_ray.training.importance import (
     load_cached_importance,
     save_importance,
 )
-from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from tiny import make_world
 
 SETTINGS = ImportanceSettings(prompt_template="compact", max_seq_length=32, max_examples=8, batch_size=3,

@@ -38,7 +38,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cofitune_ray"
 ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 #: A package-internal name in a table's imports column: a layer (`core`), a module of one (`core.tree`), or a
 #: module beside the layers (`config`).
-_INTERNAL = re.compile(r"\b(?:(?:core|training|tuning|outputs|toyworld|realworld)(?:\.[a-z_]+)?"
+_INTERNAL = re.compile(r"\b(?:(?:core|training|tuning|outputs|toyworld|realworld)(?:\.[a-z_]+)*"
                        r"|config|plan|preflight|cluster|console|search)\b")
 
 

@@ -13,10 +13,10 @@ from cofitune_ray.core.layout import ATTEMPTS_FILE
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.export import MergeError, export_merged, merge_delta
-from cofitune_ray.training.importance import load_cached_importance
-from cofitune_ray.training.importance_job import ensure_importance
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import run_node
+from cofitune_ray.training.softmask.importance import load_cached_importance
+from cofitune_ray.training.softmask.job import ensure_importance
 from tiny import make_model, make_world
 
 pytestmark = pytest.mark.ray

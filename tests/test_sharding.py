@@ -14,10 +14,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint
 from cofitune_ray.training.data import Example, read_examples
 from cofitune_ray.training.evaluate import EvalSet, score_set
-from cofitune_ray.training.importance import ImportanceSettings, compute_importance
 from cofitune_ray.training.model import Architecture, freeze_all_but, load_tokenizer
 from cofitune_ray.training.sharding import distribute, full_tensor, local_rows
-from cofitune_ray.training.softmask import Importance, SoftMask
+from cofitune_ray.training.softmask.importance import ImportanceSettings, compute_importance
+from cofitune_ray.training.softmask.mask import Importance, SoftMask
 from tiny import ALPHABET, SPECIALS, make_examples, make_tokenizer, write_jsonl
 
 pytestmark = pytest.mark.slow  # three processes train and evaluate: not in the fast subset

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cofitune_ray.training.model import Architecture
-from cofitune_ray.training.softmask import Importance, SoftMask, normalise_per_layer, row_factors
+from cofitune_ray.training.softmask.mask import Importance, SoftMask, normalise_per_layer, row_factors
 
 ARCH = Architecture("llama", num_layers=2, num_heads=4, num_kv_heads=2, head_dim=2, hidden_size=8, intermediate_size=6)
 

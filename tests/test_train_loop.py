@@ -16,7 +16,7 @@ from cofitune_ray.training.model import (
     load_tokenizer,
     trainable_parameter_names,
 )
-from cofitune_ray.training.softmask import Importance, SoftMask
+from cofitune_ray.training.softmask.mask import Importance, SoftMask
 from tiny import make_world
 
 NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"), softmask=True)

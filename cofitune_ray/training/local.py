@@ -35,7 +35,7 @@ from cofitune_ray.training.model import (
     load_tokenizer,
     trainable_parameter_names,
 )
-from cofitune_ray.training.softmask import Importance, SoftMask
+from cofitune_ray.training.softmask.mask import Importance, SoftMask
 
 
 class RunCache:

@@ -36,6 +36,7 @@ from cofitune_ray.core.layout import (
     STOPPED_FILE,
 )
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.training.softmask import ImportanceRef
 from cofitune_ray.training.worker import train_node
 
 
@@ -74,14 +75,6 @@ def finished_result(storage_dir: str | Path, name: str, part: ModelPart, lr: flo
         return None
     result = RunResult.from_dict(json.loads(path.read_text()))
     return result if result.part == part and result.lr == lr else None
-
-
-@dataclass(frozen=True)
-class ImportanceRef:
-    """Where a run's cached importance lives and the key it must match."""
-
-    directory: str
-    key: dict
 
 
 def scaling_config(config: Config) -> ray.train.ScalingConfig:

@@ -35,7 +35,6 @@ from cofitune_ray.core.tree import RUNG
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
 from cofitune_ray.training.data import encode_example
 from cofitune_ray.training.evaluate import Evaluator
-from cofitune_ray.training.importance import load_cached_importance
 from cofitune_ray.training.loop import TrainingPoint, training_points, use_bf16
 from cofitune_ray.training.model import (
     Architecture,
@@ -45,7 +44,8 @@ from cofitune_ray.training.model import (
     trainable_parameter_names,
 )
 from cofitune_ray.training.sharding import distribute, unwrapped
-from cofitune_ray.training.softmask import SoftMask
+from cofitune_ray.training.softmask.importance import load_cached_importance
+from cofitune_ray.training.softmask.mask import SoftMask
 from cofitune_ray.training.train_state import Position, read_position
 
 RUNG_POLL_S = 0.5

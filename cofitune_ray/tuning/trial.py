@@ -17,7 +17,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.layout import run_dir_name
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.runner import ImportanceRef, RunResult, finished_result, run_node, stopped_history
+from cofitune_ray.training.runner import RunResult, finished_result, run_node, stopped_history
+from cofitune_ray.training.softmask import ImportanceRef
 
 
 @dataclass(frozen=True)

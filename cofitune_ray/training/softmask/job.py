@@ -9,7 +9,11 @@ import ray.train.torch
 from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config, config_from_dict
-from cofitune_ray.training.importance import (
+from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
+from cofitune_ray.training.runner import scaling_config
+from cofitune_ray.training.sharding import distribute
+from cofitune_ray.training.softmask import ImportanceRef
+from cofitune_ray.training.softmask.importance import (
     cache_dir,
     cache_key,
     compute_importance,
@@ -18,9 +22,6 @@ from cofitune_ray.training.importance import (
     load_cached_importance,
     save_importance,
 )
-from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
-from cofitune_ray.training.runner import ImportanceRef, scaling_config
-from cofitune_ray.training.sharding import distribute
 
 
 def importance_worker(loop_config: dict) -> None:

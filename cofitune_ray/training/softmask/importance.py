@@ -33,7 +33,7 @@ from cofitune_ray.config import ColumnsConfig, Config
 from cofitune_ray.core.files import write_whole
 from cofitune_ray.training.data import collate, encode_example, fingerprint, read_examples
 from cofitune_ray.training.model import Architecture, weights_fingerprint
-from cofitune_ray.training.softmask import Importance
+from cofitune_ray.training.softmask.mask import Importance
 
 IMPORTANCE_FILE = "importance.safetensors"
 META_FILE = "importance.json"
