@@ -310,11 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--tflops", type=float, help="effective TFLOP/s per GPU (per worker on CPU)")
     speed.add_argument("--calibrate", action="store_true",
                        help=f"time one full-SFT step of the model's shape ({CALIBRATION_LAYERS} layers) here")
-    parser.add_argument("--startup-s", type=float, default=12.0, help="seconds from a trial's start to its first step")
-    parser.add_argument("--eval-s", type=float, default=10.0, help="seconds of one evaluation point")
-    parser.add_argument("--checkpoint-s", type=float, default=0.5, help="seconds of one point's checkpoints")
+    parser.add_argument("--startup-s", type=float, default=16.0,
+                        help="seconds of a trial outside its steps and evaluations: worker start, model load, "
+                             "report (default: 16, measured on the demo)")
+    parser.add_argument("--eval-s", type=float, default=10.0,
+                        help="seconds of one evaluation point (default 10: an assumption; time one of yours)")
+    parser.add_argument("--checkpoint-s", type=float, default=0.0,
+                        help="seconds of one point's checkpoints beyond --startup-s (default 0)")
     parser.add_argument("--setup-s", type=float, default=60.0,
-                        help="seconds once per search before its runs: Ray start, base model evaluation, importance")
+                        help="seconds once per search before its runs: Ray start, base model evaluation, importance "
+                             "(default: 60, measured on the demo: 58)")
     parser.add_argument("--seq-len", type=int, help="tokens per padded sequence (default data.max_seq_length)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of one Kubernetes node (default 8)")
     parser.add_argument("--kustomize", type=Path, metavar="DIR",
