@@ -2,6 +2,7 @@
 the schedule's wall time, and the CLI (no torch, no GPU)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,29 @@ def test_the_cli_names_what_is_wrong(capsys):
     assert "needs --tflops or --calibrate" in capsys.readouterr().err
     assert main(["--config", str(REPO / "configs/toy.yaml"), "--cpus", "0.5", "--tflops", "1"]) == 2
     assert "a trial holds 1 CPU(s), the cluster has 0.5" in capsys.readouterr().err
+
+
+def test_the_calibration_step_measures_the_models_width_here(capsys):
+    from cofitune_ray.cost import main
+
+    assert main(["--config", str(REPO / "configs/toy.yaml"), "--cpus", "2", "--calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "measured: a full-SFT step of 2 layer(s) of this width, 32 x 48 tokens" in out
+
+
+def test_the_cluster_shape_holds_whole_trials_and_every_workers_copy_of_the_model():
+    from cofitune_ray.config import load_config
+    from cofitune_ray.cost import ClusterShape, cluster_shape
+
+    fsdp = REPO / "k8s/overlays/gpu-fsdp/search-fsdp.yaml"
+    shape = Shape.from_config(SHAPES["LLaMA 33B"]["config"])
+    model_gib = shape.parameters * 2 / 2**30
+    eight = cluster_shape(load_config(fsdp), shape, slots=2, gpus_per_node=8)
+    assert eight == ClusterShape(8, 81, math.ceil(1.25 * 8 * model_gib), 0, 2)  # 8 x 8 CPUs + a trial's 0.5, x 1.25
+    assert eight.group_name == "gpu-x8"
+    sixteen = cluster_shape(load_config(fsdp, ["scaling.num_workers=16"]), shape, slots=3, gpus_per_node=8)
+    assert (sixteen.gpus_per_pod, sixteen.max_replicas) == (8, 6)  # a trial on two whole pods, three at once
+    one = cluster_shape(load_config(fsdp, ["scaling.num_workers=1"]), shape, slots=4, gpus_per_node=8)
+    assert (one.gpus_per_pod, one.max_replicas, one.group_name) == (1, 4, "gpu")
+    with pytest.raises(CostError, match="12 GPUs per trial: not a whole number of 8-GPU nodes"):
+        cluster_shape(load_config(fsdp, ["scaling.num_workers=12"]), shape, slots=1, gpus_per_node=8)
