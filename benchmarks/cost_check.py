@@ -32,7 +32,7 @@ import torch
 from cofitune_ray.config import load_config
 from cofitune_ray.core.budget import Run, SearchCost, SearchShape
 from cofitune_ray.core.cost import Device, RunTime, Shape, calibrate, gpu, step_work
-from cofitune_ray.core.node import FULL_SFT_PART, ModelPart
+from cofitune_ray.core.node import FULL_SFT_PART, PAPER_NODE, ModelPart
 from cofitune_ray.core.space import load_search_space
 from cofitune_ray.cost import CPU_BANDWIDTH, build_plan, read_shape, training_examples
 from cofitune_ray.training.data import read_jsonl, tokenize_for_training
@@ -41,7 +41,6 @@ from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.training.step_time import measure_full_step
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 TRIAL_OVERHEAD_S = 16.0  # issue 18: a trial's time less its train_time_s (which includes its evaluation), 14-18 s
 SEARCH_SETUP_S = 58.0  # issue 18: 562 s wall, 504 s from the first run's start to the last run's end
 DEMO_WALLS = {"issue 18 (landed main, fresh clone)": 562.0, "README (fresh clone)": 558.0,

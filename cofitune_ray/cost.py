@@ -10,8 +10,8 @@ For the config's model (its config.json only: no weights read, no GPU, no torch 
   - every node's step: its work per token and its seconds per optimizer step (`core/cost.py`);
   - the search as a whole, for the tree, the exhaustive grid of the same nodes and a full-SFT sweep
     over the same learning rates: trials, optimizer steps, wall time and GPU-hours, each as bounds
-    (`core/budget.py`: low = the fewest nodes with every run stopped as early as the rules allow,
-    high = the costliest branch with no run stopped);
+    (`core/budget.py`: the rates beyond `lr_keep` stop at the rung; low = the fewest nodes, every
+    kept run pruned as early as the stop rules allow; high = the costliest branch, no run pruned);
   - the cluster shape: the KubeRay GPU worker group that runs it, and with `--kustomize DIR` an
     overlay that resizes the `gpu` overlay's worker group to it (`kubectl apply -k DIR`).
 
@@ -227,8 +227,8 @@ class CostPlan:
                          f"{_span(low.steps, high.steps, '{:,}'):>17} "
                          f"{_span(self.wall_s(low), self.wall_s(high), _duration):>21} "
                          f"{_span(low.gpu_s / 3600, high.gpu_s / 3600, '{:.3g}'):>19}")
-        lines.append("  (low: the fewest nodes, every run stopped as early as the stop rules allow; "
-                     "high: the costliest branch, no run stopped)")
+        lines.append("  (the rung stops the rates beyond lr_keep; low: the fewest nodes, every kept run pruned as "
+                     "early as the stop rules allow; high: the costliest branch, no run pruned)")
         return "\n".join(lines)
 
 

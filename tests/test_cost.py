@@ -12,7 +12,7 @@ import pytest
 from cofitune_ray.core.budget import RunSchedule, SearchCost, grid_shape, makespan, node_runs, sweep_shape, tree_shapes
 from cofitune_ray.core.cost import CostError, RunTime, Shape, calibrate, step_work
 from cofitune_ray.core.drive import drive
-from cofitune_ray.core.node import FULL_SFT_PART, ModelPart
+from cofitune_ray.core.node import FULL_SFT_PART, PAPER_NODE, ModelPart
 from cofitune_ray.core.objective import Objective
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space, parse_search_space
@@ -83,7 +83,7 @@ def test_the_shape_read_from_config_json_is_the_model_transformers_builds():
 def test_the_paper_node_costs_the_measured_share_of_full_sft():
     """docs/benchmarks.md and docs/gpu.md measured the (25%, 50%] up+down node's step at 0.55 of full SFT's on
     the CPU (8 layers, hidden 256, 8 x 128 tokens) and 0.72 on an H100 (12 layers, hidden 768, 8 x 512, bf16)."""
-    node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
+    node = PAPER_NODE
     cpu = Shape(8, 256, 688, 8, 8, 32, 2048)
     h100 = Shape(12, 768, 2048, 12, 12, 64, 32000)
     for shape, seq, measured in ((cpu, 128, 0.550), (h100, 512, 0.718)):
@@ -126,7 +126,8 @@ def test_the_run_schedule_and_where_runs_can_stop():
     rates = LearningRates((1e-4, 3e-4, 1e-3), keep=1)
     node = ModelPart(layer_range=(0, 0.5))
     assert [(r.steps, r.points) for r in node_runs(node, rates, schedule, rules, True)] == [(20, 2), (10, 1), (10, 1)]
-    assert [(r.steps, r.points) for r in node_runs(node, rates, schedule, rules, False)] == [(40, 4)] * 3
+    assert [(r.steps, r.points) for r in node_runs(node, rates, schedule, rules, False)] == [(40, 4), (10, 1), (10, 1)]
+    assert [r.steps for r in node_runs(node, LearningRates((1e-4, 3e-4), keep=2), schedule, rules, False)] == [40, 40]
     assert [r.steps for r in node_runs(FULL_SFT_PART, rates, schedule, rules, True)] == [40] * 3
     assert [r.steps for r in node_runs(ModelPart(kind="snr", top_percent=25), rates, schedule, rules, True)] == \
         [40, 10, 10]  # a Spectrum reference is halved, never pruned
@@ -210,10 +211,11 @@ def test_levels_run_one_after_another_on_the_slots():
     rates, schedule = LearningRates((1e-4, 3e-4)), RunSchedule((10, 20))
     cost = SearchCost.of(grid_shape(space), rates, schedule, StopRules(), False,
                          lambda run: 1.0 + run.steps, slots=2, gpus_per_trial=4)
-    # level 0: base (1 s) and full SFT's two runs (21 s) on 2 slots: 22 s; level 1: four runs of 21 s: 42 s.
-    assert cost.trials == 7 and cost.steps == 20 * 6
-    assert cost.wall_s == 22 + 42
-    assert cost.gpu_s == (1 + 6 * 21) * 4
+    # level 0: base (1 s) and full SFT's two runs (21 s) on 2 slots: 22 s; level 1: each node's kept run (21 s)
+    # and its rung loser (10 steps, 11 s) in order on 2 slots, 21 | 11, 11 + 21 | 21 + 11: 32 s.
+    assert cost.trials == 7 and cost.steps == 2 * 20 + 2 * (20 + 10)
+    assert cost.wall_s == 22 + 32
+    assert cost.gpu_s == (1 + 4 * 21 + 2 * 11) * 4
 
 
 def test_the_cli_prints_the_plan_without_torch(tmp_path):
@@ -227,9 +229,11 @@ def test_the_cli_prints_the_plan_without_torch(tmp_path):
     assert "300 steps per run" in out and "evaluation at step(s) 150, 300" in out
     assert "2 trial(s) at once" in out
     tree = next(line for line in out.splitlines() if line.strip().startswith("tree"))
-    assert tree.split()[1] == "9..21"  # base, full SFT x 2, three 50% ranges x 2 .. nine nodes x 2
+    # base, full SFT x 2, three 50% ranges x 2 .. nine nodes x 2; full SFT 2 x 300 steps and each node 150 + 150
+    # (its kept rate pruned at step 150) .. 300 + 150 (the losing rate stopped at the rung, step 150)
+    assert tree.split()[1:3] == ["9..21", "1,500..4,650"]
     grid = next(line for line in out.splitlines() if line.strip().startswith("exhaustive grid"))
-    assert grid.split()[2:4] == ["57", "8,700..16,800"]
+    assert grid.split()[2:4] == ["57", "8,700..12,750"]
 
 
 def test_the_cli_names_what_is_wrong(capsys):
