@@ -34,7 +34,7 @@ from cofitune_ray.core.budget import Run, SearchCost, SearchShape
 from cofitune_ray.core.cost import Device, RunTime, Shape, calibrate, gpu, step_work
 from cofitune_ray.core.node import FULL_SFT_PART, PAPER_NODE, ModelPart
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.cost import CPU_BANDWIDTH, build_plan, read_shape, training_examples
+from cofitune_ray.cost import CPU_BANDWIDTH, build_plan, read_shape, step_seconds, training_examples
 from cofitune_ray.training.data import read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.model import load_model, load_tokenizer
@@ -82,7 +82,8 @@ def measured_inputs(config_path: Path) -> tuple:
     config = load_config(config_path)
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     seq = round(mean_padded_length(config, tokenizer))
-    step_s, _ = measure_full_step(config.model.path, 1000, config.train.batch_size, seq, "cpu", steps=10)
+    step_s, _ = measure_full_step(config.model.path, 1000, config.train.batch_size, seq, "cpu", config.model.dtype,
+                                  steps=10)
     model = load_model(config.model.path).eval()
     evaluator = Evaluator.from_config(config, tokenizer)
     start = time.process_time()  # CPU time: the machine is shared, wall time would count other jobs
@@ -105,14 +106,12 @@ def plan_for(config_path: Path, seq: int, step_s: float, eval_s: float):
 
 def realised(config, plan, device: Device, overheads: RunTime, levels: list[list[tuple[ModelPart, list[int]]]]):
     """The wall time of a search whose runs are known: per level, each node with the steps of each of its runs."""
-    t = config.train
     points = plan.schedule.points
     runs = tuple(tuple(Run(part, steps, sum(1 for p in points if p <= steps) if part.trains else 1)
                        for part, run_steps in level for steps in run_steps) for level in levels)
 
     def seconds(run: Run) -> float:
-        step = device.step_seconds(plan.works[run.part.key()], t.batch_size * plan.seq_len, t.grad_accum_steps) \
-            if run.part.trains else 0.0
+        step = step_seconds(device, plan.works[run.part.key()], config, plan.seq_len) if run.part.trains else 0.0
         return overheads.seconds(run.steps, run.points, step)
 
     shape = SearchShape("realised", tuple(tuple(p for p, _ in level) for level in levels))

@@ -192,8 +192,7 @@ class CostPlan:
         return "GPU" if self.config.scaling.use_gpu else "CPU"
 
     def step_s(self, part: ModelPart) -> float:
-        t = self.config.train
-        return self.device.step_seconds(self.works[part.key()], t.batch_size * self.seq_len, t.grad_accum_steps)
+        return step_seconds(self.device, self.works[part.key()], self.config, self.seq_len)
 
     def table(self) -> str:
         c, sh, sched = self.config, self.shape, self.schedule
@@ -232,6 +231,13 @@ class CostPlan:
         return "\n".join(lines)
 
 
+def step_seconds(device: Device, work: StepWork, config: Config, seq_len: int) -> float:
+    """One optimizer step of a worker under the config: its micro-batches, and AdamW over its shard under FSDP."""
+    t, s = config.train, config.scaling
+    shards = s.num_workers if s.strategy == "fsdp" else 1
+    return device.step_seconds(work, t.batch_size * seq_len, t.grad_accum_steps, shards)
+
+
 def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device, device_note: str,
                overheads: RunTime, capacity: float, examples: int, seq_len: int | None = None,
                setup_s: float = 0.0) -> CostPlan:
@@ -249,15 +255,13 @@ def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device,
         nodes.insert(0, FULL_SFT_PART)  # the sweep's node, and every node's "vs full"
     works = {n.key(): step_work(shape, n, seq_len, config.train.activation_checkpointing) for n in nodes}
     rates = learning_rates(config)
-    t = config.train
 
     def run_seconds(run) -> float:
-        step = 0.0 if not run.part.trains else device.step_seconds(
-            works[run.part.key()], t.batch_size * seq_len, t.grad_accum_steps)
+        step = step_seconds(device, works[run.part.key()], config, seq_len) if run.part.trains else 0.0
         return overheads.seconds(run.steps, run.points, step)
 
     def node_cost(part: ModelPart) -> float:
-        step = device.step_seconds(works[part.key()], t.batch_size * seq_len, t.grad_accum_steps)
+        step = step_seconds(device, works[part.key()], config, seq_len)
         return len(rates.candidates) * overheads.seconds(schedule.total_steps, len(schedule.points), step)
 
     policy = selection_policy(config)
@@ -368,7 +372,8 @@ def _device(args, config: Config, shape: Shape, seq_len: int) -> tuple[Device, s
 
         batch = config.train.batch_size
         device = "cuda" if use_gpu else "cpu"
-        seconds, used = measure_full_step(config.model.path, CALIBRATION_LAYERS, batch, seq_len, device)
+        seconds, used = measure_full_step(config.model.path, CALIBRATION_LAYERS, batch, seq_len, device,
+                                          config.model.dtype)
         small = Shape.from_config(used, source="calibration model")
         measured = calibrate(name, step_work(small, FULL_SFT_PART, seq_len), batch * seq_len, seconds, bandwidth)
         return measured, (f"{measured.flops_per_s / 1e12:.3g} TFLOP/s per {name}, measured: a full-SFT step of "

@@ -97,6 +97,7 @@ def test_a_calibrated_device_gives_back_the_measured_step_and_scales_with_the_wo
     assert device.step_seconds(work, 6) == pytest.approx(0.5)
     optimizer = work.trained * 32 / 1e6
     assert device.step_seconds(work, 6, micro_batches=2) == pytest.approx(2 * (0.5 - optimizer) + optimizer)
+    assert device.step_seconds(work, 6, shards=4) == pytest.approx(0.5 - optimizer + optimizer / 4)  # FSDP
     node = step_work(TINY, ModelPart(layers=(1,), modules=("up_proj", "down_proj")), SEQ)
     compute = (0.5 - optimizer) * node.per_token / work.per_token
     assert device.step_seconds(node, 6) == pytest.approx(compute + 64 * 32 / 1e6)

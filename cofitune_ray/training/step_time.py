@@ -19,12 +19,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 
 def measure_full_step(model_path: str, layers: int, batch_size: int, seq_len: int, device: str,
-                      steps: int = 5, warmup: int = 2) -> tuple[float, dict]:
-    """Seconds of one full-SFT step of `model_path`'s shape cut to `layers` layers, and the config used."""
+                      dtype: str = "float32", steps: int = 5, warmup: int = 2) -> tuple[float, dict]:
+    """Seconds of one full-SFT step of `model_path`'s shape cut to `layers` layers, with weights in `dtype`,
+    and the config used."""
     config = AutoConfig.from_pretrained(model_path)
     config.num_hidden_layers = min(layers, config.num_hidden_layers)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).to(device)
+    model = AutoModelForCausalLM.from_config(config).to(device, dtype=getattr(torch, dtype))
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     batch = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
