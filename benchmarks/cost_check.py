@@ -53,6 +53,11 @@ def ratio_line(what: str, predicted: float, measured: float, unit: str = "s") ->
     return f"{what:<58} {predicted:>9.4g} {measured:>9.4g} {unit:<3} {r:>6.2f}  {verdict}"
 
 
+def bounds_line(what: str, low: float, high: float, measured: float) -> str:
+    inside = "inside" if low <= measured <= high else "OUTSIDE"
+    return f"{what} wall, bounds before the run: {low:.0f}..{high:.0f} s; {measured:.0f} s is {inside}"
+
+
 def step_checks() -> list[str]:
     lines = []
     cpu = Shape(8, 256, 688, 8, 8, 32, 2048)  # node_step_time.py's CPU model, batch 8 x 128
@@ -149,8 +154,7 @@ def main() -> None:
     for where, measured in DEMO_WALLS.items():
         print(ratio_line(f"demo wall, its tree known: {where}", wall, measured))
     (_, low, high) = plan.searches[0]
-    print(ratio_line("demo wall, bounds before the run: low", plan.wall_s(low), 562.0))
-    print(ratio_line("demo wall, bounds before the run: high", plan.wall_s(high), 562.0))
+    print(bounds_line("demo", plan.wall_s(low), plan.wall_s(high), 562.0))
 
     smoke_config, smoke_seq, smoke_step, smoke_eval = measured_inputs(REPO / "configs/smoke.yaml")
     print(f"\nsmoke (configs/smoke.yaml): batches padded to {smoke_seq} tokens; full-SFT step {smoke_step:.3f} s, "
@@ -167,10 +171,11 @@ def main() -> None:
         [(node(0, 0.5, ud, True), [20, 20]), (node(0.5, 1, ud, True), [20, 10])],
     ])
     assert smoke.trials == 13 and smoke.steps == 210
-    print(f"smoke: its tree as run here ({smoke.trials} runs, {smoke.steps} steps): "
-          f"{plan.wall_s(smoke):.0f} s; bounds before the run {plan.wall_s(low):.0f}..{plan.wall_s(high):.0f} s")
+    print(f"smoke: its tree as run here: {smoke.trials} runs, {smoke.steps} steps")
     if args.smoke_wall_s:
         print(ratio_line("smoke wall, its tree known", plan.wall_s(smoke), args.smoke_wall_s))
+        print(bounds_line("smoke", plan.wall_s(low), plan.wall_s(high), args.smoke_wall_s))
+    print(bounds_line("smoke (its tree known, as predicted)", plan.wall_s(low), plan.wall_s(high), plan.wall_s(smoke)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ figures are bounds (`core/tree.py` and `core/rules.py` are the rules they follow
   nodes   the tree trains the references and level 1 at least (the search ends when no level-1 node
           is promising); at most, the costliest branch the space and the beam allow: at every level
           the `beam_width` promising nodes (any number of them when `epsilon` > 0) whose subtrees
-          cost most, children already in the tree not trained twice. A grid trains every reachable
+          cost most, children already in the tree not trained twice (nodes that tie exactly are all
+          promising: the bound leaves such ties out). A grid trains every reachable
           node; a full-SFT sweep only full SFT.
   runs    every trained node runs once per learning-rate candidate (one run for a node with its own
           lr), the base model once (evaluation only).
