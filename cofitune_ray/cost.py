@@ -209,7 +209,7 @@ class CostPlan:
             f"  per run: start-up {self.overheads.startup_s:g} s, evaluation {self.overheads.eval_s:g} s and "
             f"checkpoint {self.overheads.checkpoint_s:g} s per point; per search: {self.setup_s:g} s before the "
             f"first run",
-            f"  cluster: {self.capacity} {self.unit}s; a trial holds {self.per_trial:g} {self.unit}(s): "
+            f"  cluster: {self.capacity:g} {self.unit}s; a trial holds {self.per_trial:g} {self.unit}(s): "
             f"{self.slots} trial(s) at once (search.max_concurrent_trials {c.search.max_concurrent_trials})",
             "",
             f"  {'node':<34} {'trained':>9} {'GFLOP/token':>12} {'step s':>9} {'vs full':>8} {'run s':>9}",
