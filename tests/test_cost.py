@@ -246,6 +246,11 @@ def test_the_cli_names_what_is_wrong(capsys):
     assert "needs --tflops or --calibrate" in capsys.readouterr().err
     assert main(["--config", str(REPO / "configs/toy.yaml"), "--cpus", "0.5", "--tflops", "1"]) == 2
     assert "a trial holds 1 CPU(s), the cluster has 0.5" in capsys.readouterr().err
+    toy = ["--config", str(REPO / "configs/toy.yaml"), "--cpus", "2", "--tflops", "1"]
+    assert main([*toy, "model.path=/nowhere"]) == 2
+    assert "error: model.path: cannot read /nowhere" in capsys.readouterr().err
+    assert main([*toy, "train.batch_size=0"]) == 2
+    assert "train.batch_size" in capsys.readouterr().err
 
 
 def test_the_calibration_step_measures_the_models_width_here(capsys):
