@@ -74,12 +74,26 @@ def read_shape(model_path: str) -> Shape:
 
 
 def training_examples(path: str) -> int:
-    """Lines of the speciality's training JSONL (one example each)."""
+    """Records of the speciality's training data, counted without reading them in (the formats of
+    `training/data.py`: JSONL, a JSON list, Parquet, a `save_to_disk` directory)."""
+    import pyarrow
+
+    data = Path(path)
     try:
-        with open(path, encoding="utf-8") as lines:
-            return sum(1 for line in lines if line.strip())
-    except OSError as exc:
-        raise CostError(f"data.speciality_train: {exc}") from None
+        if data.is_dir():
+            files = json.loads((data / "state.json").read_text())["_data_files"]
+            return sum(pyarrow.ipc.open_stream(pyarrow.memory_map(str(data / f["filename"]))).read_all().num_rows
+                       for f in files)
+        if data.suffix == ".parquet":
+            import pyarrow.parquet
+
+            return pyarrow.parquet.ParquetFile(data).metadata.num_rows
+        text = data.read_text(encoding="utf-8")
+        if data.suffix == ".json" and text.lstrip().startswith("["):
+            return len(json.loads(text))
+        return sum(1 for line in text.splitlines() if line.strip())
+    except (OSError, ValueError, KeyError, pyarrow.ArrowException) as exc:
+        raise CostError(f"data.speciality_train: cannot count the records of {path}: {exc}") from None
 
 
 def run_schedule(config: Config, examples: int) -> RunSchedule:

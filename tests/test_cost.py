@@ -277,3 +277,20 @@ def test_the_cluster_shape_holds_whole_trials_and_every_workers_copy_of_the_mode
     assert (one.gpus_per_pod, one.max_replicas, one.group_name) == (1, 4, "gpu")
     with pytest.raises(CostError, match="12 GPUs per trial: not a whole number of 8-GPU nodes"):
         cluster_shape(load_config(fsdp, ["scaling.num_workers=12"]), shape, slots=1, gpus_per_node=8)
+
+
+def test_the_training_records_are_counted_in_every_data_format(tmp_path):
+    import datasets
+
+    from cofitune_ray.cost import training_examples
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": "a"} for i in range(7)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n\n" for r in rows))
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    table = datasets.Dataset.from_list(rows)
+    table.to_parquet(str(tmp_path / "train.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    for name in ("train.jsonl", "train.json", "train.parquet", "saved"):
+        assert training_examples(str(tmp_path / name)) == 7, name
+    with pytest.raises(CostError, match="data.speciality_train: cannot count the records of"):
+        training_examples(str(tmp_path / "missing.jsonl"))

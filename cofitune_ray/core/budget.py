@@ -92,7 +92,7 @@ def node_runs(part: ModelPart, rates: LearningRates, schedule: RunSchedule, rule
     last = len(schedule.points) - 1
     runs = []
     for i in range(count):
-        kept = i < rates.keep or count == 1
+        kept = i < rates.keep
         if part.kind == "full" or (kept and not pruned) or (kept and part.kind == "snr"):
             index = last  # full SFT trains every rate to the end; a reference is never pruned
         else:
