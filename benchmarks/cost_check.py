@@ -2,7 +2,8 @@
 
     python benchmarks/cost_check.py [--smoke-wall-s S]
 
-Measured here, on this machine, with one torch thread (as each of the demo's trials has): one full-SFT
+Measured here, as CPU time with one torch thread (each of the demo's trials has one core; the machine
+is shared, so wall time would count other jobs): one full-SFT
 step of the toy world's model on the demo's batches (32 sequences padded to their batch's longest,
 the mean over the training data's batches), and one evaluation point (the demo's 19 eval sets, and
 the smoke config's 4). Taken from the measured demo (issue 18, README): 14-18 s per trial outside its
@@ -31,16 +32,15 @@ import torch
 from cofitune_ray.config import load_config
 from cofitune_ray.core.budget import Run, SearchCost, SearchShape
 from cofitune_ray.core.cost import Device, RunTime, Shape, calibrate, gpu, step_work
-from cofitune_ray.core.node import FULL_SFT_PART, ModelPart
+from cofitune_ray.core.node import FULL_SFT_PART, PAPER_NODE, ModelPart
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.cost import CPU_BANDWIDTH, build_plan, read_shape, training_examples
+from cofitune_ray.cost import CPU_BANDWIDTH, build_plan, read_shape, step_seconds, training_examples
 from cofitune_ray.training.data import read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.training.step_time import measure_full_step
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_NODE = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
 TRIAL_OVERHEAD_S = 16.0  # issue 18: a trial's time less its train_time_s (which includes its evaluation), 14-18 s
 SEARCH_SETUP_S = 58.0  # issue 18: 562 s wall, 504 s from the first run's start to the last run's end
 DEMO_WALLS = {"issue 18 (landed main, fresh clone)": 562.0, "README (fresh clone)": 558.0,
@@ -51,6 +51,11 @@ def ratio_line(what: str, predicted: float, measured: float, unit: str = "s") ->
     r = predicted / measured
     verdict = "within 0.75-1.33" if 0.75 <= r <= 1.33 else "MISS"
     return f"{what:<58} {predicted:>9.4g} {measured:>9.4g} {unit:<3} {r:>6.2f}  {verdict}"
+
+
+def bounds_line(what: str, low: float, high: float, measured: float) -> str:
+    inside = "inside" if low <= measured <= high else "OUTSIDE"
+    return f"{what} wall, bounds before the run: {low:.0f}..{high:.0f} s; {measured:.0f} s is {inside}"
 
 
 def step_checks() -> list[str]:
@@ -82,12 +87,13 @@ def measured_inputs(config_path: Path) -> tuple:
     config = load_config(config_path)
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
     seq = round(mean_padded_length(config, tokenizer))
-    step_s, _ = measure_full_step(config.model.path, 1000, config.train.batch_size, seq, "cpu", steps=10)
+    step_s, _ = measure_full_step(config.model.path, 1000, config.train.batch_size, seq, "cpu", config.model.dtype,
+                                  steps=10)
     model = load_model(config.model.path).eval()
     evaluator = Evaluator.from_config(config, tokenizer)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the machine is shared, wall time would count other jobs
     evaluator.evaluate(model)
-    eval_s = time.perf_counter() - start
+    eval_s = time.process_time() - start
     return config, seq, step_s, eval_s
 
 
@@ -105,14 +111,12 @@ def plan_for(config_path: Path, seq: int, step_s: float, eval_s: float):
 
 def realised(config, plan, device: Device, overheads: RunTime, levels: list[list[tuple[ModelPart, list[int]]]]):
     """The wall time of a search whose runs are known: per level, each node with the steps of each of its runs."""
-    t = config.train
     points = plan.schedule.points
     runs = tuple(tuple(Run(part, steps, sum(1 for p in points if p <= steps) if part.trains else 1)
                        for part, run_steps in level for steps in run_steps) for level in levels)
 
     def seconds(run: Run) -> float:
-        step = device.step_seconds(plan.works[run.part.key()], t.batch_size * plan.seq_len, t.grad_accum_steps) \
-            if run.part.trains else 0.0
+        step = step_seconds(device, plan.works[run.part.key()], config, plan.seq_len) if run.part.trains else 0.0
         return overheads.seconds(run.steps, run.points, step)
 
     shape = SearchShape("realised", tuple(tuple(p for p, _ in level) for level in levels))
@@ -150,8 +154,7 @@ def main() -> None:
     for where, measured in DEMO_WALLS.items():
         print(ratio_line(f"demo wall, its tree known: {where}", wall, measured))
     (_, low, high) = plan.searches[0]
-    print(ratio_line("demo wall, bounds before the run: low", plan.wall_s(low), 562.0))
-    print(ratio_line("demo wall, bounds before the run: high", plan.wall_s(high), 562.0))
+    print(bounds_line("demo", plan.wall_s(low), plan.wall_s(high), 562.0))
 
     smoke_config, smoke_seq, smoke_step, smoke_eval = measured_inputs(REPO / "configs/smoke.yaml")
     print(f"\nsmoke (configs/smoke.yaml): batches padded to {smoke_seq} tokens; full-SFT step {smoke_step:.3f} s, "
@@ -160,15 +163,19 @@ def main() -> None:
     (_, low, high) = plan.searches[0]
     snr = ModelPart(kind="snr", top_percent=50)
     ud = ("up_proj", "down_proj")
+    # The tree it trained here (runs/smoke/tree.json): 13 runs, 210 steps; a rate stopped at the rung where
+    # its sibling had reached the rung first, the others trained on.
     smoke = realised(config, plan, device, overheads, [
         [(base, [0]), (FULL_SFT_PART, [20, 20]), (snr, [20, 10])],
-        [(node(0, 0.5, ud), [20, 10]), (node(0.5, 1, ud), [20, 10])],
-        [(node(0, 0.5, ud, True), [20, 10])],
+        [(node(0, 0.5, ud), [20, 10]), (node(0.5, 1, ud), [20, 20])],
+        [(node(0, 0.5, ud, True), [20, 20]), (node(0.5, 1, ud, True), [20, 10])],
     ])
-    print(f"smoke: its tree as run here ({smoke.trials} runs, {smoke.steps} steps): "
-          f"{plan.wall_s(smoke):.0f} s; bounds before the run {plan.wall_s(low):.0f}..{plan.wall_s(high):.0f} s")
+    assert smoke.trials == 13 and smoke.steps == 210
+    print(f"smoke: its tree as run here: {smoke.trials} runs, {smoke.steps} steps")
     if args.smoke_wall_s:
         print(ratio_line("smoke wall, its tree known", plan.wall_s(smoke), args.smoke_wall_s))
+        print(bounds_line("smoke", plan.wall_s(low), plan.wall_s(high), args.smoke_wall_s))
+    print(bounds_line("smoke (its tree known, as predicted)", plan.wall_s(low), plan.wall_s(high), plan.wall_s(smoke)))
 
 
 if __name__ == "__main__":

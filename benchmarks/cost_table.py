@@ -93,8 +93,8 @@ def main() -> None:
                     else:
                         work = step_work(shape, run.part, SEQ, activation_checkpointing=ac)
                         # one optimizer step: 256 sequences over `gpus` GPUs; AdamW's share per GPU under FSDP
-                        step = device.step_seconds(dataclasses.replace(work, trained=work.trained // gpus),
-                                                   GLOBAL_BATCH // gpus * SEQ)
+                        shards = gpus if how.startswith("fsdp") else 1
+                        step = device.step_seconds(work, GLOBAL_BATCH // gpus * SEQ, shards=shards)
                         trained = work.trained
                     decode = math.ceil(EVAL_SEQUENCES / (EVAL_BATCH * gpus)) * NEW_TOKENS * model_bytes / 3.35e12
                     # each point saves the trained weights and AdamW's two moments (bfloat16)

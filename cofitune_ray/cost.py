@@ -10,8 +10,8 @@ For the config's model (its config.json only: no weights read, no GPU, no torch 
   - every node's step: its work per token and its seconds per optimizer step (`core/cost.py`);
   - the search as a whole, for the tree, the exhaustive grid of the same nodes and a full-SFT sweep
     over the same learning rates: trials, optimizer steps, wall time and GPU-hours, each as bounds
-    (`core/budget.py`: low = the fewest nodes with every run stopped as early as the rules allow,
-    high = the costliest branch with no run stopped);
+    (`core/budget.py`: the rates beyond `lr_keep` stop at the rung; low = the fewest nodes, every
+    kept run pruned as early as the stop rules allow; high = the costliest branch, no run pruned);
   - the cluster shape: the KubeRay GPU worker group that runs it, and with `--kustomize DIR` an
     overlay that resizes the `gpu` overlay's worker group to it (`kubectl apply -k DIR`).
 
@@ -74,12 +74,26 @@ def read_shape(model_path: str) -> Shape:
 
 
 def training_examples(path: str) -> int:
-    """Lines of the speciality's training JSONL (one example each)."""
+    """Records of the speciality's training data, counted without reading them in (the formats of
+    `training/data.py`: JSONL, a JSON list, Parquet, a `save_to_disk` directory)."""
+    import pyarrow
+
+    data = Path(path)
     try:
-        with open(path, encoding="utf-8") as lines:
-            return sum(1 for line in lines if line.strip())
-    except OSError as exc:
-        raise CostError(f"data.speciality_train: {exc}") from None
+        if data.is_dir():
+            files = json.loads((data / "state.json").read_text())["_data_files"]
+            return sum(pyarrow.ipc.open_stream(pyarrow.memory_map(str(data / f["filename"]))).read_all().num_rows
+                       for f in files)
+        if data.suffix == ".parquet":
+            import pyarrow.parquet
+
+            return pyarrow.parquet.ParquetFile(data).metadata.num_rows
+        text = data.read_text(encoding="utf-8")
+        if data.suffix == ".json" and text.lstrip().startswith("["):
+            return len(json.loads(text))
+        return sum(1 for line in text.splitlines() if line.strip())
+    except (OSError, ValueError, KeyError, pyarrow.ArrowException) as exc:
+        raise CostError(f"data.speciality_train: cannot count the records of {path}: {exc}") from None
 
 
 def run_schedule(config: Config, examples: int) -> RunSchedule:
@@ -192,8 +206,7 @@ class CostPlan:
         return "GPU" if self.config.scaling.use_gpu else "CPU"
 
     def step_s(self, part: ModelPart) -> float:
-        t = self.config.train
-        return self.device.step_seconds(self.works[part.key()], t.batch_size * self.seq_len, t.grad_accum_steps)
+        return step_seconds(self.device, self.works[part.key()], self.config, self.seq_len)
 
     def table(self) -> str:
         c, sh, sched = self.config, self.shape, self.schedule
@@ -210,7 +223,7 @@ class CostPlan:
             f"  per run: start-up {self.overheads.startup_s:g} s, evaluation {self.overheads.eval_s:g} s and "
             f"checkpoint {self.overheads.checkpoint_s:g} s per point; per search: {self.setup_s:g} s before the "
             f"first run",
-            f"  cluster: {self.capacity} {self.unit}s; a trial holds {self.per_trial:g} {self.unit}(s): "
+            f"  cluster: {self.capacity:g} {self.unit}s; a trial holds {self.per_trial:g} {self.unit}(s): "
             f"{self.slots} trial(s) at once (search.max_concurrent_trials {c.search.max_concurrent_trials})",
             "",
             f"  {'node':<34} {'trained':>9} {'GFLOP/token':>12} {'step s':>9} {'vs full':>8} {'run s':>9}",
@@ -227,9 +240,16 @@ class CostPlan:
                          f"{_span(low.steps, high.steps, '{:,}'):>17} "
                          f"{_span(self.wall_s(low), self.wall_s(high), _duration):>21} "
                          f"{_span(low.gpu_s / 3600, high.gpu_s / 3600, '{:.3g}'):>19}")
-        lines.append("  (low: the fewest nodes, every run stopped as early as the stop rules allow; "
-                     "high: the costliest branch, no run stopped)")
+        lines.append("  (the rung stops the rates beyond lr_keep; low: the fewest nodes, every kept run pruned as "
+                     "early as the stop rules allow; high: the costliest branch, no run pruned)")
         return "\n".join(lines)
+
+
+def step_seconds(device: Device, work: StepWork, config: Config, seq_len: int) -> float:
+    """One optimizer step of a worker under the config: its micro-batches, and AdamW over its shard under FSDP."""
+    t, s = config.train, config.scaling
+    shards = s.num_workers if s.strategy == "fsdp" else 1
+    return device.step_seconds(work, t.batch_size * seq_len, t.grad_accum_steps, shards)
 
 
 def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device, device_note: str,
@@ -249,15 +269,13 @@ def build_plan(config: Config, space: SearchSpace, shape: Shape, device: Device,
         nodes.insert(0, FULL_SFT_PART)  # the sweep's node, and every node's "vs full"
     works = {n.key(): step_work(shape, n, seq_len, config.train.activation_checkpointing) for n in nodes}
     rates = learning_rates(config)
-    t = config.train
 
     def run_seconds(run) -> float:
-        step = 0.0 if not run.part.trains else device.step_seconds(
-            works[run.part.key()], t.batch_size * seq_len, t.grad_accum_steps)
+        step = step_seconds(device, works[run.part.key()], config, seq_len) if run.part.trains else 0.0
         return overheads.seconds(run.steps, run.points, step)
 
     def node_cost(part: ModelPart) -> float:
-        step = device.step_seconds(works[part.key()], t.batch_size * seq_len, t.grad_accum_steps)
+        step = step_seconds(device, works[part.key()], config, seq_len)
         return len(rates.candidates) * overheads.seconds(schedule.total_steps, len(schedule.points), step)
 
     policy = selection_policy(config)
@@ -310,11 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--tflops", type=float, help="effective TFLOP/s per GPU (per worker on CPU)")
     speed.add_argument("--calibrate", action="store_true",
                        help=f"time one full-SFT step of the model's shape ({CALIBRATION_LAYERS} layers) here")
-    parser.add_argument("--startup-s", type=float, default=12.0, help="seconds from a trial's start to its first step")
-    parser.add_argument("--eval-s", type=float, default=10.0, help="seconds of one evaluation point")
-    parser.add_argument("--checkpoint-s", type=float, default=0.5, help="seconds of one point's checkpoints")
+    parser.add_argument("--startup-s", type=float, default=16.0,
+                        help="seconds of a trial outside its steps and evaluations: worker start, model load, "
+                             "report (default: 16, measured on the demo)")
+    parser.add_argument("--eval-s", type=float, default=10.0,
+                        help="seconds of one evaluation point (default 10: an assumption; time one of yours)")
+    parser.add_argument("--checkpoint-s", type=float, default=0.0,
+                        help="seconds of one point's checkpoints beyond --startup-s (default 0)")
     parser.add_argument("--setup-s", type=float, default=60.0,
-                        help="seconds once per search before its runs: Ray start, base model evaluation, importance")
+                        help="seconds once per search before its runs: Ray start, base model evaluation, importance "
+                             "(default: 60, measured on the demo: 58)")
     parser.add_argument("--seq-len", type=int, help="tokens per padded sequence (default data.max_seq_length)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of one Kubernetes node (default 8)")
     parser.add_argument("--kustomize", type=Path, metavar="DIR",
@@ -363,7 +386,8 @@ def _device(args, config: Config, shape: Shape, seq_len: int) -> tuple[Device, s
 
         batch = config.train.batch_size
         device = "cuda" if use_gpu else "cpu"
-        seconds, used = measure_full_step(config.model.path, CALIBRATION_LAYERS, batch, seq_len, device)
+        seconds, used = measure_full_step(config.model.path, CALIBRATION_LAYERS, batch, seq_len, device,
+                                          config.model.dtype)
         small = Shape.from_config(used, source="calibration model")
         measured = calibrate(name, step_work(small, FULL_SFT_PART, seq_len), batch * seq_len, seconds, bandwidth)
         return measured, (f"{measured.flops_per_s / 1e12:.3g} TFLOP/s per {name}, measured: a full-SFT step of "

@@ -67,7 +67,7 @@ MARGIN = 0.15
 GB = 1e9
 STRATEGIES = ("ddp", "fsdp")
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_SOFTMASKED = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # training/softmask/mask.py row_factors
+_SOFTMASKED = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # softmask/mask.py row_factors
 
 
 class PlanError(ValueError):

@@ -2,6 +2,7 @@
 the schedule's wall time, and the CLI (no torch, no GPU)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from cofitune_ray.core.budget import RunSchedule, SearchCost, grid_shape, makespan, node_runs, sweep_shape, tree_shapes
 from cofitune_ray.core.cost import CostError, RunTime, Shape, calibrate, step_work
 from cofitune_ray.core.drive import drive
-from cofitune_ray.core.node import FULL_SFT_PART, ModelPart
+from cofitune_ray.core.node import FULL_SFT_PART, PAPER_NODE, ModelPart
 from cofitune_ray.core.objective import Objective
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space, parse_search_space
@@ -82,7 +83,7 @@ def test_the_shape_read_from_config_json_is_the_model_transformers_builds():
 def test_the_paper_node_costs_the_measured_share_of_full_sft():
     """docs/benchmarks.md and docs/gpu.md measured the (25%, 50%] up+down node's step at 0.55 of full SFT's on
     the CPU (8 layers, hidden 256, 8 x 128 tokens) and 0.72 on an H100 (12 layers, hidden 768, 8 x 512, bf16)."""
-    node = ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj"))
+    node = PAPER_NODE
     cpu = Shape(8, 256, 688, 8, 8, 32, 2048)
     h100 = Shape(12, 768, 2048, 12, 12, 64, 32000)
     for shape, seq, measured in ((cpu, 128, 0.550), (h100, 512, 0.718)):
@@ -96,6 +97,7 @@ def test_a_calibrated_device_gives_back_the_measured_step_and_scales_with_the_wo
     assert device.step_seconds(work, 6) == pytest.approx(0.5)
     optimizer = work.trained * 32 / 1e6
     assert device.step_seconds(work, 6, micro_batches=2) == pytest.approx(2 * (0.5 - optimizer) + optimizer)
+    assert device.step_seconds(work, 6, shards=4) == pytest.approx(0.5 - optimizer + optimizer / 4)  # FSDP
     node = step_work(TINY, ModelPart(layers=(1,), modules=("up_proj", "down_proj")), SEQ)
     compute = (0.5 - optimizer) * node.per_token / work.per_token
     assert device.step_seconds(node, 6) == pytest.approx(compute + 64 * 32 / 1e6)
@@ -125,7 +127,8 @@ def test_the_run_schedule_and_where_runs_can_stop():
     rates = LearningRates((1e-4, 3e-4, 1e-3), keep=1)
     node = ModelPart(layer_range=(0, 0.5))
     assert [(r.steps, r.points) for r in node_runs(node, rates, schedule, rules, True)] == [(20, 2), (10, 1), (10, 1)]
-    assert [(r.steps, r.points) for r in node_runs(node, rates, schedule, rules, False)] == [(40, 4)] * 3
+    assert [(r.steps, r.points) for r in node_runs(node, rates, schedule, rules, False)] == [(40, 4), (10, 1), (10, 1)]
+    assert [r.steps for r in node_runs(node, LearningRates((1e-4, 3e-4), keep=2), schedule, rules, False)] == [40, 40]
     assert [r.steps for r in node_runs(FULL_SFT_PART, rates, schedule, rules, True)] == [40] * 3
     assert [r.steps for r in node_runs(ModelPart(kind="snr", top_percent=25), rates, schedule, rules, True)] == \
         [40, 10, 10]  # a Spectrum reference is halved, never pruned
@@ -209,10 +212,11 @@ def test_levels_run_one_after_another_on_the_slots():
     rates, schedule = LearningRates((1e-4, 3e-4)), RunSchedule((10, 20))
     cost = SearchCost.of(grid_shape(space), rates, schedule, StopRules(), False,
                          lambda run: 1.0 + run.steps, slots=2, gpus_per_trial=4)
-    # level 0: base (1 s) and full SFT's two runs (21 s) on 2 slots: 22 s; level 1: four runs of 21 s: 42 s.
-    assert cost.trials == 7 and cost.steps == 20 * 6
-    assert cost.wall_s == 22 + 42
-    assert cost.gpu_s == (1 + 6 * 21) * 4
+    # level 0: base (1 s) and full SFT's two runs (21 s) on 2 slots: 22 s; level 1: each node's kept run (21 s)
+    # and its rung loser (10 steps, 11 s) in order on 2 slots, 21 | 11, 11 + 21 | 21 + 11: 32 s.
+    assert cost.trials == 7 and cost.steps == 2 * 20 + 2 * (20 + 10)
+    assert cost.wall_s == 22 + 32
+    assert cost.gpu_s == (1 + 4 * 21 + 2 * 11) * 4
 
 
 def test_the_cli_prints_the_plan_without_torch(tmp_path):
@@ -226,9 +230,11 @@ def test_the_cli_prints_the_plan_without_torch(tmp_path):
     assert "300 steps per run" in out and "evaluation at step(s) 150, 300" in out
     assert "2 trial(s) at once" in out
     tree = next(line for line in out.splitlines() if line.strip().startswith("tree"))
-    assert tree.split()[1] == "9..21"  # base, full SFT x 2, three 50% ranges x 2 .. nine nodes x 2
+    # base, full SFT x 2, three 50% ranges x 2 .. nine nodes x 2; full SFT 2 x 300 steps and each node 150 + 150
+    # (its kept rate pruned at step 150) .. 300 + 150 (the losing rate stopped at the rung, step 150)
+    assert tree.split()[1:3] == ["9..21", "1,500..4,650"]
     grid = next(line for line in out.splitlines() if line.strip().startswith("exhaustive grid"))
-    assert grid.split()[2:4] == ["57", "8,700..16,800"]
+    assert grid.split()[2:4] == ["57", "8,700..12,750"]
 
 
 def test_the_cli_names_what_is_wrong(capsys):
@@ -240,3 +246,51 @@ def test_the_cli_names_what_is_wrong(capsys):
     assert "needs --tflops or --calibrate" in capsys.readouterr().err
     assert main(["--config", str(REPO / "configs/toy.yaml"), "--cpus", "0.5", "--tflops", "1"]) == 2
     assert "a trial holds 1 CPU(s), the cluster has 0.5" in capsys.readouterr().err
+    toy = ["--config", str(REPO / "configs/toy.yaml"), "--cpus", "2", "--tflops", "1"]
+    assert main([*toy, "model.path=/nowhere"]) == 2
+    assert "error: model.path: cannot read /nowhere" in capsys.readouterr().err
+    assert main([*toy, "train.batch_size=0"]) == 2
+    assert "train.batch_size" in capsys.readouterr().err
+
+
+def test_the_calibration_step_measures_the_models_width_here(capsys):
+    from cofitune_ray.cost import main
+
+    assert main(["--config", str(REPO / "configs/toy.yaml"), "--cpus", "2", "--calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "measured: a full-SFT step of 2 layer(s) of this width, 32 x 48 tokens" in out
+
+
+def test_the_cluster_shape_holds_whole_trials_and_every_workers_copy_of_the_model():
+    from cofitune_ray.config import load_config
+    from cofitune_ray.cost import ClusterShape, cluster_shape
+
+    fsdp = REPO / "k8s/overlays/gpu-fsdp/search-fsdp.yaml"
+    shape = Shape.from_config(SHAPES["LLaMA 33B"]["config"])
+    model_gib = shape.parameters * 2 / 2**30
+    eight = cluster_shape(load_config(fsdp), shape, slots=2, gpus_per_node=8)
+    assert eight == ClusterShape(8, 81, math.ceil(1.25 * 8 * model_gib), 0, 2)  # 8 x 8 CPUs + a trial's 0.5, x 1.25
+    assert eight.group_name == "gpu-x8"
+    sixteen = cluster_shape(load_config(fsdp, ["scaling.num_workers=16"]), shape, slots=3, gpus_per_node=8)
+    assert (sixteen.gpus_per_pod, sixteen.max_replicas) == (8, 6)  # a trial on two whole pods, three at once
+    one = cluster_shape(load_config(fsdp, ["scaling.num_workers=1"]), shape, slots=4, gpus_per_node=8)
+    assert (one.gpus_per_pod, one.max_replicas, one.group_name) == (1, 4, "gpu")
+    with pytest.raises(CostError, match="12 GPUs per trial: not a whole number of 8-GPU nodes"):
+        cluster_shape(load_config(fsdp, ["scaling.num_workers=12"]), shape, slots=1, gpus_per_node=8)
+
+
+def test_the_training_records_are_counted_in_every_data_format(tmp_path):
+    import datasets
+
+    from cofitune_ray.cost import training_examples
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": "a"} for i in range(7)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n\n" for r in rows))
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    table = datasets.Dataset.from_list(rows)
+    table.to_parquet(str(tmp_path / "train.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    for name in ("train.jsonl", "train.json", "train.parquet", "saved"):
+        assert training_examples(str(tmp_path / name)) == 7, name
+    with pytest.raises(CostError, match="data.speciality_train: cannot count the records of"):
+        training_examples(str(tmp_path / "missing.jsonl"))

@@ -39,7 +39,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 #: A package-internal name in a table's imports column: a layer (`core`), a module of one (`core.tree`), or a
 #: module beside the layers (`config`).
 _INTERNAL = re.compile(r"\b(?:(?:core|training|tuning|outputs|toyworld|realworld)(?:\.[a-z_]+)*"
-                       r"|config|plan|preflight|cluster|console|search)\b")
+                       r"|config|plan|cost|preflight|cluster|console|search)\b")
 
 
 def _internal_imports(path: Path) -> set[str]:

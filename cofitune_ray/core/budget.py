@@ -6,15 +6,16 @@ figures are bounds (`core/tree.py` and `core/rules.py` are the rules they follow
   nodes   the tree trains the references and level 1 at least (the search ends when no level-1 node
           is promising); at most, the costliest branch the space and the beam allow: at every level
           the `beam_width` promising nodes (any number of them when `epsilon` > 0) whose subtrees
-          cost most, children already in the tree not trained twice. A grid trains every reachable
+          cost most, children already in the tree not trained twice (nodes that tie exactly are all
+          promising: the bound leaves such ties out). A grid trains every reachable
           node; a full-SFT sweep only full SFT.
   runs    every trained node runs once per learning-rate candidate (one run for a node with its own
           lr), the base model once (evaluation only).
-  steps   low: every run is stopped as early as the rules allow: at the rung (the first evaluation
-          point) the runs beyond `lr_keep`, and the kept ones at the first evaluation point a stop
-          rule may judge (`min_evals` for the vers and uni rules, `prune_after` of the steps for the
-          floor rule); high: no run is stopped. Full SFT, the yardstick, always trains every run to
-          the end; other references are halved but never pruned.
+  steps   the runs beyond `lr_keep` stop at the rung (the first evaluation point: a run waits there
+          for its node's verdict); high: every kept run trains to the end; low: every kept run is
+          stopped at the first evaluation point a stop rule may judge (`min_evals` for the vers and
+          uni rules, `prune_after` of the steps for the floor rule). Full SFT, the yardstick, trains
+          every run to the end; other references are halved but never pruned.
 
 `SearchCost` puts times on a shape: levels run one after another (a level is expanded once the
 one above has ended), and inside a level the runs start in the tree's order on `slots` concurrent
@@ -82,20 +83,20 @@ class Run:
 
 
 def node_runs(part: ModelPart, rates: LearningRates, schedule: RunSchedule, rules: StopRules,
-              stopped_early: bool) -> list[Run]:
-    """The runs of one node: with `stopped_early` each stopped as early as the rules allow (the low bound)."""
+              pruned: bool) -> list[Run]:
+    """The runs of one node. The runs beyond `lr_keep` stop at the rung (a run waits there for its node's
+    verdict); with `pruned` each kept run also stops at the first point a stop rule may judge (the low bound)."""
     if not part.trains:
         return [Run(part, 0, 1)]
     count = len(rates.for_node(part.lr))
     last = len(schedule.points) - 1
     runs = []
     for i in range(count):
-        if not stopped_early or part.kind == "full":
-            index = last
-        elif part.kind == "snr":  # a reference: halved at the rung, never pruned
-            index = last if i < rates.keep else schedule.earliest_stop(StopRules(None, None, None), kept=False)
+        kept = i < rates.keep
+        if part.kind == "full" or (kept and not pruned) or (kept and part.kind == "snr"):
+            index = last  # full SFT trains every rate to the end; a reference is never pruned
         else:
-            index = schedule.earliest_stop(rules, kept=i < rates.keep)
+            index = schedule.earliest_stop(rules, kept)
         runs.append(Run(part, schedule.points[index], index + 1))
     return runs
 
@@ -168,7 +169,7 @@ def _costliest(space: SearchSpace, policy: SelectionPolicy, node_cost: Callable[
 
 @dataclass(frozen=True)
 class SearchCost:
-    """A search shape's runs, steps and times on a cluster, at one bound (`stopped_early`: the low one)."""
+    """A search shape's runs, steps and times on a cluster, at one bound (`pruned`: the low one)."""
 
     shape: SearchShape
     runs: tuple[tuple[Run, ...], ...]  # per level
@@ -178,14 +179,14 @@ class SearchCost:
 
     @classmethod
     def of(cls, shape: SearchShape, rates: LearningRates, schedule: RunSchedule, rules: StopRules,
-           stopped_early: bool, run_seconds: Callable[[Run], float], slots: int, gpus_per_trial: float,
+           pruned: bool, run_seconds: Callable[[Run], float], slots: int, gpus_per_trial: float,
            max_trials: int | None = None) -> "SearchCost":
         """The runs of every node of `shape`, cut at `max_trials`, timed by `run_seconds`."""
         if slots < 1:
             raise ValueError(f"a search needs at least one trial slot, got {slots}")
         levels, budget = [], max_trials if max_trials is not None else math.inf
         for level in shape.levels:
-            runs = [r for part in level for r in node_runs(part, rates, schedule, rules, stopped_early)]
+            runs = [r for part in level for r in node_runs(part, rates, schedule, rules, pruned)]
             runs = runs[: max(0, int(min(budget, len(runs))))]
             budget -= len(runs)
             if runs:

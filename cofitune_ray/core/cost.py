@@ -163,10 +163,12 @@ class Device:
     flops_per_s: float  # effective floating-point operations per second on training steps (not the peak)
     bandwidth: float  # bytes per second of memory traffic (the optimizer step)
 
-    def step_seconds(self, work: StepWork, tokens_per_micro_batch: int, micro_batches: int = 1) -> float:
-        """One optimizer step: `micro_batches` forward/backward passes of `tokens_per_micro_batch` tokens, AdamW."""
+    def step_seconds(self, work: StepWork, tokens_per_micro_batch: int, micro_batches: int = 1,
+                     shards: int = 1) -> float:
+        """One optimizer step: `micro_batches` forward/backward passes of `tokens_per_micro_batch` tokens, then
+        AdamW over the trained parameters, or over this GPU's 1/`shards` of them (FSDP)."""
         compute = micro_batches * tokens_per_micro_batch * work.per_token / self.flops_per_s
-        return compute + work.trained * OPTIMIZER_BYTES / self.bandwidth
+        return compute + work.trained / shards * OPTIMIZER_BYTES / self.bandwidth
 
 
 #: Published dense bf16 peak (FLOP/s, without sparsity) and memory bandwidth (bytes/s) of data-centre GPUs.
