@@ -202,9 +202,15 @@ _CHOICES = {
 _METRICS = ("auto", "exact_match", "loglik", "choice")
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override and validate a YAML config; relative data/model paths resolve against its folder."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                search_space: str | None = None) -> Config:
+    """Read, override and validate a YAML config; relative data/model paths resolve against its folder.
+
+    `search_space`: a search-space file given on the command line (`--search-space`), which replaces `search.space`.
+    """
     path = Path(path)
+    if search_space:
+        overrides = [*overrides, f"search.space={Path(search_space).resolve()}"]
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()

@@ -346,10 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the overlay --kustomize builds on (default k8s/overlays/gpu)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = list(args.overrides) + ([f"search.space={Path(args.search_space).resolve()}"]
-                                        if args.search_space else [])
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, args.overrides, args.search_space)
         space = load_search_space(config.search.space)
         shape = read_shape(config.model.path)
         examples = training_examples(config.data.speciality_train)

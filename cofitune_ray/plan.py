@@ -51,7 +51,6 @@ import functools
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cofitune_ray.config import Config, ConfigError, load_config
@@ -541,10 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. train.batch_size=4")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = list(args.overrides) + ([f"search.space={Path(args.search_space).resolve()}"]
-                                        if args.search_space else [])
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, args.overrides, args.search_space)
         space = load_search_space(config.search.space)
         shape = read_model_shape(config.model.path)
     except (ConfigError, ModelError, SearchSpaceError, OSError) as exc:

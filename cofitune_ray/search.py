@@ -67,17 +67,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def load_run_config(args: argparse.Namespace) -> Config:
     """The config the CLI asked for, with the search space and overrides applied."""
-    overrides = list(args.overrides)
-    if args.search_space:
-        overrides.append(f"search.space={Path(args.search_space).resolve()}")
     if args.config:
-        return load_config(args.config, overrides)
+        return load_config(args.config, args.overrides, args.search_space)
     from cofitune_ray.toyworld.prepare import ensure_toy_world
     from cofitune_ray.toyworld.worlds import DEFAULT_WORLD
 
     # committed with the project; rebuilt (minutes) only if missing
     ensure_toy_world(TOY_ASSETS, seed=0, world=DEFAULT_WORLD)
-    return load_config(DEMO_CONFIG, overrides)
+    return load_config(DEMO_CONFIG, args.overrides, args.search_space)
 
 
 def run_directory(config: Config, resume: bool) -> Path:
