@@ -44,7 +44,7 @@ from cofitune_ray.config import Config, learning_rates, load_config, objective, 
 from cofitune_ray.core.drive import drive
 from cofitune_ray.core.node import ALL_MODULES, PAPER_NODE, ModelPart
 from cofitune_ray.core.objective import Score
-from cofitune_ray.core.optuna_order import OptunaOrder
+from cofitune_ray.core.order import OptunaOrder
 from cofitune_ray.core.settings import SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
 from cofitune_ray.core.tree import SearchTree, Status, TreeNode

@@ -104,7 +104,7 @@ def make_searcher(config: Config, space: SearchSpace) -> TreeSearcher:
     tree: the space's levels; grid: every reachable node, flat; optuna: Optuna picks among them.
     Every node runs once per learning rate (`search.lr_candidates`) and is ranked by `search.objective`.
     """
-    from cofitune_ray.core.optuna_order import OptunaOrder
+    from cofitune_ray.core.order import OptunaOrder
     from cofitune_ray.tuning.searcher import TreeSearcher
 
     tree_space = space if config.search.strategy == "tree" else space.as_grid()

@@ -11,7 +11,7 @@ import score_table
 from cofitune_ray.core.drive import drive
 from cofitune_ray.core.node import FFN_MODULES, ModelPart
 from cofitune_ray.core.objective import Objective
-from cofitune_ray.core.optuna_order import OptunaOrder, closest_node, node_params
+from cofitune_ray.core.order import OptunaOrder, closest_node, node_params
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space, parse_search_space
 from cofitune_ray.core.tree import SearchTree, TreeNode

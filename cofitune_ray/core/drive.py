@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
+from cofitune_ray.core.order import NodeOrder, TreeOrder
 from cofitune_ray.core.rules import Stop, decide, rung_stop
 from cofitune_ray.core.settings import StopRules
 from cofitune_ray.core.tree import Run, SearchTree, TreeNode
@@ -29,20 +30,6 @@ class Executor(Protocol):
     """Runs one learning-rate run of a node, yielding its results (see the module docstring)."""
 
     def run(self, node: TreeNode, run: Run) -> Iterator[dict]: ...
-
-
-class NodeOrder(Protocol):
-    """Picks the next run to start (the tree's own order, or Optuna's)."""
-
-    def next_run(self, tree: SearchTree) -> tuple[TreeNode, Run] | None: ...
-
-
-class TreeOrder:
-    """The tree's order: children of the best parent first, each node's runs together."""
-
-    def next_run(self, tree: SearchTree) -> tuple[TreeNode, Run] | None:
-        runnable = tree.runnable()
-        return runnable[0] if runnable else None
 
 
 def drive(tree: SearchTree, executor: Executor, rules: StopRules, order: NodeOrder | None = None,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from cofitune_ray.core.drive import NodeOrder, TreeOrder
+from cofitune_ray.core.order import NodeOrder, TreeOrder
 from cofitune_ray.core.tree import Run, SearchTree, Status
 
 

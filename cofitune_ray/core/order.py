@@ -1,4 +1,12 @@
-"""`strategy: optuna`: Optuna chooses which candidate node runs next.
+"""Which run starts next: the tree's own order (`TreeOrder`), or Optuna's (`OptunaOrder`, `strategy: optuna`).
+
+Both are `NodeOrder`s: `next_run(tree)` picks a pending run of the tree's current level, the call the
+Ray searcher (`tuning/searcher.py`) and the in-process loop (`core/drive.py`) make alike.
+
+The tree's order: children of the best parent first, then creation order, each node's runs together
+(`SearchTree.runnable`).
+
+Optuna's order:
 
 The candidates are every node the search space can reach, flat (`SearchSpace.as_grid`); the
 references run first. Each candidate is Optuna's categorical parameters `range` (its layer range or
@@ -11,18 +19,31 @@ The budget is the tree's `max_trials` (every run a trial, references included).
 
 All state stays in the `SearchTree`: every proposal rebuilds the study from the tree's scored
 nodes with a sampler seeded from `seed` and the number of trials started, so a restored search
-proposes what the uninterrupted one would have. Pure Python (Optuna; no Ray, no torch).
+proposes what the uninterrupted one would have. Pure Python (Optuna, imported when Optuna's order is
+used; no Ray, no torch).
 """
 
 from __future__ import annotations
 
-import optuna
-from optuna.distributions import CategoricalDistribution
-from optuna.samplers import TPESampler
-from optuna.trial import create_trial
+from typing import Protocol
 
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import Run, SearchTree, Status, TreeNode
+
+
+class NodeOrder(Protocol):
+    """Picks the next run to start (the tree's own order, or Optuna's)."""
+
+    def next_run(self, tree: SearchTree) -> tuple[TreeNode, Run] | None: ...
+
+
+class TreeOrder:
+    """The tree's order: children of the best parent first, each node's runs together."""
+
+    def next_run(self, tree: SearchTree) -> tuple[TreeNode, Run] | None:
+        runnable = tree.runnable()
+        return runnable[0] if runnable else None
+
 
 #: Optuna's parameters for one candidate node, in tie-breaking order.
 NODE_PARAMS = ("range", "modules", "softmask", "lr")
@@ -56,13 +77,15 @@ def closest_node(pending: list[TreeNode], proposal: dict[str, str]) -> TreeNode:
 
 
 class OptunaOrder:
-    """Picks the next run of a grid tree by Optuna's proposals (a `core.drive.NodeOrder`).
+    """Picks the next run of a grid tree by Optuna's proposals (a `NodeOrder`).
 
     seed: the sampler's seed. startup_trials: scored candidates before TPE takes over from random
     proposals (Optuna's `n_startup_trials`).
     """
 
     def __init__(self, seed: int = 0, startup_trials: int = 10):
+        import optuna
+
         self.seed, self.startup_trials = seed, startup_trials
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one study per proposal: no "study created" lines
 
@@ -81,6 +104,11 @@ class OptunaOrder:
 
     def propose(self, tree: SearchTree) -> dict[str, str]:
         """Optuna's next proposal, from a study of every scored candidate node of the tree."""
+        import optuna
+        from optuna.distributions import CategoricalDistribution
+        from optuna.samplers import TPESampler
+        from optuna.trial import create_trial
+
         nodes = tree.at_depth(1)
         distributions = {p: CategoricalDistribution(list(dict.fromkeys(node_params(n.part)[p] for n in nodes)))
                          for p in NODE_PARAMS}
