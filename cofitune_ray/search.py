@@ -184,7 +184,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
             importance, computed = ensure_importance(config, Path(config.storage_path))
             print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
                   flush=True)
-        context = RunContext(config.to_dict(), str(run_dir / NODES_DIR), base, importance)
+        context = RunContext(config, str(run_dir / NODES_DIR), base, importance)
         make_tuner(config, space, run_dir, context, resume).fit()
         tree = latest_saved_tree(run_dir / EXPERIMENT_DIR)
         summary = write_results(config, tree, run_dir)

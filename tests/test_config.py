@@ -133,3 +133,15 @@ def test_search_settings_are_checked_once_and_named_by_key(tmp_path):
                     "search.lr_candidates: needs at least one learning rate",
                     "search.prune_after: must be in (0, 1] or null"):
         assert f"{path}: {message}" in text
+
+
+def test_a_validated_config_travels_to_workers_as_itself(tmp_path):
+    """Trials and Ray Train workers get the Config object (pickled by Ray), not text to parse and validate again."""
+    import pickle
+
+    from cofitune_ray.tuning.trial import RunContext
+
+    config = load_config(_write(tmp_path, MINIMAL), ["train.lr=2e-4", "search.lr_candidates=[1e-4, 3e-4]"])
+    context = pickle.loads(pickle.dumps(RunContext(config, str(tmp_path), {"history": []})))
+    assert isinstance(context.config, Config) and context.config == config
+    assert context.config.source == config.source and context.config.search.lr_candidates == [1.0e-4, 3.0e-4]

@@ -121,7 +121,7 @@ def run_node(
     trainer = TorchTrainer(
         train_node,
         train_loop_config={
-            "config": config.to_dict(),
+            "config": config,  # a validated Config travels as itself (pickled), never as text to re-validate
             "part": part.to_dict(),
             "lr": lr,
             "importance_dir": importance.directory if importance else None,

@@ -28,7 +28,6 @@ import ray.train
 import ray.train.torch
 import torch
 
-from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.layout import HISTORY_FILE, RUNG_KEPT_FILE, point_dir
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import RUNG
@@ -148,7 +147,7 @@ def train_node(loop_config: dict) -> None:
     """Ray Train worker entry point. loop_config: config, part, lr, importance_dir, importance_key, base_metrics,
     run_dir, waits_at_rung."""
     started = time.time()
-    config = config_from_dict(loop_config["config"])
+    config = loop_config["config"]  # the validated Config itself: no second validation in a worker
     part = ModelPart.from_dict(loop_config["part"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

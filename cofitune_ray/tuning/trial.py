@@ -14,7 +14,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from cofitune_ray.config import config_from_dict
+from cofitune_ray.config import Config
 from cofitune_ray.core.layout import run_dir_name
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.runner import RunResult, finished_result, run_node, stopped_history
@@ -25,7 +25,7 @@ from cofitune_ray.training.softmask import ImportanceRef
 class RunContext:
     """What every trial of one search shares (passed with `tune.with_parameters`)."""
 
-    config: dict  # Config.to_dict()
+    config: Config  # validated once, by the CLI
     nodes_dir: str  # where each run's Ray Train run is stored
     base_result: dict  # RunResult.to_dict() of the base model
     importance: ImportanceRef | None = None
@@ -82,7 +82,7 @@ def node_trial(trial_config: dict, run: RunContext) -> None:
         return
     base = run.base_result["history"][0]
     result = run_node(
-        config_from_dict(run.config),
+        run.config,
         part,
         name=name,
         storage_dir=run.nodes_dir,

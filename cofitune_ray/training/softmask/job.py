@@ -8,7 +8,7 @@ import ray.train
 import ray.train.torch
 from ray.train.torch import TorchTrainer
 
-from cofitune_ray.config import Config, config_from_dict
+from cofitune_ray.config import Config
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from cofitune_ray.training.runner import scaling_config
 from cofitune_ray.training.sharding import distribute
@@ -29,7 +29,7 @@ def importance_worker(loop_config: dict) -> None:
 
     Under `scaling.strategy: fsdp` the (frozen) model is sharded as for training.
     """
-    config = config_from_dict(loop_config["config"])
+    config = loop_config["config"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     model = load_model(config.model.path, config.model.dtype)
@@ -53,7 +53,7 @@ def ensure_importance(config: Config, storage_dir: str | Path) -> tuple[Importan
         return ref, False
     TorchTrainer(
         importance_worker,
-        train_loop_config={"config": config.to_dict(), "data": data, "directory": str(directory), "key": key},
+        train_loop_config={"config": config, "data": data, "directory": str(directory), "key": key},
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(name=f"importance-{directory.name}", storage_path=str(directory.parent)),
     ).fit()
