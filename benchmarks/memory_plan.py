@@ -43,13 +43,7 @@ from cofitune_ray.plan import Workload, estimate, read_model_shape
 from cofitune_ray.toyworld.pretrain import save_random_model
 from cofitune_ray.training.loop import training_points
 from cofitune_ray.training.memory import measure_peak
-from cofitune_ray.training.model import (
-    Architecture,
-    freeze_all_but,
-    load_model,
-    load_tokenizer,
-    trainable_parameter_names,
-)
+from cofitune_ray.training.model import load_part, load_tokenizer
 from cofitune_ray.training.softmask.mask import Importance, SoftMask
 
 SIZES = {
@@ -141,9 +135,8 @@ def measure(config_path: Path, case: Case, strategy: str, rank: int, world_size:
     part = NODES[case.node]
     tokenizer = load_tokenizer(config.model.path)
     torch.manual_seed(0)
-    model = load_model(config.model.path, config.model.dtype).to(device)
-    arch = Architecture.from_config(model.config)
-    freeze_all_but(model, trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]))
+    loaded = load_part(config.model.path, part, config.model.dtype)
+    model, arch = loaded.model.to(device), loaded.architecture
     if case.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     softmask = None

@@ -19,13 +19,7 @@ from cofitune_ray.config import load_config
 from cofitune_ray.core.node import PAPER_NODE
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.loop import training_points
-from cofitune_ray.training.model import (
-    Architecture,
-    freeze_all_but,
-    load_model,
-    load_tokenizer,
-    trainable_parameter_names,
-)
+from cofitune_ray.training.model import Architecture, load_model, load_part, load_tokenizer
 from cofitune_ray.training.softmask.importance import compute_importance, importance_data, importance_settings
 from cofitune_ray.training.softmask.mask import SoftMask
 
@@ -33,9 +27,8 @@ NODE = PAPER_NODE.with_(softmask=True)
 
 
 def train(config, tokenizer, mode, importance):
-    model = load_model(config.model.path)
-    arch = Architecture.from_config(model.config)
-    freeze_all_but(model, trainable_parameter_names(arch, NODE, [n for n, _ in model.named_parameters()]))
+    loaded = load_part(config.model.path, NODE)
+    model, arch = loaded.model, loaded.architecture
     softmask = SoftMask.for_model(model, arch, importance, mode) if mode else None
     for _ in training_points(config, config.train.lr, model, tokenizer, softmask, 0, 1, torch.device("cpu")):
         pass

@@ -8,6 +8,7 @@ from cofitune_ray.training.model import (
     Architecture,
     ModelError,
     freeze_all_but,
+    load_part,
     read_architecture,
     trainable_parameter_names,
 )
@@ -75,6 +76,19 @@ def test_freeze_leaves_exactly_the_selection_trainable(tiny):
     count = freeze_all_but(model, names)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == names
     assert count == 48 * 32 * 2
+
+
+def test_load_part_loads_with_only_the_parts_parameters_trainable(tiny):
+    _, directory, _ = tiny
+    loaded = load_part(str(directory), ModelPart(layer_range=(0.25, 0.5), modules=("up_proj", "down_proj")))
+    trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert trainable == loaded.trained_names == [f"model.layers.{i}.mlp.{m}.weight" for i in (2, 3)
+                                                 for m in ("up_proj", "down_proj")]
+    assert loaded.trained_params == sum(p.numel() for n, p in loaded.model.named_parameters() if p.requires_grad)
+    assert loaded.architecture.num_layers == 8
+    base = load_part(str(directory), ModelPart(kind="base"))
+    assert base.trained_names == [] and base.trained_params == 0
+    assert not any(p.requires_grad for p in base.model.parameters())
 
 
 def test_layer_range_outside_the_model_is_an_error(tiny):

@@ -28,13 +28,7 @@ from cofitune_ray.core.node import ModelPart
 from cofitune_ray.core.tree import Run, TreeNode
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.loop import training_points
-from cofitune_ray.training.model import (
-    Architecture,
-    freeze_all_but,
-    load_model,
-    load_tokenizer,
-    trainable_parameter_names,
-)
+from cofitune_ray.training.model import load_model, load_part, load_tokenizer
 from cofitune_ray.training.softmask.mask import Importance, SoftMask
 
 
@@ -125,9 +119,8 @@ class LocalExecutor:
 
     def _loop(self, part: ModelPart, lr: float, mode: str | None, model_hook=None):
         torch.manual_seed(self.config.seed)
-        model = load_model(self.config.model.path).to(self.device)
-        arch = Architecture.from_config(model.config)
-        freeze_all_but(model, trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]))
+        loaded = load_part(self.config.model.path, part)
+        model, arch = loaded.model.to(self.device), loaded.architecture
         if model_hook:
             model = model_hook(model)
         if mode and self.importance is None:

@@ -152,6 +152,25 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> int:
     return count
 
 
+@dataclass
+class PartModel:
+    """A model loaded to train one part: everything else frozen (`load_part`)."""
+
+    model: torch.nn.Module
+    architecture: Architecture
+    trained_names: list[str]  # the parameters the part trains, in model order
+    trained_params: int  # how many scalar parameters train
+
+
+def load_part(model_path: str, part: ModelPart, dtype: str = "float32") -> PartModel:
+    """Load the model and freeze all but the parameters `part` trains (none for the base model): how the worker,
+    the in-process executor and the benchmarks all start a node."""
+    model = load_model(model_path, dtype)
+    arch = Architecture.from_config(model.config)
+    names = trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]) if part.trains else []
+    return PartModel(model, arch, names, freeze_all_but(model, names))
+
+
 def parameter_names(model_path: str) -> list[str]:
     """The model's parameter names in model order, from its config alone (built on the meta device: no weights)."""
     import torch

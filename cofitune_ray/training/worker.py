@@ -35,13 +35,7 @@ from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, wri
 from cofitune_ray.training.data import encode_example
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.loop import TrainingPoint, training_points, use_bf16
-from cofitune_ray.training.model import (
-    Architecture,
-    freeze_all_but,
-    load_model,
-    load_tokenizer,
-    trainable_parameter_names,
-)
+from cofitune_ray.training.model import load_part, load_tokenizer
 from cofitune_ray.training.sharding import distribute, unwrapped
 from cofitune_ray.training.softmask.importance import load_cached_importance
 from cofitune_ray.training.softmask.mask import SoftMask
@@ -155,10 +149,8 @@ def train_node(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
 
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-    model = load_model(config.model.path, config.model.dtype)
-    arch = Architecture.from_config(model.config)
-    names = trainable_parameter_names(arch, part, [n for n, _ in model.named_parameters()]) if part.trains else []
-    trained_params = freeze_all_but(model, names)
+    loaded = load_part(config.model.path, part, config.model.dtype)
+    model, arch, names, trained_params = loaded.model, loaded.architecture, loaded.trained_names, loaded.trained_params
     evaluator = Evaluator.from_config(config, tokenizer)
     report = _Reporter(evaluator, part, rank, world_size, loop_config.get("base_metrics"),
                        loop_config["run_dir"], names, trained_params, started, loop_config.get("waits_at_rung", False))
