@@ -17,6 +17,7 @@ import os
 import socket
 
 import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
 # Read by Ray's state API client (the cleaner's) before any address lookup.
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
@@ -55,6 +56,14 @@ def cluster_address(address: str | None, environ) -> str | None:
     return address
 
 
+def dashboard_line(url: str, token_auth: bool) -> str:
+    """The start-up line that names the dashboard and, when the cluster asks for a token, how to get it."""
+    line = f"[cofitune] Ray dashboard: http://{url}"
+    if token_auth:
+        line += " (it asks for the cluster's token: `ray get-auth-token` prints it)"
+    return line
+
+
 def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
     """Join the given cluster, or start a local one; returns Ray's session directory.
 
@@ -74,7 +83,7 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
         context = ray.init(address="local", log_to_driver=verbose,
                            **local_cluster_options(8265 if dashboard else None, env))
     if context.dashboard_url:
-        print(f"[cofitune] Ray dashboard: http://{context.dashboard_url}", flush=True)
+        print(dashboard_line(context.dashboard_url, is_token_auth_enabled()), flush=True)
     else:
         print("[cofitune] warning: this Ray cluster runs no dashboard, so Ray Train cannot free the CPUs of "
               "the runs Tune stops and the search may wait for them forever; start its head with the "

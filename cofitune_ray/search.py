@@ -4,8 +4,8 @@
                                   [--address ADDR] [--dashboard] [--verbose] [key=value ...]
 
 Order of work: config and preflight checks (no Ray yet), connect to Ray, choose the Spectrum
-references' modules (cached), evaluate the base model (cached), compute importance if any node
-soft-masks (cached), run the Tune search, write results.
+references' modules (cached), evaluate the base model (cached), name where importance is cached if any
+node soft-masks (the first soft-masked run computes it), run the Tune search, write results.
 """
 
 from __future__ import annotations
@@ -30,9 +30,17 @@ from cofitune_ray.config import (
     selection_policy,
     stop_rules,
 )
-from cofitune_ray.core.layout import BASE_RESULT_FILE, CONFIG_FILE, EXPERIMENT_DIR, NODES_DIR, SUMMARY_FILE
+from cofitune_ray.core.layout import (
+    BASE_RESULT_FILE,
+    CONFIG_FILE,
+    EXPERIMENT_DIR,
+    NODES_DIR,
+    SUMMARY_FILE,
+    TIMELINE_FILE,
+)
 from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.core.space import SearchSpace
+from cofitune_ray.core.timeline import Spans
 from cofitune_ray.core.tree import SearchTree
 from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.training.data import DataError
@@ -151,12 +159,18 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
 
 def run_search(config: Config, resume: bool = False, address: str | None = None, dashboard: bool = False,
                verbose: bool = False) -> Path:
-    """Run (or resume) the whole search; return the run directory."""
-    checked = preflight(config)
+    """Run (or resume) the whole search; return the run directory.
+
+    Its phases go to `<run dir>/timeline.jsonl` (`core/timeline.py`), its wall time to summary.json.
+    """
+    started = time.time()
+    spans = Spans()
+    with spans.span("preflight"):
+        checked = preflight(config)
     from cofitune_ray.cluster import connect
     from cofitune_ray.console import console_output, log_locations_line
     from cofitune_ray.outputs.results import summary_text, write_results
-    from cofitune_ray.training.softmask.job import ensure_importance
+    from cofitune_ray.training.softmask.job import importance_ref, importance_state
     from cofitune_ray.training.spectrum import ensure_scores, with_selections
     from cofitune_ray.tuning.searcher import latest_saved_tree
     from cofitune_ray.tuning.trial import RunContext
@@ -170,24 +184,29 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
         print(summary_text(json.loads((run_dir / SUMMARY_FILE).read_text())))
         return run_dir
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    spans.write_to(run_dir / TIMELINE_FILE)
     with console_output(run_dir, verbose) as log_dir:
-        session_dir = connect(address, dashboard, verbose)
+        with spans.span("Ray start"):
+            session_dir = connect(address, dashboard, verbose)
         print(log_locations_line(log_dir, session_dir, verbose), flush=True)
         space = checked.space
         if any(part.kind == "snr" for part in space.references):
-            scores, computed = ensure_scores(config, Path(config.storage_path))
+            with spans.span("Spectrum"):
+                scores, computed = ensure_scores(config, Path(config.storage_path))
             space = with_selections(space, scores)
             print(f"[cofitune] Spectrum's SNR scores {'computed' if computed else 'reused from cache'}", flush=True)
-        base = base_result(config, run_dir)
+        with spans.span("base evaluation"):
+            base = base_result(config, run_dir)
         importance = None
         if checked.uses_softmask:
-            importance, computed = ensure_importance(config, Path(config.storage_path))
-            print(f"[cofitune] importance {'computed' if computed else 'reused from cache'}: {importance.directory}",
-                  flush=True)
+            importance = importance_ref(config, Path(config.storage_path))
+            print(f"[cofitune] importance: {importance_state(importance)}", flush=True)
         context = RunContext(config, str(run_dir / NODES_DIR), base, importance)
-        make_tuner(config, space, run_dir, context, resume).fit()
-        tree = latest_saved_tree(run_dir / EXPERIMENT_DIR)
-        summary = write_results(config, tree, run_dir)
+        with spans.span("Tune search"):
+            make_tuner(config, space, run_dir, context, resume).fit()
+        with spans.span("results"):
+            tree = latest_saved_tree(run_dir / EXPERIMENT_DIR)
+            summary = write_results(config, tree, run_dir, started)
     print(summary_text(summary), flush=True)
     return run_dir
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import ray  # noqa: F401  (configures the "ray" logger, as it is in the CLI)
+import ray._private.worker as ray_worker
 from transformers.utils import logging as transformers_logging
 
+from cofitune_ray.cluster import dashboard_line
 from cofitune_ray.console import TUNE_OUTPUT_ENGINE, console_output, log_locations_line
 from cofitune_ray.core.layout import DRIVER_LOG
 from cofitune_ray.core.tree import SearchTree
@@ -25,8 +27,11 @@ from cofitune_ray.core.tree import SearchTree
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
 LINE_BUDGET = 150
+SLOW_STEP = "The `callbacks.on_step_begin` operation took 0.503 s, which may be a performance bottleneck."
+WORKER_POOL = ("WARNING: 8 PYTHON worker processes have been started on node: {node} with address: 127.0.0.1. This "
+               "could be a result of using a large number of actors, or due to tasks blocked in ray.get() calls")
 NOISE = ["LOAD_GLOBAL", "RETURN_VALUE", "Failed to query", "TrainingReport(", "'spec/", "9223372036854775807",
-         "node_trial_"]
+         "node_trial_", "may be a performance bottleneck", "worker processes have been started"]
 
 
 @pytest.fixture
@@ -63,6 +68,40 @@ def test_verbose_keeps_info_on_the_terminal(tmp_path, terminal):
     assert "an INFO record" in (tmp_path / "logs" / DRIVER_LOG).read_text()
 
 
+def raylet_message(*lines: str) -> None:
+    """What the driver's error listener does with a raylet message (`ray._private.worker.listen_error_messages`)."""
+    ray_worker.print_to_stdstream({"lines": list(lines), "pid": "raylet", "is_err": False}, ignore_prefix=False)
+
+
+def test_ray_pace_warnings_go_to_the_log_file_only(tmp_path, terminal, capsys):
+    with console_output(tmp_path, verbose=False) as log_dir:
+        logging.getLogger("ray.tune.utils.util").warning(SLOW_STEP)
+        logging.getLogger("ray.tune.test_console").warning("a WARNING record")
+        raylet_message(WORKER_POOL.format(node="first"), "a raylet message about a killed worker")
+    assert SLOW_STEP not in terminal.getvalue() and "a WARNING record" in terminal.getvalue()
+    shown = capsys.readouterr().out
+    assert "worker processes" not in shown and "a raylet message about a killed worker" in shown
+    written = (log_dir / DRIVER_LOG).read_text()
+    assert SLOW_STEP in written and WORKER_POOL.format(node="first") in written and "killed worker" not in written
+    logging.getLogger("ray.tune.utils.util").warning(SLOW_STEP)  # Ray's defaults again after the search
+    raylet_message(WORKER_POOL.format(node="second"))  # (Ray shows a message once when only its numbers differ)
+    assert SLOW_STEP in terminal.getvalue() and "node: second" in capsys.readouterr().out
+
+
+def test_verbose_shows_ray_pace_warnings(tmp_path, terminal, capsys):
+    with console_output(tmp_path, verbose=True):
+        logging.getLogger("ray.tune.utils.util").warning(SLOW_STEP)
+        raylet_message(WORKER_POOL.format(node="third"))
+    assert SLOW_STEP in terminal.getvalue() and "node: third" in capsys.readouterr().out
+
+
+def test_dashboard_line_says_how_to_get_in():
+    assert dashboard_line("127.0.0.1:8265", token_auth=True) == (
+        "[cofitune] Ray dashboard: http://127.0.0.1:8265 (it asks for the cluster's token: `ray get-auth-token` "
+        "prints it)")
+    assert dashboard_line("127.0.0.1:8265", token_auth=False) == "[cofitune] Ray dashboard: http://127.0.0.1:8265"
+
+
 def test_log_locations_line(tmp_path):
     line = log_locations_line(tmp_path / "logs", "/tmp/ray/session_1", verbose=False)
     assert line == (f"[cofitune] logs: Ray's workers and Ray Train in /tmp/ray/session_1/logs, this driver's in "
@@ -82,7 +121,9 @@ def run_cli(storage: Path, address: str, *extra: str) -> list[str]:
 def smoke_output(ray_cluster, tmp_path_factory):
     """(storage, run directory, every line the smoke search printed) for the default console."""
     storage = tmp_path_factory.mktemp("storage")
-    lines = run_cli(storage, ray_cluster.get_runtime_context().gcs_address)
+    # One learning rate per node: the same levels, nodes and lines as the smoke search's two, at half its trials
+    # (each trial costs seconds of Ray Train start-up); test_search_e2e runs the whole smoke search.
+    lines = run_cli(storage, ray_cluster.get_runtime_context().gcs_address, "search.lr_candidates=[0.001]")
     return storage, storage / "smoke", lines
 
 
@@ -98,7 +139,7 @@ def test_the_default_console_is_the_search_own_lines(smoke_output):
     assert own[0].startswith("[cofitune] preflight ok: llama with 8 layers; 2000 training examples; Spec set cipher")
     assert any(line.startswith("[cofitune] logs: ") and str(run_dir / "logs" / DRIVER_LOG) in line for line in own)
     assert "[cofitune] evaluating the base model" in own
-    assert any(line.startswith("[cofitune] importance computed: ") for line in own)
+    assert any(line.startswith("[cofitune] importance: computed by the first soft-masked run") for line in own)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for depth in range(tree.depth + 1):
         assert any(line.startswith(f"[cofitune] level {depth} (") for line in own), depth

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from cofitune_ray.training.data import Example, collate, tokenize_for_training
-from cofitune_ray.training.evaluate import EvalSet, Evaluator, score_set, uni_score
+from cofitune_ray.training import evaluate
+from cofitune_ray.training.data import Example, collate, encode_example, tokenize_for_training
+from cofitune_ray.training.evaluate import EvalSet, Evaluator, greedy_from_gold, score_set, score_sets, uni_score
 from cofitune_ray.training.model import load_model, load_tokenizer
 from tiny import make_model, make_tokenizer
 
@@ -77,3 +78,63 @@ def test_evaluator_spec_vers_uni_and_relative(taught):
 def test_uni_is_a_weighted_mean():
     assert uni_score(0.2, 0.8) == pytest.approx(0.5)
     assert uni_score(0.2, 0.8, 3, 1) == pytest.approx(0.35)
+
+
+EOS = 2
+
+
+def test_greedy_from_gold_settles_what_the_gold_forward_decides():
+    gold = [5, 6, 7, EOS]
+    assert greedy_from_gold(gold, [5, 6, 7, EOS], 8, EOS) == [5, 6, 7]  # the gold answer, then EOS
+    assert greedy_from_gold(gold, [5, EOS, 9, 9], 8, EOS) == [5]  # EOS early
+    assert greedy_from_gold(gold, [5, 6, 7, 8], 8, EOS) is None  # no EOS after the answer: goes on, unknown
+    assert greedy_from_gold(gold, [5, 6, 7, 8], 4, EOS) == [5, 6, 7, 8]  # ... unless max_new_tokens ends it there
+    assert greedy_from_gold(gold, [5, 9, 7, EOS], 8, EOS) is None  # left the gold answer: the rest is unknown
+    assert greedy_from_gold(gold, [5, 9, 7, EOS], 2, EOS) == [5, 9]  # ... as max_new_tokens ends it
+    assert greedy_from_gold(gold, [5, 6, 7, EOS], 2, EOS) == [5, 6]  # cut by max_new_tokens
+
+
+def generated_matches(model, tokenizer, examples, max_new_tokens):
+    """Exact match the plain way: generate every example."""
+    prompts = [encode_example(tokenizer, "compact", e)[0] for e in examples]
+    outputs = evaluate._greedy_outputs(model, tokenizer, prompts, 2, max_new_tokens, torch.device("cpu"), prompts[0])
+    return [o.strip() == e.output.strip() for o, e in zip(outputs, examples)]
+
+
+@pytest.mark.parametrize("max_new_tokens", [8, 3, 2])
+def test_exact_match_equals_generating_every_example(taught, max_new_tokens):
+    model, tokenizer = taught
+    examples = TAUGHT + [Example("rev", "abc", "abc"), Example("rev", "xyz", "zy"), Example("rev", "abc", "cbaa"),
+                         Example("rev", "ab", "ba"), Example("copy", "xyz", "xyz"), Example("rev", "xyz", " zyx ")]
+    expected = generated_matches(model, tokenizer, examples, max_new_tokens)
+    scores = score_set(model, tokenizer, "compact", EvalSet("s", examples, "exact_match"), 3, max_new_tokens)
+    assert scores["exact_match"] == pytest.approx(sum(expected) / len(examples))
+    assert any(expected) and not all(expected)
+
+
+def test_sets_scored_together_as_each_alone(taught):
+    model, tokenizer = taught
+    sets = [EvalSet("s", TAUGHT + [Example("rev", "abc", "abc")], "exact_match"),
+            EvalSet("mc", [Example("rev", "abc", "cba", choices=("abc", "cba"), answer=1)], "choice"),
+            EvalSet("l", TAUGHT, "loglik")]
+    together = score_sets(model, tokenizer, "compact", sets, 2, 8)
+    for eval_set, scores in zip(sets, together):
+        alone = score_set(model, tokenizer, "compact", eval_set, 2, 8)
+        assert scores == pytest.approx(alone), eval_set.name
+
+
+def test_a_generation_config_that_changes_greedy_generates_every_example(taught, monkeypatch):
+    model, tokenizer = taught
+    eval_set = EvalSet("s", TAUGHT + [Example("rev", "abc", "abc")], "exact_match")
+    generated = []
+    real = evaluate._greedy_outputs
+    monkeypatch.setattr(evaluate, "_greedy_outputs", lambda m, t, prompts, *a: generated.append(len(prompts))
+                        or real(m, t, prompts, *a))
+    assert score_set(model, tokenizer, "compact", eval_set, 2, 8)["exact_match"] == pytest.approx(2 / 3)
+    assert generated == [1]  # the gold forward settled the two right answers; the wrong one left the gold answer
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        score_set(model, tokenizer, "compact", eval_set, 2, 8)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert generated == [1, 3]

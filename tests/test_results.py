@@ -1,6 +1,8 @@
 """The result files and the summary of a finished search, from trees driven by score tables (no Ray)."""
 
 import csv
+import json
+import time
 
 import yaml
 
@@ -25,6 +27,16 @@ def test_summary_states_the_answer_the_cost_and_the_steps_saved(tmp_path):
     assert lines[1].startswith("Answer: The answer is n10 (25%, 50%] up+down")
     assert lines[2].startswith("Winner      (25%, 50%] up+down soft-mask lr 0.0001: Spec 0.820  Vers 0.800")
     assert lines[-1] == f"Results: {tmp_path}"
+
+
+def test_summary_names_the_wall_time_and_the_summed_run_time_apart(tmp_path):
+    tree = searched()
+    summary = summarise(tree, tmp_path, wall_time_s=300.0)
+    run_time = sum(n.cost()["wall_time_s"] for n in tree.nodes.values())
+    assert summary["wall_time_s"] == 300.0 and summary["run_time_s"] == run_time > 0
+    assert summary_text(summary).splitlines()[0].endswith(
+        f"; 5.0 minutes wall time, {run_time / 60:.1f} run-minutes (the runs' times summed)")
+    assert summarise(tree, tmp_path)["wall_time_s"] is None
 
 
 def test_full_sft_as_the_answer_is_said_plainly(tmp_path):
@@ -53,9 +65,12 @@ def test_best_node_yaml_names_the_answer_and_its_point(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "export_best_model", lambda config, tree, out: None)
     monkeypatch.setattr(results, "export_recipes", lambda config, tree, out: None)
     monkeypatch.setattr(results, "write_report", lambda tree, run_dir: None)
-    results.write_results(None, tree, tmp_path)
+    started = time.time()
+    results.write_results(None, tree, tmp_path, started)
     best = yaml.safe_load((tmp_path / "best_node.yaml").read_text())
     assert best["answer"] == "a trained part of the model" and best["id"] == "n10"
     assert best["lr"] == 1e-4 and best["run"] == "n10-lr0.0001" and best["eval_index"] == 3
     assert best["checkpoint"] == "ckpt/" + tree.node("n10").part.key() + "/0.0001/3"
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "tree.json").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 <= summary["wall_time_s"] <= time.time() - started

@@ -8,7 +8,7 @@ import torch
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.training.loop import training_points
+from cofitune_ray.training.loop import learning_rate_schedule, training_points
 from cofitune_ray.training.model import (
     Architecture,
     freeze_all_but,
@@ -136,3 +136,23 @@ def test_a_run_resumed_from_a_saved_point_continues_exactly(world, tmp_path):
     assert [facts(first)] + [facts(p) for p in points] == whole
     for name, value in model.state_dict().items():
         assert torch.equal(value, expected[name]), name
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "constant"])
+def test_learning_rate_schedule_is_transformers_get_scheduler(name):
+    from transformers import get_scheduler
+
+    def rates(make):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+        schedule = make(optimizer)
+        values = []
+        for _ in range(40):
+            values.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return values
+
+    ours = rates(lambda opt: learning_rate_schedule(name, opt, 3, 37))
+    theirs = rates(lambda opt: get_scheduler(name, opt, num_warmup_steps=3, num_training_steps=37))
+    assert ours == theirs  # bit for bit: the same runs, the same trees
+    assert (len(set(ours)) == 1) == (name == "constant")

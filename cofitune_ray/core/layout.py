@@ -2,6 +2,7 @@
 
     <storage_path>/<name>/               the run directory (a new run never reuses one: `search.run_directory`)
         config.yaml                      the resolved config
+        timeline.jsonl                   the driver's phases with their times (`core/timeline.py`)
         base_result.json                 the base model's evaluation, computed once
         tree.json                        every node and run, kept current while the search runs
         tune/                            the Ray Tune experiment (what --resume restores)
@@ -9,6 +10,7 @@
             history.jsonl                    one line per evaluation point
             points/eval-<k>/                 the delta checkpoint of evaluation point k (`point_dir`)
             attempts.jsonl                   one line per start of its training, with its end
+            timeline.jsonl                   its trial's and its workers' events with their times
             kept.json                        the search kept it at the rung: it trains on past its rung point
             stopped.json                     the search stopped it: never trained again
             checkpoint_*/, checkpoint_manager_snapshot.json   Ray Train's training state (while it trains)
@@ -40,6 +42,8 @@ RECIPES_DIR = "recipes"
 #: The report's files, by the key `outputs.report.write_report` returns them under.
 REPORT_FILES = {"markdown": "report.md", "html": "report.html", "pareto": "pareto.png", "curves": "curves.png"}
 SUMMARY_FILE = "summary.json"
+#: The driver's phases (the run directory) and a run's events (its directory): `core/timeline.py`.
+TIMELINE_FILE = "timeline.jsonl"
 
 # ---- one run's directory, under NODES_DIR -----------------------------------------------------------
 HISTORY_FILE = "history.jsonl"

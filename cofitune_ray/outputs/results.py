@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -84,7 +85,10 @@ def export_recipes(config: Config, tree: SearchTree, out_dir: Path) -> Path | No
     return out_dir
 
 
-def summarise(tree: SearchTree, run_dir: Path) -> dict:
+def summarise(tree: SearchTree, run_dir: Path, wall_time_s: float | None = None) -> dict:
+    """The search in figures and words (summary.json). Two times, each under its own name: `wall_time_s`,
+    what this driver's search took from its start to its results (None when not given), and `run_time_s`,
+    the runs' times summed (every attempt of every learning-rate run; runs side by side each count)."""
     nodes = list(tree.nodes.values())
     counts = {s.value: sum(n.status == s for n in nodes)
               for s in (Status.FINISHED, Status.PRUNED, Status.FAILED, Status.NOT_EXPANDED)}
@@ -102,7 +106,8 @@ def summarise(tree: SearchTree, run_dir: Path) -> dict:
         "train_steps": sum(c["train_steps"] for c in costs),
         "steps_saved": tree.steps_saved(),
         "runs_stopped_early": sum(r.status in STOPPED_EARLY for r in runs),
-        "wall_time_s": sum(c["wall_time_s"] for c in costs),
+        "wall_time_s": wall_time_s,
+        "run_time_s": sum(c["wall_time_s"] for c in costs),
         "answer": answer_kind(best) if best else None,
         "verdict": verdict(tree),
         "best": _node_summary(tree, best),
@@ -121,8 +126,10 @@ def _node_summary(tree: SearchTree, node: TreeNode | None) -> dict | None:
             "qualifies": tree.objective.qualifies(best.score, tree.reference()), "trained_params": node.trained_params}
 
 
-def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
-    """Write every output file; return the summary (also saved as summary.json, written last)."""
+def write_results(config: Config, tree: SearchTree, run_dir: Path, started: float | None = None) -> dict:
+    """Write every output file; return the summary (also saved as summary.json, written last).
+
+    `started`: when the search began (`time.time()`), for the summary's wall time."""
     tree.save(run_dir / TREE_FILE)
     write_pareto_csv(tree, run_dir / PARETO_FILE)
     best = tree.best()
@@ -136,10 +143,17 @@ def write_results(config: Config, tree: SearchTree, run_dir: Path) -> dict:
     export_best_model(config, tree, run_dir / BEST_MODEL_DIR)
     recipes = export_recipes(config, tree, run_dir / RECIPES_DIR)
     write_report(tree, run_dir)
-    summary = summarise(tree, run_dir)
+    summary = summarise(tree, run_dir, time.time() - started if started is not None else None)
     summary["recipes"] = str(recipes) if recipes else None
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _times(summary: dict) -> str:
+    """`9.4 minutes wall time, 12.0 run-minutes (the runs' times summed)`; no wall time when unknown."""
+    runs = f"{summary['run_time_s'] / 60:.1f} run-minutes (the runs' times summed)"
+    wall = summary.get("wall_time_s")
+    return runs if wall is None else f"{wall / 60:.1f} minutes wall time, {runs}"
 
 
 def summary_text(summary: dict) -> str:
@@ -154,7 +168,7 @@ def summary_text(summary: dict) -> str:
         f"({c[Status.FINISHED]} finished, {c[Status.PRUNED]} pruned, {c[Status.FAILED]} failed, "
         f"{c[Status.NOT_EXPANDED]} not run), {summary['trials']} trials; "
         f"depth {summary['depth']}; {summary['train_steps']:,} train steps{saved}; "
-        f"{summary['wall_time_s'] / 60:.1f} run-minutes",
+        + _times(summary),
         f"Answer: {summary['verdict']}",
     ]
     for label, key in (("Winner", "best"), ("Base model", "base"), ("Full SFT", "full")):

@@ -1,5 +1,15 @@
 """Scoring a model: exact match of greedy generation, response log-likelihood, multiple choice.
 
+Cost. The sets read from paths are scored together (`score_sets`): their examples in batches of
+`eval.batch_size`, shortest first. Exact match costs one forward per batch for most examples: the forward
+that scores the gold response's log-likelihood also gives the most likely token at each of its positions,
+and greedy decoding emits exactly those while it follows the gold response. So an example is settled
+there when greedy decoding would answer it exactly, stop early, or reach `max_new_tokens`
+(`greedy_from_gold`); only the examples whose greedy answer leaves the gold response before its end are
+generated (batched, with the KV cache). The scores are those of generating every example
+(`tests/test_evaluate.py`), unless the model's generation config changes greedy decoding (a repetition
+penalty, suppressed tokens, ...): then every example is generated.
+
 Each worker scores its share of every set (example i goes to rank i % world_size); counts are
 summed across workers, so the result does not depend on the number of workers. Every worker runs
 as many batches as the busiest one (padding batches are discarded), and generation runs in step
@@ -78,15 +88,20 @@ def _lockstep_batches(items: list, batch_size: int, filler, device: torch.device
         yield (batch, True) if batch else ([filler], False)
 
 
+def _by_length(lengths: list[int]) -> list[int]:
+    """Indices in order of length, so that a batch pads its rows to about the same width."""
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+
 @torch.no_grad()
-def _response_logliks(model, tokenizer, encode, pairs: list[tuple[Example, str]], batch_size, device, filler):
-    """Summed log-likelihood and token count of each (example, response) pair (`encode(example, response)`: their
-    prompt and response ids)."""
-    results = []
-    for chunk, real in _lockstep_batches(pairs, batch_size, filler, device):
+def _response_logliks(model, tokenizer, encoded: list[tuple[list[int], list[int]]], batch_size, device, filler):
+    """Per (prompt ids, response ids) row: summed log-likelihood of the response, its token count, and the
+    model's most likely token at each response position (closing EOS included) given the tokens before it."""
+    order = _by_length([len(prompt) + len(response) for prompt, response in encoded])
+    results = [None] * len(encoded)
+    for chunk, real in _lockstep_batches(order, batch_size, None, device):
         rows = []
-        for example, response in chunk:
-            prompt_ids, response_ids = encode(example, response)
+        for prompt_ids, response_ids in ([encoded[i] for i in chunk] if real else [filler]):
             rows.append({"input_ids": prompt_ids + response_ids,
                          "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids})
         batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
@@ -96,21 +111,56 @@ def _response_logliks(model, tokenizer, encode, pairs: list[tuple[Example, str]]
         picked = logprobs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         valid = labels != IGNORE_INDEX
         if real:
-            results += list(zip((picked * valid).sum(dim=1).tolist(), valid.sum(dim=1).tolist()))
+            likeliest = logits[:, :-1].argmax(dim=-1)
+            for i, total, count, row, mask in zip(chunk, (picked * valid).sum(dim=1).tolist(),
+                                                  valid.sum(dim=1).tolist(), likeliest, valid):
+                results[i] = (total, count, row[mask].tolist())
     return results
 
 
+#: Generation settings that make greedy decoding differ from the plain most likely token (`GenerationConfig`).
+_LOGIT_CHANGES = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
+                  "suppress_tokens": None, "begin_suppress_tokens": None, "min_length": 0, "min_new_tokens": None,
+                  "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None}
+
+
+def _plain_greedy(model) -> bool:
+    """Whether the model's generation config leaves greedy decoding as the most likely token at each step."""
+    settings = getattr(model, "generation_config", None)
+    return settings is None or all(getattr(settings, key, default) in (default, None)
+                                   for key, default in _LOGIT_CHANGES.items())
+
+
+def greedy_from_gold(gold_ids: list[int], likeliest: list[int], max_new_tokens: int, eos_id: int) -> list[int] | None:
+    """The tokens greedy decoding emits (EOS left out), when the gold response settles them; None when it does not.
+
+    `gold_ids`: the gold response's tokens and EOS; `likeliest`: the most likely token at each of those positions
+    given the gold tokens before it. While greedy decoding has emitted the gold tokens, its next token is the
+    likeliest one there. So the output is settled when greedy emits the whole gold response and EOS, emits EOS
+    early, or reaches `max_new_tokens` before leaving the gold response or as it leaves it; after leaving it
+    earlier, the rest is unknown.
+    """
+    emitted: list[int] = []
+    for want, got in zip(gold_ids, likeliest):
+        if len(emitted) == max_new_tokens or got == eos_id:
+            return emitted
+        emitted.append(got)
+        if got != want:
+            return emitted if len(emitted) == max_new_tokens else None
+    return emitted
+
+
 @torch.no_grad()
-def _greedy_outputs(model, tokenizer, encode, examples: list[Example], batch_size, max_new_tokens, device,
-                    filler: Example) -> list[str]:
-    """Greedy completions of the examples' prompts (`encode(example)[0]`), batched with left padding."""
-    outputs = []
-    for chunk, real in _lockstep_batches(examples, batch_size, filler, device):
-        prompts = [encode(e)[0] for e in chunk]
-        width = max(map(len, prompts))
-        input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+def _greedy_outputs(model, tokenizer, prompts: list[list[int]], batch_size, max_new_tokens, device,
+                    filler: list[int]) -> list[str]:
+    """Greedy completions of the prompts (token ids), batched with left padding."""
+    outputs = [None] * len(prompts)
+    for chunk, real in _lockstep_batches(_by_length(list(map(len, prompts))), batch_size, None, device):
+        rows = [prompts[i] for i in chunk] if real else [filler]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
-        for i, ids in enumerate(prompts):
+        for i, ids in enumerate(rows):
             input_ids[i, width - len(ids) :] = torch.tensor(ids)
             attention[i, width - len(ids) :] = 1
         generated = model.generate(
@@ -124,47 +174,87 @@ def _greedy_outputs(model, tokenizer, encode, examples: list[Example], batch_siz
         )
         if not real:
             continue
-        for row in generated[:, width:].tolist():
+        for i, row in zip(chunk, generated[:, width:].tolist()):
             if tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id)]
-            outputs.append(tokenizer.decode(row, skip_special_tokens=True))
+            outputs[i] = tokenizer.decode(row, skip_special_tokens=True)
     return outputs
 
 
 def score_set(model, tokenizer, template: str, eval_set: EvalSet, batch_size: int, max_new_tokens: int,
               rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """This set's score, plus exact match / accuracy and log-likelihood, summed over workers."""
+    return score_sets(model, tokenizer, template, [eval_set], batch_size, max_new_tokens, rank, world_size)[0]
+
+
+def score_sets(model, tokenizer, template: str, eval_sets: list[EvalSet], batch_size: int, max_new_tokens: int,
+               rank: int = 0, world_size: int = 1) -> list[dict[str, float]]:
+    """Each set's `score_set`, with the examples of every set batched together, shortest first."""
     model = unwrapped(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    mine = eval_set.examples[rank::world_size]
-    filler = eval_set.examples[0]
-    gold_filler = (filler, filler.output)
-    correct = 0.0
-    encode = eval_set.tokens.encode if eval_set.tokens else partial(encode_example, tokenizer, template)
-    if eval_set.metric == "choice":
-        pairs = [(e, c) for e in mine for c in e.choices]
-        scores = iter(_response_logliks(model, tokenizer, encode, pairs, batch_size, device, gold_filler))
-        for e in mine:
-            option_scores = [next(scores)[0] for _ in e.choices]
-            correct += float(max(range(len(option_scores)), key=option_scores.__getitem__) == e.answer)
-    elif eval_set.metric == "exact_match":
-        generated = _greedy_outputs(model, tokenizer, encode, mine, batch_size, max_new_tokens, device, filler)
-        correct = float(sum(g.strip() == e.output.strip() for g, e in zip(generated, mine)))
-    gold = _response_logliks(model, tokenizer, encode, [(e, e.output) for e in mine], batch_size, device, gold_filler)
-    loglik_sum = sum(s for s, _ in gold)
-    tokens = sum(n for _, n in gold)
-    correct, count, loglik_sum, tokens = _all_reduce([correct, len(mine), loglik_sum, tokens], device)
+    mine = [eval_set.examples[rank::world_size] for eval_set in eval_sets]
+    encoders = [eval_set.tokens.encode if eval_set.tokens else partial(encode_example, tokenizer, template)
+                for eval_set in eval_sets]
+    first = eval_sets[0].examples[0]
+    filler = encoders[0](first, first.output)
+    # one log-likelihood pass: every example's gold response, then every option of the multiple-choice sets
+    golds = [encode(e, e.output) for encode, examples in zip(encoders, mine) for e in examples]
+    options = [encode(e, c) for eval_set, encode, examples in zip(eval_sets, encoders, mine)
+               if eval_set.metric == "choice" for e in examples for c in e.choices]
+    scored = _response_logliks(model, tokenizer, golds + options, batch_size, device, filler)
+    option_scores = iter(scored[len(golds):])
+    gold = iter(zip(golds, scored[: len(golds)]))
+    gold_per_set = [[next(gold) for _ in examples] for examples in mine]
+    exact = [(e, encoded, result) for eval_set, examples, golds_of_set in zip(eval_sets, mine, gold_per_set)
+             if eval_set.metric == "exact_match" for e, (encoded, result) in zip(examples, golds_of_set)]
+    matches = iter(_exact_matches(model, tokenizer, exact, batch_size, max_new_tokens, device, filler[0]))
+    totals = []
+    for eval_set, examples, golds_of_set in zip(eval_sets, mine, gold_per_set):
+        correct = 0.0
+        if eval_set.metric == "choice":
+            for e in examples:
+                option_values = [next(option_scores)[0] for _ in e.choices]
+                correct += float(max(range(len(option_values)), key=option_values.__getitem__) == e.answer)
+        elif eval_set.metric == "exact_match":
+            correct = float(sum(next(matches) for _ in examples))
+        results = [result for _, result in golds_of_set]
+        totals += [correct, len(examples), sum(r[0] for r in results), sum(r[1] for r in results)]
+    totals = _all_reduce(totals, device)
     model.train(was_training)
-    token_prob = math.exp(loglik_sum / tokens) if tokens else 0.0
-    result = {"loglik": loglik_sum / tokens if tokens else float("-inf"), "token_prob": token_prob}
-    if eval_set.metric == "loglik":
-        result["score"] = token_prob
-    else:
-        result[eval_set.metric] = correct / count
-        result["score"] = correct / count
-    return result
+    results = []
+    for k, eval_set in enumerate(eval_sets):
+        correct, count, loglik_sum, tokens = totals[4 * k : 4 * k + 4]
+        token_prob = math.exp(loglik_sum / tokens) if tokens else 0.0
+        result = {"loglik": loglik_sum / tokens if tokens else float("-inf"), "token_prob": token_prob}
+        if eval_set.metric == "loglik":
+            result["score"] = token_prob
+        else:
+            result[eval_set.metric] = correct / count
+            result["score"] = correct / count
+        results.append(result)
+    return results
+
+
+def _exact_matches(model, tokenizer, rows: list[tuple], batch_size: int, max_new_tokens: int, device,
+                   filler: list[int]) -> list[bool]:
+    """Whether greedy decoding answers each example exactly (after stripping spaces). `rows`: (example, its
+    (prompt ids, gold response ids), its `_response_logliks` result); the gold forward settles most outputs
+    (`greedy_from_gold`), generation the others."""
+    settled = [None] * len(rows)
+    if _plain_greedy(model):
+        for i, (_, (_, gold_ids), (_, _, likeliest)) in enumerate(rows):
+            tokens = greedy_from_gold(gold_ids, likeliest, max_new_tokens, tokenizer.eos_token_id)
+            if tokens is not None:
+                settled[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+    open_rows = [i for i, output in enumerate(settled) if output is None]
+    # every worker joins the generation, even with nothing open: a sharded model's forwards are collectives
+    generated = _greedy_outputs(model, tokenizer, [rows[i][1][0] for i in open_rows], batch_size, max_new_tokens,
+                                device, filler)
+    for i, output in zip(open_rows, generated):
+        settled[i] = output
+    return [output.strip() == e.output.strip() for output, (e, _, _) in zip(settled, rows)]
 
 
 def versatility_set(config, index: int) -> EvalSet | HarnessTask:
@@ -211,17 +301,18 @@ class Evaluator:
 
     def evaluate(self, model, rank: int = 0, world_size: int = 1, base: dict | None = None) -> dict[str, float]:
         """Flat metrics: spec, vers, uni, their ratio to `base` (when given), and each set's scores."""
-        args = (self.tokenizer, self.template)
-        kwargs = dict(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, rank=rank, world_size=world_size)
+        read = [self.speciality] + [s for s in self.versatility if not isinstance(s, HarnessTask)]
+        scored = iter(score_sets(model, self.tokenizer, self.template, read, self.batch_size, self.max_new_tokens,
+                                 rank, world_size))
         metrics: dict[str, float] = {}
-        spec_scores = score_set(model, *args, self.speciality, **kwargs)
+        spec_scores = next(scored)
         metrics.update({f"spec/{k}": v for k, v in spec_scores.items()})
         vers_values = []
         for eval_set in self.versatility:
             if isinstance(eval_set, HarnessTask):
                 scores = eval_set.score(unwrapped(model), self.batch_size, rank, world_size)
             else:
-                scores = score_set(model, *args, eval_set, **kwargs)
+                scores = next(scored)
             metrics.update({f"vers/{eval_set.name}/{k}": v for k, v in scores.items()})
             vers_values.append(scores["score"])
         spec, vers = spec_scores["score"], sum(vers_values) / len(vers_values)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, DistributedSampler
-from transformers import get_scheduler
 
 from cofitune_ray.config import Config
 from cofitune_ray.training.data import collate
@@ -42,6 +42,28 @@ def optimizer_steps(config: Config, micro_batches_per_epoch: int) -> tuple[int, 
     return per_epoch, min(steps, config.train.max_steps) if config.train.max_steps else steps
 
 
+def learning_rate_schedule(name: str, optimizer: torch.optim.Optimizer, warmup_steps: int,
+                           total_steps: int) -> LambdaLR:
+    """`train.schedule` as factors of the learning rate at each step: `constant` (1, no warmup), or a linear
+    warmup over `warmup_steps` and then a `linear` decay to 0 or a `cosine` half wave down to 0 at `total_steps`.
+
+    The factors are those of transformers' `get_scheduler` (`tests/test_train_loop.py` compares them); they are
+    computed here because importing that function costs every training worker seconds on a small machine (it
+    imports the Trainer's utilities, and PEFT with them).
+    """
+    def factor(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if step < warmup_steps:
+            return float(step) / float(max(1, warmup_steps))
+        if name == "linear":
+            return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+        progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return LambdaLR(optimizer, factor)
+
+
 def use_bf16(config: Config, device: torch.device) -> bool:
     """Whether training computes in bf16: `train.bf16` on, or auto on a GPU."""
     return config.train.bf16 == "on" or (config.train.bf16 == "auto" and device.type == "cuda")
@@ -65,8 +87,7 @@ def training_points(config, lr: float, model, tokenizer, softmask, rank, world_s
     per_epoch, total_steps = optimizer_steps(config, len(loader))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    schedule = get_scheduler(t.schedule, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
-                             num_training_steps=total_steps)
+    schedule = learning_rate_schedule(t.schedule, optimizer, int(t.warmup_ratio * total_steps), total_steps)
     start = load_train_state(resume, model, optimizer, schedule, rank, world_size) if resume else Position()
     # Under FSDP bf16 is its mixed-precision policy (set by `distribute`), not autocast.
     bf16_autocast = use_bf16(config, device) and not is_fsdp(model)

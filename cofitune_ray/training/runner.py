@@ -37,7 +37,6 @@ from cofitune_ray.core.layout import (
 )
 from cofitune_ray.core.node import ModelPart
 from cofitune_ray.training.softmask import ImportanceRef
-from cofitune_ray.training.worker import train_node
 
 
 @dataclass
@@ -86,6 +85,14 @@ def scaling_config(config: Config) -> ray.train.ScalingConfig:
     return ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
 
 
+def _train_node(loop_config: dict) -> None:
+    """The workers' entry point (`training/worker.py`'s `train_node`), imported where it runs: a trial's own
+    process, which only builds the TorchTrainer, then never imports transformers and the training code."""
+    from cofitune_ray.training.worker import train_node
+
+    train_node(loop_config)
+
+
 def run_node(
     config: Config,
     part: ModelPart,
@@ -119,7 +126,7 @@ def run_node(
     history_path = run_dir / HISTORY_FILE  # a retried attempt's workers keep the points before their state
     attempt = _start_attempt(run_dir, {"node": part.key(), "lr": lr, "started": time.time()})
     trainer = TorchTrainer(
-        train_node,
+        _train_node,
         train_loop_config={
             "config": config,  # a validated Config travels as itself (pickled), never as text to re-validate
             "part": part.to_dict(),

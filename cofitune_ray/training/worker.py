@@ -28,8 +28,9 @@ import ray.train
 import ray.train.torch
 import torch
 
-from cofitune_ray.core.layout import HISTORY_FILE, RUNG_KEPT_FILE, point_dir
+from cofitune_ray.core.layout import HISTORY_FILE, RUNG_KEPT_FILE, TIMELINE_FILE, point_dir
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.timeline import record_event
 from cofitune_ray.core.tree import RUNG
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
 from cofitune_ray.training.data import encode_example
@@ -87,9 +88,17 @@ class _Reporter:
             return
         while not (self.run_dir / RUNG_KEPT_FILE).is_file():
             time.sleep(RUNG_POLL_S)
+        self.event("kept")
+
+    def event(self, name: str, t: float | None = None) -> None:
+        """Rank 0 records `name` at `t` (default: now) in the run's timeline (`core/timeline.py`)."""
+        if self.rank == 0:
+            record_event(self.run_dir / TIMELINE_FILE, name, t)
 
     def __call__(self, model: torch.nn.Module, point: TrainingPoint) -> None:
+        self.event("eval_start")
         metrics = self.evaluator.evaluate(model, self.rank, self.world_size, self.base)
+        self.event("eval_end")
         hf_model = unwrapped(model)
         fingerprint = model_fingerprint(hf_model, self.trained_names, self.probe_ids)
         delta = delta_state(hf_model, keep=self.rank == 0)  # every worker: gathering shards is a collective
@@ -117,10 +126,11 @@ class _Reporter:
                 handle.write(json.dumps(metrics) + "\n")
         if point.save_state is None:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            point.save_state(Path(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                point.save_state(Path(tmp))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        self.event("reported")
 
 
 def _peak_memory_gb(model: torch.nn.Module) -> float | None:
@@ -154,9 +164,11 @@ def train_node(loop_config: dict) -> None:
     evaluator = Evaluator.from_config(config, tokenizer)
     report = _Reporter(evaluator, part, rank, world_size, loop_config.get("base_metrics"),
                        loop_config["run_dir"], names, trained_params, started, loop_config.get("waits_at_rung", False))
+    report.event("worker_started", started)
     model = distribute(model, config.scaling.strategy, device, bf16=use_bf16(config, device),
                        activation_checkpointing=config.train.activation_checkpointing and part.trains)
     if not part.trains:
+        report.event("model_ready")
         report.start_from(Position())
         report(model, TrainingPoint(1, 0, 0.0, None, 0, save_state=None))
         return
@@ -172,6 +184,7 @@ def train_node(loop_config: dict) -> None:
     with saved.as_directory() if saved else nullcontext() as resume:
         position = read_position(Path(resume)) if resume else Position()
         report.start_from(position)
+        report.event("model_ready")
         if position.evaluations:
             report.report_again(position)
         for point in training_points(config, loop_config["lr"], model, tokenizer, softmask, rank, world_size, device,

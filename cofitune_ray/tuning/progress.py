@@ -18,7 +18,8 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.util.metrics import Gauge
 
-from cofitune_ray.core.layout import NODES_DIR, TREE_FILE, run_dir_name
+from cofitune_ray.core.layout import NODES_DIR, TIMELINE_FILE, TREE_FILE, run_dir_name
+from cofitune_ray.core.timeline import record_event
 from cofitune_ray.core.tree import STOPPED_EARLY, SearchTree, Status, TreeNode, describe_runs
 from cofitune_ray.training.checkpoint import delete_checkpoints
 from cofitune_ray.training.runner import end_stopped_run, keep_at_rung
@@ -103,9 +104,15 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+#: Tune begins a step about ten times a second; between trial events the callback refreshes at most this often.
+REFRESH_INTERVAL_S = 1.0
+
+
 class SearchProgress(Callback):
     """Prints the level and node lines, keeps tree.json current, lets the runs the rung kept train on, frees
-    unneeded checkpoints and the training state of stopped runs, updates metrics."""
+    unneeded checkpoints and the training state of stopped runs, updates metrics: when a trial ends, and otherwise
+    at most once per `REFRESH_INTERVAL_S` (writing tree.json at every one of Tune's steps cost the driver a good
+    part of a core). It also records each trial's start and end in its run's timeline (`core/timeline.py`)."""
 
     def __init__(self, searcher: TreeSearcher, run_dir: str, run_name: str):
         self.searcher = searcher
@@ -115,23 +122,42 @@ class SearchProgress(Callback):
         self._depth_shown = -1
         self._ended_shown: set[str] = set()
         self._level_started = time.time()
+        self._refreshed_at = float("-inf")  # time.monotonic() of the last refresh
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; gauges stay out
         return {**self.__dict__, "_metrics": None}
 
     def on_step_begin(self, iteration, trials, **info):
-        self._refresh()
+        if time.monotonic() - self._refreshed_at >= REFRESH_INTERVAL_S:
+            self._refresh()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        suggested = self.searcher.suggested_at.get(trial.trial_id)
+        if suggested is not None:
+            self._record(trial, "suggested", suggested)
+        self._record(trial, "started")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, "ended")
         self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, "ended")
         self._refresh()
+
+    def _record(self, trial, event: str, t: float | None = None) -> None:
+        """The trial's run records `event` in its timeline (`core/timeline.py`)."""
+        run = self.searcher.run_for_trial(trial.trial_id)
+        if run is not None:
+            run_dir = Path(self.run_dir) / NODES_DIR / run_dir_name(run.id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record_event(run_dir / TIMELINE_FILE, event, t)
 
     def on_experiment_end(self, trials, **info):
         self._refresh()
 
     def _refresh(self) -> None:
+        self._refreshed_at = time.monotonic()
         tree = self.searcher.tree
         # before any line says so: a stopped run is never trained again, even if the driver dies now. At every
         # refresh, not once: a stopped trial's worker can still upload a checkpoint after the first discard.

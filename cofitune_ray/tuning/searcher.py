@@ -32,6 +32,7 @@ class TreeSearcher(Searcher):
         self.tree = tree
         self.order = order or TreeOrder()
         self.trial_runs: dict[str, str] = {}  # Tune trial id -> run id
+        self.suggested_at: dict[str, float] = {}  # Tune trial id -> when Tune created it (time.time())
 
     def suggest(self, trial_id: str):
         if self.tree.finished:
@@ -42,6 +43,7 @@ class TreeSearcher(Searcher):
         node, run = pick
         self.tree.start(run.id, trial_id)
         self.trial_runs[trial_id] = run.id
+        self.suggested_at[trial_id] = time.time()
         return {"part": node.part.to_dict(), "node_id": node.id, "run_id": run.id, "lr": run.lr,
                 "waits_at_rung": self.tree.compared_at_rung(node)}
 

@@ -15,8 +15,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cofitune_ray.config import Config
-from cofitune_ray.core.layout import run_dir_name
+from cofitune_ray.core.layout import TIMELINE_FILE, run_dir_name
 from cofitune_ray.core.node import ModelPart
+from cofitune_ray.core.timeline import record_event
 from cofitune_ray.training.runner import RunResult, finished_result, run_node, stopped_history
 from cofitune_ray.training.softmask import ImportanceRef
 
@@ -28,7 +29,7 @@ class RunContext:
     config: Config  # validated once, by the CLI
     nodes_dir: str  # where each run's Ray Train run is stored
     base_result: dict  # RunResult.to_dict() of the base model
-    importance: ImportanceRef | None = None
+    importance: ImportanceRef | None = None  # where soft-masked runs find it (the first one computes it)
 
 
 def final_result(result: RunResult) -> dict:
@@ -80,6 +81,15 @@ def node_trial(trial_config: dict, run: RunContext) -> None:
         for point in stopped:
             tune.report({**point, "replayed": True})
         return
+    if part.softmask and run.importance is not None:
+        # the search's first soft-masked run computes the importance; the others find it cached
+        from cofitune_ray.training.softmask.job import compute_if_missing  # (the model's code: here only)
+
+        run_dir = Path(run.nodes_dir) / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record_event(run_dir / TIMELINE_FILE, "importance_start")
+        compute_if_missing(run.config, run.importance)
+        record_event(run_dir / TIMELINE_FILE, "importance_end")
     base = run.base_result["history"][0]
     result = run_node(
         run.config,

@@ -1,7 +1,13 @@
-"""The importance computation as a Ray Train job, cached on storage and reused when nothing changed."""
+"""The importance computation as a Ray Train job, cached on storage and reused when nothing changed.
+
+A search computes it only when a soft-masked node is about to run: the first such trial runs the job
+(`compute_if_missing`), later ones find the cache. A search whose tree never reaches a soft-masked node
+never pays for it.
+"""
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import ray.train
@@ -43,20 +49,45 @@ def importance_worker(loop_config: dict) -> None:
     ray.train.report({"layers": int(importance.head.shape[0])})
 
 
-def ensure_importance(config: Config, storage_dir: str | Path) -> tuple[ImportanceRef, bool]:
-    """The run's importance (computed by a Ray Train job unless cached); True when it was computed now."""
+def importance_ref(config: Config, storage_dir: str | Path) -> ImportanceRef:
+    """Where the run's importance is cached on storage, and the key it must match (nothing is computed)."""
     data = importance_data(config)
     key = cache_key(config.model.path, data, importance_settings(config))
-    directory = cache_dir(str(Path(storage_dir).resolve()), key)
-    ref = ImportanceRef(str(directory), key)
-    if load_cached_importance(directory, key) is not None:
-        return ref, False
-    TorchTrainer(
-        importance_worker,
-        train_loop_config={"config": config, "data": data, "directory": str(directory), "key": key},
-        scaling_config=scaling_config(config),
-        run_config=ray.train.RunConfig(name=f"importance-{directory.name}", storage_path=str(directory.parent)),
-    ).fit()
-    if load_cached_importance(directory, key) is None:
-        raise RuntimeError(f"the importance job finished but wrote nothing usable to {directory}")
-    return ref, True
+    return ImportanceRef(str(cache_dir(str(Path(storage_dir).resolve()), key)), key)
+
+
+def importance_state(ref: ImportanceRef) -> str:
+    """The start-up line's words for the search's importance: cached, or computed when first needed."""
+    if load_cached_importance(Path(ref.directory), ref.key) is not None:
+        return f"reused from cache: {ref.directory}"
+    return f"computed by the first soft-masked run, if one runs, and cached in {ref.directory}"
+
+
+def compute_if_missing(config: Config, ref: ImportanceRef) -> bool:
+    """Compute the importance `ref` names by a Ray Train job unless it is cached; True when it was computed now.
+
+    One at a time: a lock file beside the cache entry makes a second caller (another trial of the search)
+    wait for the first one's entry instead of computing it again.
+    """
+    directory = Path(ref.directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f"{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if load_cached_importance(directory, ref.key) is not None:
+            return False
+        TorchTrainer(
+            importance_worker,
+            train_loop_config={"config": config, "data": importance_data(config), "directory": str(directory),
+                               "key": ref.key},
+            scaling_config=scaling_config(config),
+            run_config=ray.train.RunConfig(name=f"importance-{directory.name}", storage_path=str(directory.parent)),
+        ).fit()
+        if load_cached_importance(directory, ref.key) is None:
+            raise RuntimeError(f"the importance job finished but wrote nothing usable to {directory}")
+    return True
+
+
+def ensure_importance(config: Config, storage_dir: str | Path) -> tuple[ImportanceRef, bool]:
+    """The run's importance (computed by a Ray Train job unless cached); True when it was computed now."""
+    ref = importance_ref(config, storage_dir)
+    return ref, compute_if_missing(config, ref)
