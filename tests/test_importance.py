@@ -1,5 +1,7 @@
 """Importance vectors without Ray: shapes, range, determinism, independence from sharding, caching."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ from cofitune_ray.training.softmask.importance import (
     cache_key,
     compute_importance,
     importance_batches,
+    importance_data,
+    importance_settings,
     load_cached_importance,
     save_importance,
 )
@@ -66,3 +70,24 @@ def test_cache_reused_only_when_everything_matches(world, tmp_path):
     other = cache_key(data["model"]["path"], paths, ImportanceSettings(**{**SETTINGS.__dict__, "dropout": 0.2}))
     assert cache_dir(str(tmp_path), other) != directory
     assert load_cached_importance(directory, other) is None
+
+
+@pytest.mark.slow
+def test_a_search_names_its_importance_and_a_cached_one_starts_no_job(world, tmp_path, monkeypatch):
+    """The CLI only names where the importance is cached; the first soft-masked trial computes it
+    (`compute_if_missing`), and once it is cached no Ray Train job starts (none can here: no Ray)."""
+    from cofitune_ray.config import config_from_dict
+    from cofitune_ray.training.softmask import job
+
+    data, model, arch, tokenizer = world
+    config = config_from_dict(data)
+    ref = job.importance_ref(config, tmp_path)
+    assert Path(ref.directory).parent == tmp_path / "importance" and not Path(ref.directory).exists()
+    assert job.importance_state(ref) == ("computed by the first soft-masked run, if one runs, and cached in "
+                                         f"{ref.directory}")
+    importance, raw = compute_importance(model, arch, tokenizer, importance_data(config), importance_settings(config))
+    save_importance(Path(ref.directory), importance, ref.key, raw)
+    monkeypatch.setattr(job, "TorchTrainer", None)  # a job would fail: calling None
+    assert job.compute_if_missing(config, ref) is False
+    assert job.importance_state(ref) == f"reused from cache: {ref.directory}"
+    assert job.ensure_importance(config, tmp_path) == (ref, False)
