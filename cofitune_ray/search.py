@@ -127,6 +127,7 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
     from ray import tune
 
     from cofitune_ray.tuning.progress import SearchProgress
+    from cofitune_ray.tuning.run_files import RunFiles
     from cofitune_ray.tuning.scheduler import PromisingChildScheduler
     from cofitune_ray.tuning.searcher import RunLimiter
     from cofitune_ray.tuning.status_table import TrialStatusTable
@@ -150,7 +151,7 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
             name=EXPERIMENT_DIR,
             storage_path=str(run_dir),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            callbacks=[SearchProgress(searcher, str(run_dir), config.name)],
+            callbacks=[RunFiles(searcher, str(run_dir)), SearchProgress(searcher, config.name)],  # files first
             verbose=1,  # the legacy engine's "status updates only": the table below and nothing else
             progress_reporter=TrialStatusTable(s.objective),
         ),

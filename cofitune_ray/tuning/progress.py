@@ -2,9 +2,8 @@
 
 The lines say which nodes a level runs and at how many learning rates, how each node ended (its
 score, why it ranks where it does, what happened to each learning-rate run) with a running count
-and an estimate of the level's remaining time. The callback also keeps tree.json current and
-deletes checkpoints no ranking can need any more once a level has ended. It also writes the mark that
-lets a run the rung kept train past its rung point (`training.runner.keep_at_rung`).
+and an estimate of the level's remaining time. The run directory's files are `RunFiles`'
+(`tuning/run_files.py`), which Tune calls first.
 
 The metrics go through `ray.util.metrics`, so they are exported on the node's metrics port
 (as `ray_cofitune_*`) and show in Grafana and the dashboard's metrics view.
@@ -13,16 +12,11 @@ The metrics go through `ray.util.metrics`, so they are exported on the node's me
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from ray.tune import Callback
 from ray.util.metrics import Gauge
 
-from cofitune_ray.core.layout import NODES_DIR, TIMELINE_FILE, TREE_FILE, run_dir_name
-from cofitune_ray.core.timeline import record_event
-from cofitune_ray.core.tree import STOPPED_EARLY, SearchTree, Status, TreeNode, describe_runs
-from cofitune_ray.training.checkpoint import delete_checkpoints
-from cofitune_ray.training.runner import end_stopped_run, keep_at_rung
+from cofitune_ray.core.tree import SearchTree, Status, TreeNode, describe_runs
+from cofitune_ray.tuning.refresh import TreeRefresh
 from cofitune_ray.tuning.searcher import TreeSearcher
 
 METRIC_NAMES = {
@@ -104,68 +98,23 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-#: Tune begins a step about ten times a second; between trial events the callback refreshes at most this often.
-REFRESH_INTERVAL_S = 1.0
+class SearchProgress(TreeRefresh):
+    """Prints the level and node lines and updates the metrics at each refresh (`tuning/refresh.py`)."""
 
-
-class SearchProgress(Callback):
-    """Prints the level and node lines, keeps tree.json current, lets the runs the rung kept train on, frees
-    unneeded checkpoints and the training state of stopped runs, updates metrics: when a trial ends, and otherwise
-    at most once per `REFRESH_INTERVAL_S` (writing tree.json at every one of Tune's steps cost the driver a good
-    part of a core). It also records each trial's start and end in its run's timeline (`core/timeline.py`)."""
-
-    def __init__(self, searcher: TreeSearcher, run_dir: str, run_name: str):
+    def __init__(self, searcher: TreeSearcher, run_name: str):
+        super().__init__()
         self.searcher = searcher
-        self.run_dir = run_dir
         self.run_name = run_name
         self._metrics: SearchMetrics | None = None  # created lazily: gauges need a connected Ray
         self._depth_shown = -1
         self._ended_shown: set[str] = set()
         self._level_started = time.time()
-        self._refreshed_at = float("-inf")  # time.monotonic() of the last refresh
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment; gauges stay out
         return {**self.__dict__, "_metrics": None}
 
-    def on_step_begin(self, iteration, trials, **info):
-        if time.monotonic() - self._refreshed_at >= REFRESH_INTERVAL_S:
-            self._refresh()
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        suggested = self.searcher.suggested_at.get(trial.trial_id)
-        if suggested is not None:
-            self._record(trial, "suggested", suggested)
-        self._record(trial, "started")
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._record(trial, "ended")
-        self._refresh()
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._record(trial, "ended")
-        self._refresh()
-
-    def _record(self, trial, event: str, t: float | None = None) -> None:
-        """The trial's run records `event` in its timeline (`core/timeline.py`)."""
-        run = self.searcher.run_for_trial(trial.trial_id)
-        if run is not None:
-            run_dir = Path(self.run_dir) / NODES_DIR / run_dir_name(run.id)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            record_event(run_dir / TIMELINE_FILE, event, t)
-
-    def on_experiment_end(self, trials, **info):
-        self._refresh()
-
-    def _refresh(self) -> None:
-        self._refreshed_at = time.monotonic()
+    def refresh(self) -> None:
         tree = self.searcher.tree
-        # before any line says so: a stopped run is never trained again, even if the driver dies now. At every
-        # refresh, not once: a stopped trial's worker can still upload a checkpoint after the first discard.
-        for run in (r for n in tree.nodes.values() for r in n.runs if r.status in STOPPED_EARLY):
-            end_stopped_run(Path(self.run_dir) / NODES_DIR / run_dir_name(run.id), run.stop_reason or run.status)
-        for run in tree.in_flight():  # the rung kept it: its workers may train past the rung
-            if run.rung_point() and tree.compared_at_rung(tree.node_of_run(run.id)) and not tree.waits_at_rung(run.id):
-                keep_at_rung(Path(self.run_dir) / NODES_DIR / run_dir_name(run.id))
         for node in tree.nodes.values():
             if node.id not in self._ended_shown and node.status in (Status.FINISHED, Status.PRUNED, Status.FAILED):
                 self._ended_shown.add(node.id)
@@ -177,10 +126,6 @@ class SearchProgress(Callback):
                 print(f"[cofitune] level {self._depth_shown} done; promising: {', '.join(kept) or 'none'}", flush=True)
             self._depth_shown, self._level_started = tree.depth, time.time()
             print(level_line(tree, tree.depth), flush=True)
-        disposable = tree.disposable_checkpoints()
-        if disposable:
-            tree.forget_checkpoints(delete_checkpoints(disposable))
-        tree.save(Path(self.run_dir) / TREE_FILE)
         if self._metrics is None:
             self._metrics = SearchMetrics(self.run_name)
         self._metrics.update(tree)
