@@ -34,7 +34,7 @@ from cofitune_ray.core.budget import Run, SearchCost, SearchShape
 from cofitune_ray.core.cost import Device, RunTime, Shape, calibrate, gpu, step_work
 from cofitune_ray.core.node import FULL_SFT_PART, PAPER_NODE, ModelPart
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.cost import CPU_BANDWIDTH, build_plan, read_shape, step_seconds, training_examples
+from cofitune_ray.plan.cost import CPU_BANDWIDTH, build_plan, read_shape, step_seconds, training_examples
 from cofitune_ray.training.data import read_jsonl, tokenize_for_training
 from cofitune_ray.training.evaluate import Evaluator
 from cofitune_ray.training.model import load_model, load_tokenizer

@@ -26,7 +26,7 @@ from cofitune_ray.core.budget import RunSchedule, SearchCost, grid_shape, sweep_
 from cofitune_ray.core.cost import RunTime, Shape, gpu, step_work
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space
-from cofitune_ray.plan import MemoryPlan, ModelShape, Workload
+from cofitune_ray.plan.memory import MemoryPlan, ModelShape, Workload
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("LLaMA-2 7B", "LLaMA-2 13B", "LLaMA-2 70B")

@@ -5,7 +5,7 @@
 Each case trains one node of a LLaMA-architecture model built from a config (random weights, the
 toy world's character tokenizer, random text) for 4 optimizer steps with the product's own loop
 (`training.loop.training_points`: forward, backward, clipping, AdamW, soft-mask) and measures the
-peak of live tensor bytes over those steps (`training.memory.measure_peak`: counted by a
+peak of live tensor bytes over those steps (`plan.measure.measure_peak`: counted by a
 TorchDispatchMode on CPU, `torch.cuda.max_memory_allocated` on CUDA). Next to it, the plan's
 estimate (`plan.estimate`) for the same model, node and settings, and their ratio.
 
@@ -39,10 +39,10 @@ import yaml
 
 from cofitune_ray.config import load_config
 from cofitune_ray.core.node import PAPER_NODE, ModelPart
-from cofitune_ray.plan import Workload, estimate, read_model_shape
+from cofitune_ray.plan.measure import measure_peak
+from cofitune_ray.plan.memory import Workload, estimate, read_model_shape
 from cofitune_ray.toyworld.pretrain import save_random_model
 from cofitune_ray.training.loop import training_points
-from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import load_part, load_tokenizer
 from cofitune_ray.training.softmask.mask import Importance, SoftMask
 

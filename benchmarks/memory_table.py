@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import LlamaConfig
 
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.plan import GB, MARGIN, ModelShape, Workload, estimate
+from cofitune_ray.plan.memory import GB, MARGIN, ModelShape, Workload, estimate
 
 SHAPES = Path(__file__).resolve().parent / "llama2_shapes.json"
 NODES = {"full SFT": ModelPart(kind="full"),

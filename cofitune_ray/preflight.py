@@ -3,7 +3,7 @@
 Reads the model's config (and checks that its weight files exist, without loading them), the
 tokenizer, every data entry record by record, builds every lm-eval task with its data, resolves every
 node the search space can reach against the model's depth and modules, and makes the memory plan
-(`plan.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error. When all is well,
+(`plan/memory.py`): with `scaling.strategy: auto`, a plan in which nothing fits is an error. When all is well,
 it tokenises the training set into the search's cache (`training/tokenized.py`), or finds it there.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cofitune_ray.config import Config, objective
 from cofitune_ray.core.node import NodeError
 from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_space
-from cofitune_ray.plan import MemoryPlan, PlanError, memory_plan
+from cofitune_ray.plan.memory import MemoryPlan, PlanError, memory_plan
 from cofitune_ray.training.data import DataError, read_examples
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
 from cofitune_ray.training.tokenized import TrainingSet, training_set

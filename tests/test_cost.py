@@ -59,7 +59,7 @@ def test_the_step_work_of_nodes_computed_by_hand():
 def test_the_shape_read_from_config_json_is_the_model_transformers_builds():
     from transformers import LlamaConfig
 
-    from cofitune_ray.plan import ModelShape
+    from cofitune_ray.plan.memory import ModelShape
     from cofitune_ray.training.model import Architecture
 
     configs = [entry["config"] for entry in SHAPES.values()]
@@ -220,7 +220,7 @@ def test_levels_run_one_after_another_on_the_slots():
 
 
 def test_the_cli_prints_the_plan_without_torch(tmp_path):
-    code = ("import sys; from cofitune_ray.cost import main; "
+    code = ("import sys; from cofitune_ray.plan.cost import main; "
             "rc = main(['--config', 'configs/toy.yaml', '--cpus', '2', '--tflops', '0.01']); "
             "heavy = [m for m in ('torch', 'ray', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy; sys.exit(rc)")
@@ -238,7 +238,7 @@ def test_the_cli_prints_the_plan_without_torch(tmp_path):
 
 
 def test_the_cli_names_what_is_wrong(capsys):
-    from cofitune_ray.cost import main
+    from cofitune_ray.plan.cost import main
 
     assert main(["--config", str(REPO / "configs/toy.yaml"), "--gpus", "8"]) == 2
     assert "scaling.use_gpu is false: give --cpus" in capsys.readouterr().err
@@ -254,7 +254,7 @@ def test_the_cli_names_what_is_wrong(capsys):
 
 
 def test_the_calibration_step_measures_the_models_width_here(capsys):
-    from cofitune_ray.cost import main
+    from cofitune_ray.plan.cost import main
 
     assert main(["--config", str(REPO / "configs/toy.yaml"), "--cpus", "2", "--calibrate"]) == 0
     out = capsys.readouterr().out
@@ -263,7 +263,7 @@ def test_the_calibration_step_measures_the_models_width_here(capsys):
 
 def test_the_cluster_shape_holds_whole_trials_and_every_workers_copy_of_the_model():
     from cofitune_ray.config import load_config
-    from cofitune_ray.cost import ClusterShape, cluster_shape
+    from cofitune_ray.plan.cost import ClusterShape, cluster_shape
 
     fsdp = REPO / "k8s/overlays/gpu-fsdp/search-fsdp.yaml"
     shape = Shape.from_config(SHAPES["LLaMA 33B"]["config"])
@@ -282,7 +282,7 @@ def test_the_cluster_shape_holds_whole_trials_and_every_workers_copy_of_the_mode
 def test_the_training_records_are_counted_in_every_data_format(tmp_path):
     import datasets
 
-    from cofitune_ray.cost import training_examples
+    from cofitune_ray.plan.cost import training_examples
 
     rows = [{"instruction": f"q{i}", "input": "", "output": "a"} for i in range(7)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n\n" for r in rows))

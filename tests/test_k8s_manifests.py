@@ -552,7 +552,7 @@ def test_the_memory_plan_fits_the_fsdp_overlay(rendered, tmp_path):
     from transformers import LlamaConfig
 
     from cofitune_ray.core.space import load_search_space
-    from cofitune_ray.plan import MemoryPlan, ModelShape, Workload
+    from cofitune_ray.plan.memory import MemoryPlan, ModelShape, Workload
 
     config = _entrypoint_config(rendered["gpu-fsdp"], tmp_path)
     path, name = FSDP_MODEL
@@ -648,14 +648,14 @@ def test_dashboard_service_reaches_only_the_head(overlay, rendered):
     ("LLaMA 33B", "gpu-fsdp/search-fsdp.yaml", 32, 8, 2),  # 8 FSDP shards per trial: one 8-GPU pod
 ])
 def test_the_cost_plans_overlay_renders_and_passes_the_schemas(model, config_file, gpus, pod_gpus, replicas, tmp_path):
-    """`python -m cofitune_ray.cost --kustomize DIR` writes an overlay next to the others: it renders, the RayJob
+    """`python -m cofitune_ray.plan.cost --kustomize DIR` writes an overlay next to the others: it renders, the RayJob
     and its RayCluster match the KubeRay CRDs, every pod template Kubernetes' schema, and its GPU group holds the
     planned config's concurrent trials, scales from zero and has host memory for every worker's copy of the model."""
     import json
 
     from cofitune_ray.config import load_config
     from cofitune_ray.core.cost import Shape
-    from cofitune_ray.cost import main
+    from cofitune_ray.plan.cost import main
 
     k8s = tmp_path / "k8s"
     shutil.copytree(K8S, k8s)

@@ -13,7 +13,8 @@ from transformers import LlamaConfig
 
 from cofitune_ray.config import ConfigError, load_config
 from cofitune_ray.core.node import ModelPart
-from cofitune_ray.plan import (
+from cofitune_ray.plan.measure import measure_peak
+from cofitune_ray.plan.memory import (
     MARGIN,
     MemoryPlan,
     ModelShape,
@@ -25,7 +26,6 @@ from cofitune_ray.plan import (
 )
 from cofitune_ray.preflight import PreflightError, preflight
 from cofitune_ray.training.loop import training_points
-from cofitune_ray.training.memory import measure_peak
 from cofitune_ray.training.model import (
     Architecture,
     freeze_all_but,

@@ -28,6 +28,7 @@ def imported_modules(*args: str, cwd=None) -> tuple[set[str], subprocess.Complet
 @pytest.mark.parametrize("command", [
     ("cofitune_ray.search", "--help"),
     ("cofitune_ray.plan", "--help"),
+    ("cofitune_ray.plan.cost", "--help"),
     ("cofitune_ray.search", "--config", "nope.yaml"),
     ("cofitune_ray.plan", "--config", "nope.yaml"),
 ])

@@ -1,6 +1,6 @@
 """What training a node costs in time: the work of one optimizer step, and the seconds of one run.
 
-Pure Python (no torch, no Ray): the cost plan (`cofitune_ray/cost.py`) prints it for a config
+Pure Python (no torch, no Ray): the cost plan (`cofitune_ray/plan/cost.py`) prints it for a config
 without a GPU and without reading weights; `core/budget.py` adds runs up into a search.
 
 The step model, per token of the micro-batch (floating-point operations, a multiply-add counted 2):

@@ -1,6 +1,6 @@
 """The cost plan: what a search costs on a cluster before it runs, in time and GPU-hours.
 
-    python -m cofitune_ray.cost --config FILE [--search-space FILE] (--gpus N | --cpus N)
+    python -m cofitune_ray.plan.cost --config FILE [--search-space FILE] (--gpus N | --cpus N)
         [--gpu h100] [--utilisation 0.4 | --tflops X | --calibrate] [--startup-s S] [--eval-s S]
         [--checkpoint-s S] [--seq-len T] [--kustomize DIR] [key=value ...]
 
@@ -151,7 +151,7 @@ class ClusterShape:
             "patches": [{"target": {"group": "ray.io", "version": "v1", "kind": "RayJob", "name": "cofitune-search"},
                          "path": "gpu-workers.yaml"}],
         }
-        header = "# Written by python -m cofitune_ray.cost: the gpu overlay, its GPU group sized by the cost plan.\n"
+        header = "# Written by python -m cofitune_ray.plan.cost: the gpu overlay, its GPU group sized by the plan.\n"
         (directory / "kustomization.yaml").write_text(header + yaml.safe_dump(kustomization, sort_keys=False))
         patch = f"# {self.describe()}\n" + yaml.safe_dump(self.patch(), sort_keys=False)
         (directory / "gpu-workers.yaml").write_text(patch)
@@ -315,7 +315,7 @@ def _count(n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cofitune_ray.cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cofitune_ray.plan.cost", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run's YAML config")
     parser.add_argument("--search-space", help="search-space YAML (overrides search.space)")
     where = parser.add_mutually_exclusive_group(required=True)
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of one Kubernetes node (default 8)")
     parser.add_argument("--kustomize", type=Path, metavar="DIR",
                         help="write a kustomize overlay here: the gpu overlay with its worker group sized by the plan")
-    parser.add_argument("--gpu-overlay", type=Path, default=Path(__file__).resolve().parents[1] / "k8s/overlays/gpu",
+    parser.add_argument("--gpu-overlay", type=Path, default=Path(__file__).resolve().parents[2] / "k8s/overlays/gpu",
                         help="the overlay --kustomize builds on (default k8s/overlays/gpu)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -1,4 +1,4 @@
-"""Measured peak memory of training: what the memory plan (`cofitune_ray/plan.py`) is checked against.
+"""Measured peak memory of training: what the memory plan (`cofitune_ray/plan/memory.py`) is checked against.
 
     with measure_peak(device, model) as peak:
         for _ in training_points(...): pass

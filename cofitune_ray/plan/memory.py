@@ -554,6 +554,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {plan.advice()}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
