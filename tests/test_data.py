@@ -12,11 +12,12 @@ from cofitune_ray.training.data import (
     DataError,
     collate,
     encode_example,
+    encode_examples,
     read_examples,
     tokenize_for_training,
 )
 from cofitune_ray.training.prompt import format_prompt
-from tiny import FORMATS, make_tokenizer, write_formats, write_jsonl
+from tiny import FORMATS, make_examples, make_tokenizer, write_formats, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,12 @@ def test_a_dataset_dict_names_its_splits(tmp_path):
                                                   f"the directory of one split, e.g. {tmp_path / 'dd' / 'test'}")):
         read_examples(tmp_path / "dd")
     assert len(read_examples(tmp_path / "dd" / "train")) == 2
+
+
+def test_batched_encoding_is_encode_example(tmp_path, tokenizer):
+    """The cache's batched tokenisation gives the tokens evaluation and importance get one example at a time."""
+    rows = make_examples(6) + [{"instruction": "i", "output": "o"}]
+    examples = read_examples(write_jsonl(tmp_path / "d.jsonl", rows))
+    for template in ("alpaca", "compact"):
+        assert encode_examples(tokenizer, template, examples) == [encode_example(tokenizer, template, e)
+                                                                  for e in examples]

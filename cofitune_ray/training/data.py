@@ -280,21 +280,26 @@ def encode_example(tokenizer, template: str, example: Example,
     return prompt_ids, response_ids
 
 
-def tokenize_rows(batch: dict[str, list], tokenizer, template: str, max_seq_length: int,
-                  loss_on: str = "response") -> dict[str, list]:
-    """Training rows of a batch of examples (columns instruction, input, output), as `encode_example` tokenises
-    them: {input_ids, labels, truncated}. Labels mask the prompt unless loss_on == "sequence".
+def encode_examples(tokenizer, template: str, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
+    """`encode_example` of each example (with its output), the tokenizer called once per batch where the template
+    allows it."""
+    prompts = [format_prompt(template, e.instruction, e.input) for e in examples]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer([e.output for e in examples], add_special_tokens=False)["input_ids"]
+    return [(prompt, response + [tokenizer.eos_token_id]) for prompt, response in zip(prompt_ids, response_ids)]
+
+
+def tokenize_rows(batch: dict[str, list], tokenizer, template: str, max_seq_length: int, loss_on: str,
+                  examples: list[Example]) -> dict[str, list]:
+    """Training rows of a batch of examples (column `index` into `examples`), as `encode_example` tokenises them:
+    {input_ids, labels, truncated}. Labels mask the prompt unless loss_on == "sequence".
 
     A sequence truncated to `max_seq_length` keeps `truncated: True`; one left with no response token is
     dropped (the caller counts it as the difference in rows). A plain function of its arguments, for
     `datasets.Dataset.map(batched=True)`.
     """
-    prompts = [format_prompt(template, i, x) for i, x in zip(batch["instruction"], batch["input"])]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(list(batch["output"]), add_special_tokens=False)["input_ids"]
     rows = {"input_ids": [], "labels": [], "truncated": []}
-    for prompt, response in zip(prompt_ids, response_ids):
-        response = response + [tokenizer.eos_token_id]
+    for prompt, response in encode_examples(tokenizer, template, [examples[i] for i in batch["index"]]):
         ids = prompt + response
         labels = (prompt if loss_on == "sequence" else [IGNORE_INDEX] * len(prompt)) + response
         truncated = len(ids) > max_seq_length
@@ -320,17 +325,11 @@ def encode_eval_rows(batch: dict[str, list], tokenizer, template: str, examples:
     return rows
 
 
-def example_columns(examples: list[Example]) -> dict[str, list[str]]:
-    """The columns `tokenize_rows` reads, from examples."""
-    return {"instruction": [e.instruction for e in examples], "input": [e.input for e in examples],
-            "output": [e.output for e in examples]}
-
-
 def tokenize_for_training(
     examples: list[Example], tokenizer, template: str, max_seq_length: int, loss_on: str = "response"
 ) -> TokenizedData:
     """Token ids and labels of examples, in memory (`training/tokenized.py` keeps a search's on storage)."""
-    rows = tokenize_rows(example_columns(examples), tokenizer, template, max_seq_length, loss_on)
+    rows = tokenize_rows({"index": range(len(examples))}, tokenizer, template, max_seq_length, loss_on, examples)
     kept = len(rows["input_ids"])
     dataset = [{"input_ids": ids, "labels": labels} for ids, labels in zip(rows["input_ids"], rows["labels"])]
     return TokenizedData(dataset, sum(rows["truncated"]) + len(examples) - kept, len(examples) - kept)

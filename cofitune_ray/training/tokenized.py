@@ -32,7 +32,6 @@ from cofitune_ray.training.data import (
     DataError,
     Example,
     encode_eval_rows,
-    example_columns,
     fingerprint,
     read_examples,
     tokenize_rows,
@@ -94,9 +93,10 @@ def training_set(config: Config, tokenizer, examples: list[Example] | None = Non
         read = examples if examples is not None else read_examples(d.speciality_train, d.columns)
         import datasets
 
-        raw = datasets.Dataset.from_dict(example_columns(read))
+        raw = datasets.Dataset.from_dict({"index": list(range(len(read)))})
         tokens = _map(raw, tokenize_rows, staging, {"tokenizer": tokenizer, "template": d.prompt_template,
-                                                     "max_seq_length": d.max_seq_length, "loss_on": d.loss_on})
+                                                     "max_seq_length": d.max_seq_length, "loss_on": d.loss_on,
+                                                     "examples": read})
         lost = len(read) - len(tokens)
         if not len(tokens):
             raise DataError(f"{d.speciality_train}: no training sequence keeps a response token within "
