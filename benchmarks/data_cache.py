@@ -5,11 +5,13 @@
 Generates `--examples` instruction records (JSONL) and trains a byte-level BPE tokenizer on them with
 `tokenizers` (no download), then measures, each in a fresh process so that peak memory is its own:
 - build: the search's tokenisation into the cache (`training/tokenized.py`, what preflight does once);
-- per search: a worker's start with the cache built (key check, open memory-mapped) and one pass over
-  its shard (rank 0 of `--workers`, DistributedSampler, DataLoader, collate);
+- per search: a worker's start with the cache built (key check, open memory-mapped with pyarrow) and one
+  pass over its shard (rank 0 of `--workers`, DistributedSampler, DataLoader, collate);
 - per trial: a worker that reads and tokenises the whole file itself into lists (the former behaviour;
   batched tokenisation, so if anything faster than the former one-example-at-a-time) and the same pass.
-Peak memory is the process's peak resident set above its resident set before the data was touched.
+Peak memory is the process's peak resident set above its resident set before the data was touched
+(with torch, transformers and the tokenizer loaded, as in every worker); what a variant imports for its
+data (pyarrow, datasets) counts in its time and memory.
 Prints the table and the ratios for a search of `--trials` trials of `--workers` workers.
 """
 
@@ -91,7 +93,6 @@ def _peak_mb() -> float:
 
 def measure(variant: str, data: Path, tokenizer_dir: Path, storage: Path, workers: int) -> dict:
     """One variant in this process: seconds until the data is ready, seconds for one pass, peak memory."""
-    import datasets  # noqa: F401  (imported before the baseline: every variant's worker imports it)
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 

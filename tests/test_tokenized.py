@@ -7,13 +7,14 @@ import dataclasses
 import json
 import re
 
+import pyarrow as pa
 import pytest
 
 from cofitune_ray.config import config_from_dict
 from cofitune_ray.training.data import IGNORE_INDEX, DataError, encode_example
 from cofitune_ray.training.evaluate import Evaluator, score_set
 from cofitune_ray.training.model import load_model, load_tokenizer
-from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR, TOKENS_FILE, training_set
+from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR, training_set
 from tiny import ALPHABET, FORMATS, SPECIALS, make_model, make_tokenizer, write_formats
 
 ROWS = [{"instruction": "rev", "input": "", "output": "ba"},
@@ -96,9 +97,12 @@ def test_tokenised_once_and_rebuilt_only_when_what_it_depends_on_changes(files, 
 def test_workers_read_the_cache_memory_mapped(files, tmp_path):
     root, formats = files
     entry = training_set(_config(root, *formats["parquet"], tmp_path), load_tokenizer(str(root / "tok")))
+    allocated = pa.total_allocated_bytes()
     rows = entry.load()
-    assert [f["filename"] for f in rows.cache_files] == [str(entry.directory / TOKENS_FILE)]
-    assert type(rows.data).__name__ == "MemoryMappedTable"
+    tokens = rows.table.column("input_ids").chunk(0).buffers()[-1]  # the token ids themselves
+    assert tokens.size > 0 and pa.total_allocated_bytes() - allocated < tokens.size  # read from the map, not copied
+    assert rows.__getitems__([1, 0]) == [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in EXPECTED[::-1]]
+    assert len(rows) == 2 and rows[0] == EXPECTED[0]
 
 
 def test_evaluation_sets_are_tokenised_once_and_score_as_before(files, tmp_path):

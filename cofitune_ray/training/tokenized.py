@@ -3,8 +3,8 @@
 `training_set(config, tokenizer)` returns the cache entry of the config's training data, building it on a
 miss: the examples are tokenised with `datasets.Dataset.map` (batched, `data.tokenize_rows`) and written
 as one Arrow file. Preflight builds it before any Ray start; every worker of every trial then opens the
-same file memory-mapped (`TrainingSet.load`) and reads only the rows its sampler gives it, so no worker
-holds a copy of the corpus. `eval_tokens` does the same for an evaluation set (`data.encode_eval_rows`:
+same file memory-mapped (`TrainingSet.load`, with pyarrow) and reads only the rows its sampler gives it,
+so no worker holds a copy of the corpus. `eval_tokens` does the same for an evaluation set (`data.encode_eval_rows`:
 each example's prompt, output and choices); evaluation sets are small, and a worker holds theirs in
 memory. An entry lives in `<storage_path>/tokenized/<key digest>/`, so `--resume` and later searches on
 the same data reuse it.
@@ -55,11 +55,36 @@ class TrainingSet:
     lost_all_labels: int  # of those, sequences with no response token left (left out)
     built: bool  # this call tokenised (False: the entry was there)
 
-    def load(self):
-        """The tokens as a `datasets.Dataset` of rows {input_ids, labels, truncated}, memory-mapped from disk."""
-        import datasets
+    def load(self) -> TokenRows:
+        """The training rows, memory-mapped from disk."""
+        return TokenRows(self.directory / TOKENS_FILE)
 
-        return datasets.Dataset.from_file(str(self.directory / TOKENS_FILE))
+
+def _read_arrow(path: Path):
+    """The Arrow table `datasets` wrote (an IPC stream), memory-mapped: no copy of it in this process's memory."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+
+
+class TokenRows:
+    """A cache entry's training rows {input_ids, labels}: a map-style dataset for DataLoader, read from the
+    memory-mapped Arrow file (pyarrow only: a worker does not import `datasets`); a batch reads just its rows."""
+
+    COLUMNS = ("input_ids", "labels")
+
+    def __init__(self, path: Path):
+        self.table = _read_arrow(path).select(list(self.COLUMNS))
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, list[int]]]:
+        """Rows by index, taken together (DataLoader asks for a batch's rows at once)."""
+        return self.table.take(indices).to_pylist()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -113,10 +138,8 @@ class EvalTokens:
     output and with each of its choices, as `data.encode_example` gives them."""
 
     def __init__(self, directory: Path, examples: list[Example], built: bool):
-        import datasets
-
         self.directory, self.built = directory, built
-        columns = datasets.Dataset.from_file(str(directory / TOKENS_FILE)).with_format("arrow")[:].to_pydict()
+        columns = _read_arrow(directory / TOKENS_FILE).to_pydict()
         self._pairs: dict[tuple[Example, str], tuple[list[int], list[int]]] = {}
         for i, example in enumerate(examples):
             prompt = columns["prompt_ids"][i]
