@@ -114,6 +114,7 @@ def measure(variant: str, data: Path, tokenizer_dir: Path, storage: Path, worker
         entry = training_set(config, tokenizer)
         assert not entry.built
         rows = entry.load()
+        assert "datasets" not in sys.modules  # a worker reads the cache with pyarrow alone
     else:
         rows = tokenize_for_training(read_examples(data), tokenizer, TEMPLATE, MAX_SEQ_LENGTH).dataset
     ready = time.perf_counter() - started
