@@ -68,23 +68,21 @@ def _read_arrow(path: Path):
 
 
 class TokenRows:
-    """A cache entry's training rows {input_ids, labels}: a map-style dataset for DataLoader, read from the
-    memory-mapped Arrow file (pyarrow only: a worker does not import `datasets`); a batch reads just its rows."""
+    """A cache entry's training rows {input_ids, labels}: a map-style dataset for DataLoader, read row by row
+    from the memory-mapped Arrow file (pyarrow only: a worker imports neither `datasets` nor pyarrow's compute
+    kernels)."""
 
     COLUMNS = ("input_ids", "labels")
 
     def __init__(self, path: Path):
-        self.table = _read_arrow(path).select(list(self.COLUMNS))
+        self.table = _read_arrow(path)
+        self._columns = [(name, self.table.column(name)) for name in self.COLUMNS]
 
     def __len__(self) -> int:
         return self.table.num_rows
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, list[int]]]:
-        """Rows by index, taken together (DataLoader asks for a batch's rows at once)."""
-        return self.table.take(indices).to_pylist()
+        return {name: column[index].as_py() for name, column in self._columns}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
