@@ -10,12 +10,22 @@ import re
 import pyarrow as pa
 import pytest
 
-from cofitune_ray.config import config_from_dict
+from cofitune_ray.config import ColumnsConfig, config_from_dict
 from cofitune_ray.training.data import IGNORE_INDEX, DataError, encode_example
 from cofitune_ray.training.evaluate import Evaluator, score_set
 from cofitune_ray.training.model import load_model, load_tokenizer
 from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR, training_set
-from tiny import ALPHABET, FORMATS, SPECIALS, make_model, make_tokenizer, write_formats
+from tiny import (
+    ALPHABET,
+    CHAT_SPECIALS,
+    FORMATS,
+    SPECIALS,
+    make_chat_tokenizer,
+    make_model,
+    make_tokenizer,
+    write_formats,
+    write_jsonl,
+)
 
 ROWS = [{"instruction": "rev", "input": "", "output": "ba"},
         {"instruction": "pick", "input": "", "output": "y", "choices": ["x", "y"], "answer": 1}]
@@ -119,3 +129,30 @@ def test_evaluation_sets_are_tokenised_once_and_score_as_before(files, tmp_path)
     model = load_model(str(root / "tok"))
     cached = score_set(model, tokenizer, "compact", spec, 2, 4)
     assert cached == score_set(model, tokenizer, "compact", dataclasses.replace(spec, tokens=None), 2, 4)
+
+
+def test_a_messages_file_through_the_chat_template(tmp_path):
+    """Chat records (a system turn, earlier turns, ShareGPT's from/value) train on their last assistant turn."""
+    tokenizer = make_chat_tokenizer(tmp_path / "tok")
+    vocab = tokenizer.get_vocab()
+
+    def chat_ids(*pieces: str) -> list[int]:
+        """By hand: special tokens whole, every other piece character by character."""
+        return [vocab[p] for piece in pieces for p in ([piece] if piece in CHAT_SPECIALS else piece)]
+
+    start, end = "<|im_start|>", "<|im_end|>"
+    records = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": "yo"}, {"role": "user", "content": "ab"},
+                             {"role": "assistant", "content": "ba"}]},
+               {"messages": [{"from": "human", "value": "rev"}, {"from": "gpt", "value": "ab"}]}]
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    config = _config(tmp_path, path, ColumnsConfig(), tmp_path / "storage", prompt_template="chat", max_seq_length=256)
+    rows = list(training_set(config, load_tokenizer(str(tmp_path / "tok"))).load())
+    prompts = [chat_ids(start, "system\nBe brief.", end, "\n", start, "user\nhi", end, "\n", start, "assistant\nyo",
+                        end, "\n", start, "user\nab", end, "\n", start, "assistant\n"),
+               chat_ids(start, "system\nYou are tiny.", end, "\n", start, "user\nrev", end, "\n", start, "assistant\n")]
+    answers = [chat_ids("ba", end), chat_ids("ab", end)]
+    assert rows == [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in zip(prompts, answers)]
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: field 'messages' has turns system, user, assistant, "
+                                                  "user, assistant")):
+        training_set(_config(tmp_path, path, ColumnsConfig(), tmp_path / "storage"), tokenizer)  # compact

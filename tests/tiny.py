@@ -135,6 +135,29 @@ def write_lm_eval_task(folder: Path, task: str, data: Path, output_type: str = "
     return path
 
 
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+#: A ChatML template like SmolLM2's, with its default system turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are tiny.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_chat_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """The character-level tokenizer with ChatML specials and CHAT_TEMPLATE; EOS is the end-of-turn token."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHAT_SPECIALS + list(ALPHABET))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
+                                   unk_token="<unk>", additional_special_tokens=CHAT_SPECIALS)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+    return fast
+
+
 def _chat(row: dict, user: str = "user", assistant: str = "assistant", key: str = "role",
           content: str = "content") -> dict:
     """A row as a chat record: its instruction as the user turn, its output as the assistant turn."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from cofitune_ray.config import ColumnsConfig
-from cofitune_ray.training.prompt import format_prompt
+from cofitune_ray.training.prompt import CHAT, encode_chat, format_prompt, instruction_turns
 
 if TYPE_CHECKING:  # reading and checking data needs no torch: the CLI reports bad data before importing it
     import torch
@@ -267,22 +267,37 @@ class TokenizedData:
     lost_all_labels: int  # sequences whose response was cut away entirely
 
 
+def chat_turns(instruction: str, input: str, response: str,
+               messages: tuple[tuple[str, str], ...] | None = None) -> list[dict[str, str]]:
+    """The conversation the `chat` template formats: a chat record's turns (its last, the assistant's, answered
+    by `response`), or an instruction record as one user turn and the assistant's `response`."""
+    if messages:
+        turns = [{"role": role, "content": content} for role, content in messages[:-1]]
+        return turns + [{"role": "assistant", "content": response}]
+    return instruction_turns(instruction, input, response)
+
+
 def encode_example(tokenizer, template: str, example: Example,
                    response: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the response (closed by EOS), tokenised separately.
 
-    Separate tokenisation gives an exact prompt/response boundary for response-only loss.
+    Separate tokenisation gives an exact prompt/response boundary for response-only loss. The `chat`
+    template formats through the tokenizer's chat template (`prompt.encode_chat`).
     """
+    text = example.output if response is None else response
+    if template == CHAT:
+        return encode_chat(tokenizer, chat_turns(example.instruction, example.input, text, example.messages))
     prompt = format_prompt(template, example.instruction, example.input)
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    text = example.output if response is None else response
     response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, response_ids
 
 
 def encode_examples(tokenizer, template: str, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
     """`encode_example` of each example (with its output), the tokenizer called once per batch where the template
-    allows it."""
+    allows it (not `chat`: the chat template formats one conversation at a time)."""
+    if template == CHAT:
+        return [encode_example(tokenizer, template, e) for e in examples]
     prompts = [format_prompt(template, e.instruction, e.input) for e in examples]
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     response_ids = tokenizer([e.output for e in examples], add_special_tokens=False)["input_ids"]
