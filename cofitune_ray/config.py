@@ -20,7 +20,6 @@ import yaml
 
 from cofitune_ray.core.objective import Objective
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, SettingError, StopRules
-from cofitune_ray.training.prompt import PromptError, resolve_template
 
 
 class ConfigError(ValueError):
@@ -415,10 +414,6 @@ def validate(config: Config) -> None:
     need(len(set(names)) == len(names), "data.versatility", f"set names must be unique, got {names}")
     for s in sets:
         need(s.metric in _METRICS, "metric", f"{s.metric!r} is not one of {', '.join(_METRICS)}")
-    try:
-        resolve_template(config.data.prompt_template)
-    except PromptError as exc:
-        errors.append(f"{src}: data.prompt_template: {exc}")
     need(config.data.max_seq_length >= 8, "data.max_seq_length", "must be at least 8")
     need(config.data.max_eval_examples is None or config.data.max_eval_examples > 0,
          "data.max_eval_examples", "must be positive or null")

@@ -17,7 +17,7 @@ from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_s
 from cofitune_ray.plan.memory import MemoryPlan, PlanError, memory_plan
 from cofitune_ray.training.data import DataError, read_examples
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
-from cofitune_ray.training.prompt import CHAT
+from cofitune_ray.training.prompt import CHAT, PromptError, resolve_template
 from cofitune_ray.training.tokenized import TrainingSet, training_set
 
 
@@ -68,6 +68,10 @@ def preflight(config: Config) -> Preflight:
         space = load_search_space(config.search.space)
     except (OSError, SearchSpaceError) as exc:
         raise PreflightError(f"search.space: {exc}") from None
+    try:  # the template is the training code's to read (config.py imports nothing of training/)
+        resolve_template(config.data.prompt_template)
+    except PromptError as exc:
+        raise PreflightError(f"{config.source}: data.prompt_template: {exc}") from None
     # torch comes in with the evaluation sets: a config or search-space error above is reported without it
     from cofitune_ray.training.evaluate import EvalSet, tokenize_eval_sets, versatility_set
     from cofitune_ray.training.harness import HarnessTask

@@ -64,6 +64,11 @@ def _documented_modules() -> dict[str, str | None]:
     return rows
 
 
+def test_config_imports_nothing_of_training():
+    """`config.py` sits beneath the layers that read it: no arrow from it up into training/."""
+    assert not {m for m in _internal_imports(PACKAGE / "config.py") if m.split(".")[0] != "core"}
+
+
 def test_architecture_doc_names_every_module_and_only_modules_that_exist():
     documented = _documented_modules()
     modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
