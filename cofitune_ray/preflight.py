@@ -17,6 +17,7 @@ from cofitune_ray.core.space import SearchSpace, SearchSpaceError, load_search_s
 from cofitune_ray.plan.memory import MemoryPlan, PlanError, memory_plan
 from cofitune_ray.training.data import DataError, read_examples
 from cofitune_ray.training.model import Architecture, ModelError, check_weights, load_tokenizer, read_architecture
+from cofitune_ray.training.prompt import CHAT
 from cofitune_ray.training.tokenized import TrainingSet, training_set
 
 
@@ -80,6 +81,9 @@ def preflight(config: Config) -> Preflight:
     except (ModelError, OSError) as exc:
         raise PreflightError(str(exc)) from None
     problems = []
+    if config.data.prompt_template == CHAT and not getattr(tokenizer, "chat_template", None):
+        problems.append(f"data.prompt_template: 'chat' formats through the tokenizer's chat template, but the "
+                        f"tokenizer {config.model.tokenizer or config.model.path} has none; name another template")
     if objective(config).needs_full_sft and not any(r.kind == "full" for r in space.references):
         problems.append(f"search.objective: spec_floor measures speciality against full SFT, but the search space "
                         f"{config.search.space} has no 'full' reference; add `full` to its references or set "
@@ -103,11 +107,12 @@ def preflight(config: Config) -> Preflight:
             problems.append(str(exc))
     counts: dict[str, int] = {}
     try:
-        train = read_examples(config.data.speciality_train, config.data.columns)
+        chat = config.data.prompt_template == CHAT
+        train = read_examples(config.data.speciality_train, config.data.columns, chat)
         spec_eval = config.data.speciality_eval
         spec_name = spec_eval.name or "speciality"
         spec_set = EvalSet.load(spec_name, spec_eval.path, spec_eval.metric, config.data.max_eval_examples,
-                                config.data.columns)
+                                config.data.columns, chat)
         counts[spec_name] = len(spec_set.examples)
         vers_sets = [versatility_set(config, i) for i in range(len(config.data.versatility))]
         for chosen in vers_sets:
@@ -118,7 +123,7 @@ def preflight(config: Config) -> Preflight:
                             "and every versatility set is an lm-eval task")
         elif uses_softmask:
             for path in importance_data(config):
-                read_examples(path, config.data.columns)
+                read_examples(path, config.data.columns, chat)
     except DataError as exc:
         problems.append(str(exc))
     if problems:

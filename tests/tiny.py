@@ -195,6 +195,19 @@ CHAT_TEMPLATE = (
 )
 
 
+def make_chat_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """The character-level tokenizer with ChatML specials and CHAT_TEMPLATE; EOS is the end-of-turn token."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHAT_SPECIALS + list(ALPHABET))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
+                                   unk_token="<unk>", additional_special_tokens=CHAT_SPECIALS)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+    return fast
+
+
 def make_gguf(path: Path, layers: int = 2, hidden: int = 32, intermediate: int = 48, heads: int = 4,
               kv_heads: int = 2, seed: int = 0) -> Path:
     """A tiny LLaMA GGUF file written with the `gguf` package's writer, laid out like SmolLM2's: a byte-level BPE

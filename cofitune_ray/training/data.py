@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from cofitune_ray.config import ColumnsConfig
-from cofitune_ray.training.prompt import format_prompt
+from cofitune_ray.training.prompt import CHAT, encode_chat, format_prompt, instruction_turns
 
 if TYPE_CHECKING:  # reading and checking data needs no torch: the CLI reports bad data before importing it
     import torch
@@ -267,34 +267,51 @@ class TokenizedData:
     lost_all_labels: int  # sequences whose response was cut away entirely
 
 
+def chat_turns(instruction: str, input: str, response: str,
+               messages: tuple[tuple[str, str], ...] | None = None) -> list[dict[str, str]]:
+    """The conversation the `chat` template formats: a chat record's turns (its last, the assistant's, answered
+    by `response`), or an instruction record as one user turn and the assistant's `response`."""
+    if messages:
+        turns = [{"role": role, "content": content} for role, content in messages[:-1]]
+        return turns + [{"role": "assistant", "content": response}]
+    return instruction_turns(instruction, input, response)
+
+
 def encode_example(tokenizer, template: str, example: Example,
                    response: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the response (closed by EOS), tokenised separately.
 
-    Separate tokenisation gives an exact prompt/response boundary for response-only loss.
+    Separate tokenisation gives an exact prompt/response boundary for response-only loss. The `chat`
+    template formats through the tokenizer's chat template (`prompt.encode_chat`).
     """
+    text = example.output if response is None else response
+    if template == CHAT:
+        return encode_chat(tokenizer, chat_turns(example.instruction, example.input, text, example.messages))
     prompt = format_prompt(template, example.instruction, example.input)
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    text = example.output if response is None else response
     response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, response_ids
 
 
 def tokenize_rows(batch: dict[str, list], tokenizer, template: str, max_seq_length: int,
                   loss_on: str = "response") -> dict[str, list]:
-    """Training rows of a batch of examples (columns instruction, input, output), as `encode_example` tokenises
-    them: {input_ids, labels, truncated}. Labels mask the prompt unless loss_on == "sequence".
+    """Training rows of a batch of examples (columns instruction, input, output, messages), as `encode_example`
+    tokenises them: {input_ids, labels, truncated}. Labels mask the prompt unless loss_on == "sequence".
 
     A sequence truncated to `max_seq_length` keeps `truncated: True`; one left with no response token is
     dropped (the caller counts it as the difference in rows). A plain function of its arguments, for
     `datasets.Dataset.map(batched=True)`.
     """
-    prompts = [format_prompt(template, i, x) for i, x in zip(batch["instruction"], batch["input"])]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(list(batch["output"]), add_special_tokens=False)["input_ids"]
+    if template == CHAT:
+        pairs = [encode_chat(tokenizer, chat_turns(i, x, o, [tuple(t) for t in json.loads(m)] if m else None))
+                 for i, x, o, m in zip(batch["instruction"], batch["input"], batch["output"], batch["messages"])]
+    else:
+        prompts = [format_prompt(template, i, x) for i, x in zip(batch["instruction"], batch["input"])]
+        prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        response_ids = tokenizer(list(batch["output"]), add_special_tokens=False)["input_ids"]
+        pairs = [(prompt, response + [tokenizer.eos_token_id]) for prompt, response in zip(prompt_ids, response_ids)]
     rows = {"input_ids": [], "labels": [], "truncated": []}
-    for prompt, response in zip(prompt_ids, response_ids):
-        response = response + [tokenizer.eos_token_id]
+    for prompt, response in pairs:
         ids = prompt + response
         labels = (prompt if loss_on == "sequence" else [IGNORE_INDEX] * len(prompt)) + response
         truncated = len(ids) > max_seq_length
@@ -321,9 +338,10 @@ def encode_eval_rows(batch: dict[str, list], tokenizer, template: str, examples:
 
 
 def example_columns(examples: list[Example]) -> dict[str, list[str]]:
-    """The columns `tokenize_rows` reads, from examples."""
+    """The columns `tokenize_rows` reads, from examples (a chat record's turns as JSON, else "")."""
     return {"instruction": [e.instruction for e in examples], "input": [e.input for e in examples],
-            "output": [e.output for e in examples]}
+            "output": [e.output for e in examples],
+            "messages": [json.dumps(e.messages) if e.messages else "" for e in examples]}
 
 
 def tokenize_for_training(

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from cofitune_ray.config import ColumnsConfig
 from cofitune_ray.training.data import IGNORE_INDEX, DataError, Example, collate, encode_example, read_examples
 from cofitune_ray.training.harness import HarnessTask
+from cofitune_ray.training.prompt import CHAT
 from cofitune_ray.training.sharding import unwrapped
 from cofitune_ray.training.tokenized import EvalTokens, eval_tokens
 
@@ -49,9 +50,9 @@ class EvalSet:
 
     @classmethod
     def load(cls, name: str, path: str, metric: str = "auto", limit: int | None = None,
-             columns: ColumnsConfig | None = None) -> "EvalSet":
+             columns: ColumnsConfig | None = None, chat: bool = False) -> "EvalSet":
         """The first `limit` examples of a data file or directory (`training/data.py`), scored by `metric`."""
-        examples = read_examples(path, columns)[:limit]
+        examples = read_examples(path, columns, chat)[:limit]
         has_choices = [e.choices is not None for e in examples]
         if metric == "auto":
             metric = "choice" if all(has_choices) else "exact_match"
@@ -262,7 +263,8 @@ def versatility_set(config, index: int) -> EvalSet | HarnessTask:
     scored)."""
     entry, limit = config.data.versatility[index], config.data.max_eval_examples
     if entry.lm_eval is None:
-        return EvalSet.load(entry.name, entry.path, entry.metric, limit, config.data.columns)
+        return EvalSet.load(entry.name, entry.path, entry.metric, limit, config.data.columns,
+                            config.data.prompt_template == CHAT)
     return HarnessTask.from_config(entry.name, entry.lm_eval, config.model.tokenizer or config.model.path, limit,
                                    key=f"data.versatility[{index}].lm_eval")
 
@@ -293,7 +295,7 @@ class Evaluator:
         limit = config.data.max_eval_examples
         spec_cfg = config.data.speciality_eval
         speciality = EvalSet.load(spec_cfg.name or "speciality", spec_cfg.path, spec_cfg.metric, limit,
-                                  config.data.columns)
+                                  config.data.columns, config.data.prompt_template == CHAT)
         versatility = [versatility_set(config, i) for i in range(len(config.data.versatility))]
         tokenize_eval_sets(config, tokenizer, speciality, versatility)
         return cls(speciality, versatility, tokenizer, config.data.prompt_template, config.eval.batch_size,

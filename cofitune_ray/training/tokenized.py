@@ -37,6 +37,7 @@ from cofitune_ray.training.data import (
     read_examples,
     tokenize_rows,
 )
+from cofitune_ray.training.prompt import CHAT
 
 CACHE_DIR = "tokenized"  # under storage_path
 BUILDS_FILE = "builds.jsonl"  # in CACHE_DIR: one line per build
@@ -91,7 +92,8 @@ def training_set(config: Config, tokenizer, examples: list[Example] | None = Non
     d = config.data
 
     def build(staging: Path) -> dict:
-        read = examples if examples is not None else read_examples(d.speciality_train, d.columns)
+        chat = d.prompt_template == CHAT
+        read = examples if examples is not None else read_examples(d.speciality_train, d.columns, chat)
         import datasets
 
         raw = datasets.Dataset.from_dict(example_columns(read))

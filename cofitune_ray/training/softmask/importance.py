@@ -33,6 +33,7 @@ from cofitune_ray.config import ColumnsConfig, Config
 from cofitune_ray.core.files import write_whole
 from cofitune_ray.training.data import collate, encode_example, fingerprint, read_examples
 from cofitune_ray.training.model import Architecture, weights_fingerprint
+from cofitune_ray.training.prompt import CHAT
 from cofitune_ray.training.softmask.mask import Importance
 
 IMPORTANCE_FILE = "importance.safetensors"
@@ -171,7 +172,7 @@ def importance_batches(path: str, tokenizer, settings: ImportanceSettings, rank:
     Every worker yields as many batches as worker 0 (which has the most examples); the extra ones
     are padding batches (`padding: True`).
     """
-    examples = read_examples(path, settings.columns)[: settings.max_examples]
+    examples = read_examples(path, settings.columns, settings.prompt_template == CHAT)[: settings.max_examples]
     mine = list(range(rank, len(examples), world_size))
     most = math.ceil(len(examples) / world_size)
     for start in range(0, most, settings.batch_size):
