@@ -45,13 +45,15 @@ _FAMILIES = {
 
 
 def make_model(directory: Path, family: str = "llama", layers: int = 4, hidden: int = 32, intermediate: int = 48,
-               heads: int = 4, kv_heads: int = 2, seed: int = 0):
-    """A randomly initialised tiny model of `family`, saved as a standard HF directory."""
+               heads: int = 4, kv_heads: int = 2, seed: int = 0, vocab_size: int | None = None):
+    """A randomly initialised tiny model of `family`, saved as a standard HF directory (vocabulary: make_tokenizer's,
+    unless `vocab_size` is given)."""
     import torch
 
     config_cls, model_cls, extra = _FAMILIES[family]
     torch.manual_seed(seed)
-    config = config_cls(vocab_size=len(SPECIALS) + len(ALPHABET), hidden_size=hidden, intermediate_size=intermediate,
+    config = config_cls(vocab_size=vocab_size or len(SPECIALS) + len(ALPHABET), hidden_size=hidden,
+                        intermediate_size=intermediate,
                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                         tie_word_embeddings=False, **extra)
