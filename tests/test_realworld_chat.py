@@ -8,7 +8,7 @@ from cofitune_ray.config import config_from_dict
 from cofitune_ray.core.node import FULL_SFT_PART
 from cofitune_ray.realworld.chat import answer
 from cofitune_ray.training.checkpoint import delta_state, model_fingerprint, write_checkpoint
-from cofitune_ray.training.data import encode_example, read_jsonl
+from cofitune_ray.training.data import encode_example, read_examples
 from cofitune_ray.training.export import export_merged
 from cofitune_ray.training.local import LocalExecutor
 from cofitune_ray.training.model import load_model, load_tokenizer
@@ -27,7 +27,7 @@ def test_an_exported_chat_model_answers_as_the_trained_one(tmp_path):
     config = config_from_dict(data)
     trained = LocalExecutor(config).trained_model(FULL_SFT_PART, 1e-2).eval()
     tokenizer = load_tokenizer(model_dir)
-    example = read_jsonl(config.data.speciality_train)[0]
+    example = read_examples(config.data.speciality_train)[0]
     question = f"{example.instruction}\n\n{example.input}"
     # the trained model has learned the answers' shape: letters, closed by the end-of-turn token
     expected = answer(trained, tokenizer, question, max_new_tokens=12)

@@ -15,7 +15,7 @@ from cofitune_ray.realworld.world import (
     date_items,
     write_world,
 )
-from cofitune_ray.training.data import read_jsonl
+from cofitune_ray.training.data import read_examples
 from cofitune_ray.training.evaluate import EvalSet
 from conftest import PROJECT
 
@@ -56,14 +56,14 @@ def test_every_written_form_says_the_date_the_answer_encodes(form):
 def test_multiple_choice_items_are_answerable(tmp_path):
     files = write_world(tmp_path, 0)
     for name in ("facts", "arithmetic"):
-        for example in read_jsonl(files.versatility[name]):
+        for example in read_examples(files.versatility[name]):
             assert example.choices[example.answer] == example.output
             assert len(set(example.choices)) == 4
     for item in arithmetic_items(20, seed=3):
         a, op, b = item["instruction"].removeprefix("What is ").removesuffix("?").split()
         assert int(item["output"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
     assert EvalSet.load("prose", str(files.versatility["prose"]), "loglik").metric == "loglik"
-    assert all(len(e.output.split()) == 32 for e in read_jsonl(files.versatility["prose"]))
+    assert all(len(e.output.split()) == 32 for e in read_examples(files.versatility["prose"]))
     task = (files.lm_eval_tasks / "opposites.yaml").read_text()
     assert str((tmp_path / "data" / "opposites.jsonl").resolve()) in task
 
