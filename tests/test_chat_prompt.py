@@ -1,12 +1,14 @@
 """`data.prompt_template: chat`: training and evaluation through the tokenizer's own chat template."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cofitune_ray.config import load_config
 from cofitune_ray.preflight import PreflightError, preflight
-from cofitune_ray.training.data import IGNORE_INDEX, Example, encode_example, tokenize_for_training
+from cofitune_ray.training.data import IGNORE_INDEX, Example, encode_example, read_examples, tokenize_for_training
 from cofitune_ray.training.evaluate import EvalSet, score_set
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.prompt import PromptError, encode_chat, instruction_turns
@@ -90,3 +92,16 @@ def test_the_scored_log_likelihood_is_the_answers_under_the_chat_prompt(chat_tok
         tokens += len(response)
     scores = score_set(model, chat_tokenizer, "chat", EvalSet("l", examples, "loglik"), 2, 4)
     assert scores["loglik"] == pytest.approx(expected / tokens, abs=1e-4)
+
+
+def test_a_chat_record_trains_on_its_last_assistant_turn(chat_tokenizer, tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                                             {"role": "user", "content": "ab"},
+                                             {"role": "assistant", "content": "ba"}]}) + "\n")
+    (example,) = read_examples(path, chat=True)
+    rows = tokenize_for_training([example], chat_tokenizer, "chat", 128).dataset
+    trained = [label for label in rows[0]["labels"] if label != IGNORE_INDEX]
+    assert trained == ids(chat_tokenizer, "ba", "<|im_end|>")
+    assert chat_tokenizer.decode(rows[0]["input_ids"]).count("<|im_start|>") == 5  # default system + 4 turns
+    assert encode_example(chat_tokenizer, "chat", example) == (rows[0]["input_ids"][:-len(trained)], trained)
