@@ -81,3 +81,17 @@ def test_the_shipped_config_reads_the_prepared_world(tmp_path):
              *[v.path for v in config.data.versatility if v.path]]
     assert all(str(tmp_path) in p for p in paths)
     assert [v.name for v in config.data.versatility] == ["facts", "prose", "arithmetic", "opposites"]
+
+
+def test_the_calibration_report_reads_the_curves_and_each_sets_share():
+    from cofitune_ray.realworld.calibrate import report
+    from cofitune_ray.toyworld.calibrate import CurveRun, Point
+
+    base = Point(0, 0.0, 0.5, {"a": 0.5, "b": 0.5})
+    slow = CurveRun(1e-4, [Point(20, 0.8, 0.5, {"a": 0.5, "b": 0.5}), Point(40, 0.9, 0.45, {"a": 0.4, "b": 0.5})])
+    fast = CurveRun(3e-4, [Point(20, 0.9, 0.3, {"a": 0.1, "b": 0.5}), Point(40, 1.0, 0.2, {"a": 0.0, "b": 0.4})])
+    text = report(base, [fast, slow])
+    assert "spec floor 0.900" in text
+    assert "lr 0.0001: best point step 40, Spec 0.900, Vers 0.450 (0.900 of base)" in text
+    assert "kept per set: a 0.800 b 1.000" in text
+    assert text.splitlines()[-1] == "best lr 0.0001: Spec 0.900 (MET Spec >= 0.8); Vers lost 10.0% of the base's"

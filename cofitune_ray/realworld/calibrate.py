@@ -25,8 +25,8 @@ import torch
 from cofitune_ray.config import load_config
 from cofitune_ray.core.node import BASE_PART
 from cofitune_ray.toyworld.calibrate import (
+    CurveRun,
     Point,
-    Run,
     best_lr,
     best_point,
     curve_table,
@@ -40,7 +40,7 @@ from cofitune_ray.training.local import LocalExecutor
 SPEC_TARGET = 0.8
 
 
-def report(base: Point, runs: list[Run]) -> str:
+def report(base: Point, runs: list[CurveRun]) -> str:
     """The curve table, each lr's best point with the share of the base each Vers set keeps, and the targets."""
     runs = sorted(runs, key=lambda run: run.lr)
     floor = spec_floor(runs, base)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         results = [json.loads(Path(path).read_text()) for path in args.report]
         (base,) = [Point(**r["base"]) for r in results if r["base"]]
-        runs = [Run(r["lr"], [Point(**p) for p in r["points"]], r["train_seconds"], r["eval_seconds"])
+        runs = [CurveRun(r["lr"], [Point(**p) for p in r["points"]], r["train_seconds"], r["eval_seconds"])
                 for result in results for r in result["runs"]]
         print(report(base, runs))
         return
