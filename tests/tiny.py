@@ -45,13 +45,15 @@ _FAMILIES = {
 
 
 def make_model(directory: Path, family: str = "llama", layers: int = 4, hidden: int = 32, intermediate: int = 48,
-               heads: int = 4, kv_heads: int = 2, seed: int = 0):
-    """A randomly initialised tiny model of `family`, saved as a standard HF directory."""
+               heads: int = 4, kv_heads: int = 2, seed: int = 0, vocab_size: int | None = None):
+    """A randomly initialised tiny model of `family`, saved as a standard HF directory (vocabulary: make_tokenizer's,
+    unless `vocab_size` is given)."""
     import torch
 
     config_cls, model_cls, extra = _FAMILIES[family]
     torch.manual_seed(seed)
-    config = config_cls(vocab_size=len(SPECIALS) + len(ALPHABET), hidden_size=hidden, intermediate_size=intermediate,
+    config = config_cls(vocab_size=vocab_size or len(SPECIALS) + len(ALPHABET), hidden_size=hidden,
+                        intermediate_size=intermediate,
                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                         tie_word_embeddings=False, **extra)
@@ -206,3 +208,57 @@ def write_formats(root, rows: list[dict]) -> dict[str, tuple]:
 
 #: write_formats' names, one per accepted format (and mapped field names).
 FORMATS = ["jsonl", "json", "messages", "sharegpt", "parquet", "messages-parquet", "save_to_disk", "mapped-columns"]
+
+
+def make_gguf(path: Path, layers: int = 2, hidden: int = 32, intermediate: int = 48, heads: int = 4,
+              kv_heads: int = 2, seed: int = 0) -> Path:
+    """A tiny LLaMA GGUF file written with the `gguf` package's writer, laid out like SmolLM2's: a byte-level BPE
+    tokenizer (256 byte symbols, two merges, ChatML specials; EOS = <|im_end|>), a chat template, tied embeddings."""
+    import gguf
+    import numpy as np
+    from tokenizers import pre_tokenizers
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = CHAT_SPECIALS + symbols + ["th", "the"]
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(intermediate)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL] * len(CHAT_SPECIALS)
+                           + [gguf.TokenType.NORMAL] * (len(tokens) - len(CHAT_SPECIALS)))
+    writer.add_token_merges(["t h", "th e"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    def weight(*shape: int):
+        return rng.normal(0.0, 0.05, size=shape).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    kv = hidden // heads * kv_heads
+    for i in range(layers):
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv, hidden)), ("attn_v", (kv, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (intermediate, hidden)),
+                            ("ffn_up", (intermediate, hidden)), ("ffn_down", (hidden, intermediate))):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
