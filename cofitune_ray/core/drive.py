@@ -13,7 +13,9 @@ run, the loop closes its iterator (an executor that trains stops training there)
 `concurrency` runs advance side by side, one evaluation point each in turn, as Tune's concurrent
 trials would. A run that waits at the rung (`SearchTree.waits_at_rung`) is set aside without being
 advanced and frees its place, as the scheduler pauses its trial; once its node's verdict is known
-it is stopped (`rules.rung_stop`) or goes on before any new run starts. Pure Python: no Ray, no torch.
+it is stopped (`rules.rung_stop`) or goes on before any new run starts. Its iterator (for an executor
+that trains: its model and optimizer) is kept meanwhile, so up to a node's number of learning rates
+of runs are held at once. Pure Python: no Ray, no torch.
 """
 
 from __future__ import annotations
