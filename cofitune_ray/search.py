@@ -143,10 +143,9 @@ def make_tuner(config: Config, space: SearchSpace, run_dir: Path, context: RunCo
     scheduler = PromisingChildScheduler(searcher, stop_rules(config))
     return tune.Tuner(
         trainable,
+        # RunLimiter is max_concurrent_trials (Tune would ignore the setting beside it, with a warning)
         tune_config=tune.TuneConfig(search_alg=RunLimiter(searcher, s.max_concurrent_trials), scheduler=scheduler,
-                                    num_samples=-1,
-                                    max_concurrent_trials=s.max_concurrent_trials,
-                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                                    num_samples=-1, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
             name=EXPERIMENT_DIR,
             storage_path=str(run_dir),

@@ -1,11 +1,13 @@
 """The scheduler's decisions without Ray: learning-rate halving at the rung, and the stop rules."""
 
+import itertools
+
 import pytest
 import yaml
 
 from cofitune_ray.core.drive import drive
 from cofitune_ray.core.objective import Objective
-from cofitune_ray.core.rules import decide, rung_stop
+from cofitune_ray.core.rules import decide
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, SettingError, StopRules
 from cofitune_ray.core.space import parse_search_space
 from cofitune_ray.core.tree import SearchTree
@@ -49,15 +51,18 @@ def report(tree, run, p, rules=RULES):
     return decide(tree, run.id, rules)
 
 
-def test_learning_rates_are_halved_at_the_rung_as_soon_as_enough_siblings_are_better():
+def test_learning_rates_are_halved_at_the_rung_once_every_run_of_the_node_is_there():
     tree = tree_after_references()  # floor: gain 0.72, i.e. Spec 0.82
     node, (low, mid, high) = start_all(tree)
-    assert report(tree, mid, point(1, 0.85, 0.80)) is None  # first at the rung: nothing to compare with
-    stop = report(tree, high, point(1, 0.95, 0.60))  # qualifies too, with less Vers: one better sibling is enough
-    assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
-    assert "Vers 0.600" in stop.reason and "Vers 0.800" in stop.reason
-    assert report(tree, low, point(1, 0.86, 0.90)) is None  # better than mid: mid must go at its next point
-    assert decide(tree, mid.id, RULES).status == "stopped"
+    assert report(tree, mid, point(1, 0.85, 0.80)) is None  # first at the rung: it waits
+    assert report(tree, high, point(1, 0.95, 0.60)) is None  # worse than mid, but low is not there yet: it waits
+    assert tree.waits_at_rung(mid.id) and tree.waits_at_rung(high.id) and not tree.rung_decided(node)
+    assert report(tree, low, point(1, 0.86, 0.90)) is None  # the best: kept, and no longer waiting
+    assert tree.rung_decided(node) and not tree.waits_at_rung(low.id)
+    stops = {run.lr: decide(tree, run.id, RULES) for run in (mid, high)}  # what the drivers ask the waiting runs
+    assert {s.status for s in stops.values()} == {"stopped"}
+    assert stops[1e-3].reason.startswith("learning rate 0.001 lost to 1e-05")
+    assert "Vers 0.600" in stops[1e-3].reason and "Vers 0.900" in stops[1e-3].reason
     assert report(tree, low, point(2, 0.88, 0.88)) is None
 
 
@@ -95,8 +100,28 @@ def test_the_vers_rule_stops_runs_below_the_incumbent():
     assert stop.reason.startswith("vers 0.350 is more than vers_margin 0.1 below the incumbent n1's 0.500")
     tree2 = tree_after_references()
     _, (low2, _, _) = start_all(tree2)
-    assert report(tree2, low2, point(1, 0.95, 0.35)) is None  # higher Spec than the incumbent: may still win
-    assert report(tree2, low2, point(1, 0.95, 0.35), StopRules(vers_margin=None, prune_after=None)) is None
+    assert report(tree2, low2, point(2, 0.95, 0.35)) is None  # higher Spec than the incumbent: may still win
+    assert report(tree2, low2, point(2, 0.95, 0.35), StopRules(vers_margin=None, prune_after=None)) is None
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_a_run_waiting_at_the_rung_is_judged_by_the_rules_once_kept_in_any_order(order):
+    """The rung decides first, the rules then judge the kept run: whichever run reports first, the losers are
+    stopped by the comparison and the kept run pruned by the uni rule (Uni 0.55, more than 0.1 below full SFT's)."""
+    rules = StopRules(vers_margin=None, prune_after=None, uni_margin=0.1)
+    tree = tree_after_references("uni", full=(0.9, 0.5))
+    node, runs = start_all(tree)
+    points = [point(1, 0.5, 0.6), point(1, 0.6, 0.3), point(1, 0.55, 0.55)]  # Uni 0.55, 0.45, 0.55
+    for i in order:
+        tree.record(runs[i].id, points[i])
+        for run in runs:  # what the drivers do after each point: judge it, and every run waiting at the rung
+            stop = decide(tree, run.id, rules)
+            if stop:
+                tree.stop(run.id, stop.status, stop.reason)
+    assert [r.status for r in runs] == ["pruned", "stopped", "stopped"]
+    assert runs[0].stop_reason.startswith("uni 0.550 is more than uni_margin 0.1 below the incumbent")
+    losses = [r.stop_reason.split(" at ")[0] for r in runs[1:]]
+    assert losses == [f"learning rate {r.lr:g} lost to 1e-05" for r in runs[1:]]
 
 
 def test_the_floor_rule_projects_the_best_gain_to_the_end():
@@ -114,10 +139,10 @@ def test_the_uni_rule_only_under_the_uni_objective():
     rules = StopRules(vers_margin=None, prune_after=None, uni_margin=0.1)
     tree = tree_after_references("uni", full=(0.9, 0.5))  # incumbent: full SFT, Uni 0.7
     node, (low, mid, high) = start_all(tree)
-    assert report(tree, low, point(1, 0.5, 0.6), rules).reason.startswith("uni 0.550 is more than uni_margin 0.1 below")
+    assert report(tree, low, point(2, 0.5, 0.6), rules).reason.startswith("uni 0.550 is more than uni_margin 0.1 below")
     floor_tree = tree_after_references("spec_floor")
     _, (low2, _, _) = start_all(floor_tree)
-    assert report(floor_tree, low2, point(1, 0.5, 0.6, step=10), rules) is None
+    assert report(floor_tree, low2, point(2, 0.5, 0.6, step=10), rules) is None
 
 
 def test_min_evals_delays_the_vers_rule():
@@ -202,8 +227,8 @@ def test_a_spectrum_reference_is_halved_like_a_trained_node_only_full_sft_keeps_
     assert tree.waits_at_rung(snr.runs[0].id) and tree.waits_at_rung(snr.runs[1].id)
     for run in [base.runs[0], *full.runs]:
         tree.complete(run.id, {"final": True})
-    assert not tree.waits_at_rung(snr.runs[0].id) and rung_stop(tree, snr.runs[0].id) is None
-    stop = rung_stop(tree, snr.runs[1].id)
+    assert not tree.waits_at_rung(snr.runs[0].id) and decide(tree, snr.runs[0].id, RULES) is None
+    stop = decide(tree, snr.runs[1].id, RULES)
     assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
 
 
@@ -213,7 +238,7 @@ def test_the_rung_stops_the_fast_rate_when_the_slow_one_projects_to_the_floor_wi
     # mid has learned less by the rung (step 20 of 40) and kept more Vers: 0.4 / 0.5 = 0.8 reaches the floor.
     assert report(tree, high, point(1, 0.90, 0.40, step=20)) is None  # qualifies already
     assert report(tree, mid, point(1, 0.50, 0.80, step=20)) is None
-    stop = decide(tree, high.id, RULES)
-    assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")
     # low projects below the floor (0.16 / 0.5 = 0.32), so its extra Vers does not count.
     assert report(tree, low, point(1, 0.26, 0.95, step=20)).reason.startswith("learning rate 1e-05 lost to 0.0001")
+    stop = decide(tree, high.id, RULES)
+    assert stop.status == "stopped" and stop.reason.startswith("learning rate 0.001 lost to 0.0001")

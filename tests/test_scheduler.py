@@ -1,18 +1,21 @@
 """`PromisingChildScheduler` and `TreeSearcher` called the way Tune calls them, on stub trials (no cluster)."""
 
+import random
 from pathlib import Path
 
+import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
+from cofitune_ray.core.drive import drive
 from cofitune_ray.core.objective import Objective
 from cofitune_ray.core.settings import LearningRates, SelectionPolicy, StopRules
 from cofitune_ray.core.space import load_search_space
 from cofitune_ray.core.tree import SearchTree
 from cofitune_ray.tuning.scheduler import PromisingChildScheduler
 from cofitune_ray.tuning.searcher import RunLimiter, TreeSearcher
-from score_table import PAPER_SCORES, key, table_results
+from score_table import PAPER_SCORES, TableExecutor, key, table_results
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 LRS = LearningRates((3e-5, 1e-4, 3e-4))
@@ -84,13 +87,20 @@ def test_a_stopped_learning_rate_run_and_what_tune_calls_after_the_stop():
     scheduler = PromisingChildScheduler(searcher, StopRules(vers_margin=None, prune_after=None))
     low, mid, high = (stub_trial(searcher, f"l1-{i}") for i in range(3))
     tune = StubController([low, mid, high])
-    assert scheduler.on_trial_result(tune, mid, result(1, 0.6, 0.5)) == TrialScheduler.PAUSE  # low is not there yet
-    assert scheduler.on_trial_result(tune, high, result(1, 0.6, 0.4)) == TrialScheduler.STOP  # same gain, later run
+    assert scheduler.on_trial_result(tune, low, result(1, 0.5, 0.45)) == TrialScheduler.PAUSE  # mid, high not there
+    low.status = Trial.PAUSED
+    assert scheduler.on_trial_result(tune, mid, result(1, 0.6, 0.5)) == TrialScheduler.PAUSE  # high not there
+    mid.status = Trial.PAUSED
+    # high completes the rung: it loses to mid (same projected gain, less Vers), and so does the paused low
+    assert scheduler.on_trial_result(tune, high, result(1, 0.6, 0.4)) == TrialScheduler.STOP
+    assert tune.stopped == [low]
     run = searcher.run_for_trial(high.trial_id)
     assert run.status == "stopped" and run.stop_reason.startswith("learning rate 0.0003 lost to 0.0001")
     searcher.on_trial_complete(high.trial_id, result(1, 0.6, 0.4))  # what Tune calls after a STOP
     assert run.status == "stopped" and run.steps_saved() == 30
-    assert scheduler.debug_string() == "PromisingChildScheduler: 1 run(s) stopped early, 30 steps saved"
+    assert scheduler.debug_string() == "PromisingChildScheduler: 2 run(s) stopped early, 60 steps saved"
+    high.status = Trial.TERMINATED
+    assert scheduler.choose_trial_to_run(tune) is mid  # kept: resumed
 
 
 def test_final_and_replayed_results_are_never_judged():
@@ -99,9 +109,9 @@ def test_final_and_replayed_results_are_never_judged():
     scheduler = PromisingChildScheduler(searcher, StopRules(vers_margin=0.0, prune_after=None))
     low, mid, high = (stub_trial(searcher, f"l1-{i}") for i in range(3))
     tune = StubController([low, mid, high])
-    assert scheduler.on_trial_result(tune, low, result(1, 0.1, 0.0, final=True)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(tune, low, result(1, 0.1, 0.0, replayed=True)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(tune, low, result(1, 0.1, 0.0)) == TrialScheduler.STOP  # vers rule
+    assert scheduler.on_trial_result(tune, low, result(2, 0.1, 0.0, final=True)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(tune, low, result(2, 0.1, 0.0, replayed=True)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(tune, low, result(2, 0.1, 0.0)) == TrialScheduler.STOP  # vers rule
     assert searcher.run_for_trial(low.trial_id).status == "pruned"
 
 
@@ -155,16 +165,75 @@ def test_a_run_at_the_rung_is_paused_until_its_node_is_decided_then_resumed_or_s
     low.status = Trial.PAUSED
     assert searcher.waits_at_rung(low.trial_id) and scheduler.choose_trial_to_run(tune) is None  # not resumed yet
     mid = start("l1-1")  # the paused run gave its place to its sibling
-    # mid beats low at the rung: the paused low is stopped there; mid waits for high
-    assert scheduler.on_trial_result(tune, mid, result(1, 0.6, 0.5)) == TrialScheduler.PAUSE
+    assert scheduler.on_trial_result(tune, mid, result(1, 0.6, 0.5)) == TrialScheduler.PAUSE  # high not there
+    mid.status = Trial.PAUSED
+    assert tune.stopped == [] and scheduler.choose_trial_to_run(tune) is None
+    high = start("l1-2")
+    # high completes the rung: mid is kept; high and the paused low lost to it
+    assert scheduler.on_trial_result(tune, high, result(1, 0.6, 0.45)) == TrialScheduler.STOP
     assert tune.stopped == [low] and searcher.run_for_trial(low.trial_id).status == "stopped"
     limiter.on_trial_complete(low.trial_id)  # what Tune calls for a stopped paused trial
-    mid.status = Trial.PAUSED
-    high = start("l1-2")
-    assert scheduler.on_trial_result(tune, high, result(1, 0.6, 0.45)) == TrialScheduler.STOP
     assert not searcher.waits_at_rung(mid.trial_id)  # decided: mid is kept
     assert scheduler.choose_trial_to_run(tune) is mid
     assert limiter.suggest("l1-y") is None  # the kept run counts again, before it resumes
     runs = searcher.tree.node_of_run(searcher.run_for_trial(mid.trial_id).id).runs
     assert [(r.status, r.train_steps, len(r.history)) for r in runs] == [("stopped", 10, 1), ("running", 10, 1),
                                                                          ("stopped", 10, 1)]
+
+
+class TuneLike(StubController):
+    """Tune's calls to the searcher (through `RunLimiter`) and the scheduler, with the trials reporting in an order
+    a seeded random generator picks: a trial restarted after a pause reports its table results from the start."""
+
+    def __init__(self, searcher: TreeSearcher, rules: StopRules, concurrency: int, seed: int):
+        super().__init__()
+        self.limiter, self.scheduler = RunLimiter(searcher, concurrency), PromisingChildScheduler(searcher, rules)
+        self.tree, self.rng, self.results = searcher.tree, random.Random(seed), {}
+
+    def stop_trial(self, trial):
+        self.limiter.on_trial_complete(trial.trial_id, result=None if trial.status == Trial.PAUSED else {})
+        super().stop_trial(trial)
+
+    def start(self, trial):
+        run = self.limiter.searcher.run_for_trial(trial.trial_id)
+        trial.status = Trial.RUNNING
+        self.results[trial.trial_id] = iter(table_results(self.tree.node_of_run(run.id).part, run.lr, PAPER_SCORES))
+
+    def run(self) -> SearchTree:
+        while not self.tree.finished:
+            while (config := self.limiter.suggest(f"t{len(self.trials)}")) not in (None, Searcher.FINISHED):
+                self.trials.append(Trial("__fake", config=config, trial_id=f"t{len(self.trials)}", stub=True))
+            chosen = self.scheduler.choose_trial_to_run(self)
+            if chosen is not None:
+                self.start(chosen)
+                continue
+            trial = self.rng.choice([t for t in self.trials if t.status == Trial.RUNNING])
+            result = next(self.results[trial.trial_id])
+            if result.get("final"):
+                self.limiter.on_trial_complete(trial.trial_id, result)
+                trial.status = Trial.TERMINATED
+                continue
+            decision = self.scheduler.on_trial_result(self, trial, result)
+            self.limiter.on_trial_result(trial.trial_id, result)
+            if decision == TrialScheduler.PAUSE:
+                trial.status = Trial.PAUSED
+            elif decision == TrialScheduler.STOP:
+                self.stop_trial(trial)
+        return self.tree
+
+
+def decisions(tree: SearchTree) -> list:
+    return [(n.id, n.status, n.stop_reason, [(r.id, r.status, r.stop_reason, r.train_steps, r.history) for r in n.runs])
+            for n in tree.nodes.values()]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_any_order_of_results_on_tune_gives_the_in_process_tree(concurrency):
+    """Runs report in random orders and wait at the rung (paused, their places given to the next runs), the uni rule
+    prunes some of them at their rung points: the tree is `drive`'s, at concurrency 1, whatever the order."""
+    rules = StopRules(vers_margin=0.1, prune_after=None, uni_margin=0.08)
+    rates = LearningRates((1e-4, 3e-4))
+    expected = decisions(drive(paper_searcher("uni", rates=rates).tree, TableExecutor(PAPER_SCORES), rules))
+    assert any(status == "pruned" for _, status, _, _ in expected)
+    for seed in range(8):
+        assert decisions(TuneLike(paper_searcher("uni", rates=rates), rules, concurrency, seed).run()) == expected

@@ -13,7 +13,8 @@ run, the loop closes its iterator (an executor that trains stops training there)
 `concurrency` runs advance side by side, one evaluation point each in turn, as Tune's concurrent
 trials would. A run that waits at the rung (`SearchTree.waits_at_rung`) is set aside without being
 advanced and frees its place, as the scheduler pauses its trial; once its node's verdict is known
-it is stopped (`rules.rung_stop`) or goes on before any new run starts. Its iterator (for an executor
+it is judged again (`rules.decide`: stopped if it lost, or if a rule stops its rung point) or goes on
+before any new run starts. Its iterator (for an executor
 that trains: its model and optimizer) is kept meanwhile, so up to a node's number of learning rates
 of runs are held at once. Pure Python: no Ray, no torch.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 from typing import Iterator, Protocol
 
 from cofitune_ray.core.order import NodeOrder, TreeOrder
-from cofitune_ray.core.rules import Stop, decide, rung_stop
+from cofitune_ray.core.rules import Stop, decide
 from cofitune_ray.core.settings import StopRules
 from cofitune_ray.core.tree import Run, SearchTree, TreeNode
 
@@ -43,7 +44,7 @@ def drive(tree: SearchTree, executor: Executor, rules: StopRules, order: NodeOrd
     while not tree.finished or active or waiting:
         for entry in list(waiting):
             run_id, results, point = entry
-            stop = rung_stop(tree, run_id)
+            stop = decide(tree, run_id, rules)
             if stop is not None:
                 waiting.remove(entry)
                 _stop(tree, run_id, results, point, stop)

@@ -4,11 +4,13 @@ Checked at every evaluation point a run reports (never on its final result):
 
   learning rate (successive halving, trained nodes): the runs of a node are compared at their first
       evaluation point (the rung, core/tree.py; under spec_floor on their gain projected to the end
-      of the run, `Objective.rung_value`) once the reference is final; a run is stopped as soon as
-      `keep` other runs of its node are better there. A run no such comparison stops yet waits at the
-      rung until its node's verdict is known (`SearchTree.waits_at_rung`); the drivers then stop the
-      losers (`rung_stop`) and let the kept runs train on. Full SFT's runs are never stopped by it:
-      its best gain at the end of the budget is the objective's yardstick.
+      of the run, `Objective.rung_value`) once every run of the node is there and the reference is
+      final (`SearchTree.rung_decided`): all but the best `keep` are stopped there. Until then a run
+      at the rung waits (`SearchTree.waits_at_rung`), unjudged by the rules below; the drivers then
+      `decide` on it again: the losers are stopped, the kept runs judged by the rules and, if not
+      stopped, train on. A run whose rung point is its last is not stopped by the comparison (it has
+      nothing left to train; it is simply not kept). Full SFT's runs are never stopped by it: its
+      best gain at the end of the budget is the objective's yardstick.
   vers rule (`vers_margin`, trained nodes): the run's Vers is more than `vers_margin` below the
       incumbent's (the best node of the levels above; under spec_floor the best qualifying one, full
       SFT included) while its Spec is not higher: training mostly lowers Vers further, so it cannot
@@ -44,41 +46,33 @@ class Stop:
 
 
 def decide(tree: SearchTree, run_id: str, rules: StopRules) -> Stop | None:
-    """Whether the run should stop at the evaluation point it has just reported."""
+    """Whether the run should stop at the last evaluation point it reported.
+
+    The drivers ask it at every point, and again for every run waiting at the rung after each event (a verdict
+    that has become known stops the losers, and lets the rules judge the kept runs' rung points).
+    """
     node, run = tree.node_of_run(run_id), tree.run(run_id)
     if run.status != Status.RUNNING or not run.history:
         return None
-    stop = rung_stop(tree, run_id)
-    if stop:
-        return stop
-    if node.is_reference:
+    reason = learning_rate_reason(tree, run_id)
+    if reason:
+        return Stop(Status.STOPPED, reason)
+    if node.is_reference or tree.waits_at_rung(run_id):  # the rules judge a waiting run once it is kept
         return None
     reason = rule_reason(tree, run_id, rules)
     return Stop(Status.PRUNED, reason) if reason else None
 
 
-def rung_stop(tree: SearchTree, run_id: str) -> Stop | None:
-    """The learning-rate comparison's stop of this running run, or None (the drivers ask it again for every run
-    waiting at the rung after each event: a verdict that has become known stops the losers)."""
-    if tree.run(run_id).status != Status.RUNNING:
-        return None
-    reason = learning_rate_reason(tree, run_id)
-    return Stop(Status.STOPPED, reason) if reason else None
-
-
 def learning_rate_reason(tree: SearchTree, run_id: str) -> str | None:
     """Why the learning-rate comparison stops this run, or None."""
     node, run = tree.node_of_run(run_id), tree.run(run_id)
-    keep = tree.learning_rates.keep
-    if not tree.compared_at_rung(node) or run.rung_point() is None or not tree.reference_final():
+    if (not tree.compared_at_rung(node) or run.rung_point() is None or run.rung_done() >= 1
+            or not tree.rung_decided(node)):
         return None
-    ranked = tree.kept_runs(node)
-    if run in ranked:
+    kept = tree.kept_runs(node)
+    if run in kept:
         return None
-    better = [r for r in ranked if r is not run]
-    if len(better) < keep:
-        return None
-    winner = better[0]
+    winner = kept[0]
     return (f"learning rate {run.lr:g} lost to {winner.lr:g} at the first evaluation point "
             f"({_explain_rung(tree, run)} against {_explain_rung(tree, winner)})")
 

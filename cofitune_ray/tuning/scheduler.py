@@ -7,10 +7,11 @@ replays from a run that had already finished: `replayed: true`), the point goes 
 and ends the trial. A run that reaches the rung before its node's verdict is known is paused there
 (PAUSE: Tune ends its trial, whose training state at the rung is already saved as its Ray Train
 checkpoint, and `RunLimiter` gives its place to the next run). Once the verdict is known, the
-paused losers are stopped (`tune_controller.stop_trial`, as Ray's HyperBand does) and the kept runs
-resume: their trials start again and continue from the rung, as a retried trial does. The decisions
-are the ones `core/drive.py` makes in-process, on the same tree. Pending trials run in the tree's
-order (children of the best parent first), then kept runs paused at the rung.
+paused runs are judged again: the losers, and kept runs a stop rule stops at their rung point, are
+stopped (`tune_controller.stop_trial`, as Ray's HyperBand does); the other kept runs resume: their
+trials start again and continue from the rung, as a retried trial does. The decisions are the ones
+`core/drive.py` makes in-process, on the same tree. Pending trials run in the tree's order
+(children of the best parent first), then kept runs paused at the rung.
 
 Why pause rather than hold the trial at the rung: a held trial keeps its place, so with
 `max_concurrent_trials` 1 its sibling could never start; a paused one costs a trial start when it
@@ -24,7 +25,7 @@ import logging
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from cofitune_ray.core.rules import Stop, decide, rung_stop
+from cofitune_ray.core.rules import Stop, decide
 from cofitune_ray.core.settings import StopRules
 from cofitune_ray.core.tree import STOPPED_EARLY
 from cofitune_ray.tuning.searcher import TreeSearcher
@@ -51,7 +52,7 @@ class PromisingChildScheduler(FIFOScheduler):
         tree = self.searcher.tree
         tree.record(run.id, result)
         stop = decide(tree, run.id, self.rules)
-        self._stop_paused_losers(tune_controller, trial)  # this point may have completed a node's verdict
+        self._judge_paused(tune_controller, trial)  # this point may have completed a node's verdict
         if stop is not None:
             self._stop(run.id, stop)
             return TrialScheduler.STOP
@@ -61,7 +62,7 @@ class PromisingChildScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        self._stop_paused_losers(tune_controller)  # a sibling's end or the reference's may have decided a rung
+        self._judge_paused(tune_controller)  # a sibling's end or the reference's may have decided a rung
         trials = tune_controller.get_trials()
         pending = [t for t in trials if t.status == Trial.PENDING]
         if pending:
@@ -69,13 +70,14 @@ class PromisingChildScheduler(FIFOScheduler):
         resumable = [t for t in trials if t.status == Trial.PAUSED and not self.searcher.waits_at_rung(t.trial_id)]
         return min(resumable, key=self._run_priority) if resumable else None
 
-    def _stop_paused_losers(self, tune_controller, current: Trial | None = None) -> None:
-        """Stop the trials paused at the rung (or pausing) whose runs lost now that their node's verdict is known."""
+    def _judge_paused(self, tune_controller, current: Trial | None = None) -> None:
+        """Stop the trials paused at the rung (or pausing) whose runs `decide` stops now that their node's verdict
+        may be known (a run still waiting is not judged)."""
         for trial in tune_controller.get_trials():
             if trial is current or not (trial.status == Trial.PAUSED or trial.is_saving):
                 continue
             run = self.searcher.run_for_trial(trial.trial_id)
-            stop = rung_stop(self.searcher.tree, run.id) if run is not None else None
+            stop = decide(self.searcher.tree, run.id, self.rules) if run is not None else None
             if stop is not None:
                 self._stop(run.id, stop)
                 tune_controller.stop_trial(trial)

@@ -8,7 +8,7 @@ returns None while the level's results are still in flight, and `Searcher.FINISH
 has ended. Results and completions go into the tree, which expands the next level.
 
 Use as `TuneConfig(search_alg=RunLimiter(searcher, N), scheduler=PromisingChildScheduler(searcher, rules),
-num_samples=-1, max_concurrent_trials=N)`. `save`/`restore` write and read the tree as JSON, so
+num_samples=-1)`: `RunLimiter` is `max_concurrent_trials=N`. `save`/`restore` write and read the tree as JSON, so
 `Tuner.restore` continues the search exactly where it stopped.
 """
 
