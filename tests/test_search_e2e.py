@@ -58,9 +58,9 @@ def versatility(tmp_path_factory) -> str:
     return "data.versatility=" + json.dumps(sets)
 
 
-def cli(storage: Path, address: str, versatility: str, *extra: str) -> list[str]:
+def cli(storage: Path, address: str, versatility: str, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), f"storage_path={storage}",
-            versatility, "--address", address, *extra]
+            versatility, *overrides, "--address", address, *extra]
 
 
 def attempts(run_dir: Path) -> dict[str, int]:
@@ -250,8 +250,8 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
     address = ray_cluster.get_runtime_context().gcs_address
     # the references only (5 trials): Spectrum's two runs are compared at the rung and wait there for each
     # other and for full SFT; the later levels' nodes add nothing this test checks, at several minutes each
-    search = subprocess.Popen(cli(tmp_path, address, versatility, "search.max_trials=5"), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    search = subprocess.Popen(cli(tmp_path, address, versatility, overrides=("search.max_trials=5",)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
     reader.start()
@@ -264,7 +264,7 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
             os.kill(pids[0], signal.SIGKILL)
             killed = True
         time.sleep(0.2)  # the moments when every running run is mid-training can be short
-    assert killed, "no trained run was caught in the middle of training"
+    assert killed, "no trained run was caught in the middle of training: " + "".join(output[-30:])
     search.wait(timeout=1200)
     reader.join(timeout=10)
     assert search.returncode == 0, "".join(output[-60:])
