@@ -98,6 +98,10 @@ def test_a_stopped_learning_rate_run_and_what_tune_calls_after_the_stop():
     assert run.status == "stopped" and run.stop_reason.startswith("learning rate 0.0003 lost to 0.0001")
     searcher.on_trial_complete(high.trial_id, result(1, 0.6, 0.4))  # what Tune calls after a STOP
     assert run.status == "stopped" and run.steps_saved() == 30
+    # Tune restarts the trial of a stopped run when its driver died before saving the stop: nothing new is kept
+    assert scheduler.on_trial_result(tune, high, result(2, 0.7, 0.4)) == TrialScheduler.STOP
+    searcher.on_trial_result(high.trial_id, result(2, 0.7, 0.4))
+    assert [p["eval_index"] for p in run.history] == [1] and run.train_steps == 10
     assert scheduler.debug_string() == "PromisingChildScheduler: 2 run(s) stopped early, 60 steps saved"
     high.status = Trial.TERMINATED
     assert scheduler.choose_trial_to_run(tune) is mid  # kept: resumed

@@ -403,8 +403,14 @@ class SearchTree:
             node.status = Status.RUNNING
 
     def record(self, run_id: str, metrics: dict) -> None:
-        """Keep one evaluation point (a result with `eval_index`); a repeated index replaces the old one."""
+        """Keep one evaluation point (a result with `eval_index`); a repeated index replaces the old one.
+
+        An ended run's points are final: what a trial Tune restarted after its driver died reports for a run the
+        search had already stopped or finished is not kept.
+        """
         node, run = self.node_of_run(run_id), self.run(run_id)
+        if run.ended:
+            return
         if metrics.get("trained_params") is not None:
             node.trained_params = int(metrics["trained_params"])
         if metrics.get("total_steps") is not None:

@@ -49,6 +49,8 @@ class PromisingChildScheduler(FIFOScheduler):
         run = self.searcher.run_for_trial(trial.trial_id)
         if run is None or result.get("final") or result.get("replayed") or "eval_index" not in result:
             return TrialScheduler.CONTINUE
+        if run.status in ("stopped", "pruned"):  # stopped before the driver died; Tune restarted its trial
+            return TrialScheduler.STOP
         tree = self.searcher.tree
         tree.record(run.id, result)
         stop = decide(tree, run.id, self.rules)
