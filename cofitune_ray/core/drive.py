@@ -59,6 +59,8 @@ def drive(tree: SearchTree, executor: Executor, rules: StopRules, order: NodeOrd
             tree.start(run.id, trial_id=run.id)
             active.append((run.id, iter(executor.run(node, run))))
         if not active:
+            if tree.finished and not waiting:  # the last runs waiting at the rung were stopped just now
+                break
             raise RuntimeError(f"the search stalled at depth {tree.depth} with nothing running")
         for run_id, results in list(active):
             outcome = _advance(tree, rules, run_id, results)

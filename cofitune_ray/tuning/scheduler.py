@@ -49,7 +49,7 @@ class PromisingChildScheduler(FIFOScheduler):
         run = self.searcher.run_for_trial(trial.trial_id)
         if run is None or result.get("final") or result.get("replayed") or "eval_index" not in result:
             return TrialScheduler.CONTINUE
-        if run.status in ("stopped", "pruned"):  # stopped before the driver died; Tune restarted its trial
+        if run.status in STOPPED_EARLY:  # stopped before the driver died; Tune restarted its trial
             return TrialScheduler.STOP
         tree = self.searcher.tree
         tree.record(run.id, result)
