@@ -5,8 +5,8 @@ task YAML), and the smoke space has a Spectrum reference (`{snr: 50}`). The driv
 the first trained node has finished; `--resume` completes the search. Then: every output exists, no
 finished node was trained twice, best_model/ is base + delta, the lm-eval set is scored at every
 evaluation point and joins Vers, the Spectrum node trains its selection, and the report agrees with
-tree.json. A second test kills the Ray Train workers in the middle of the runs of a search of the
-references (base model, full SFT and Spectrum's node, each learning rate a run): each retried run
+tree.json. A second test kills a Ray Train worker in the middle of a run of a search of the
+references (base model, full SFT and Spectrum's node, each learning rate a run): the retried run
 continues from its last evaluation point, and every run trains, stops and scores as in the first
 search (runs wait at the rung, so timing changes nothing).
 `COFITUNE_KILL_RUNS=N` repeats that test N times in one session (a reliability loop; 1 in CI).
@@ -28,7 +28,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.config import load_config
-from cofitune_ray.core.layout import ATTEMPTS_FILE, RUNG_KEPT_FILE
+from cofitune_ray.core.layout import ATTEMPTS_FILE
 from cofitune_ray.core.tree import ENDED, RUNG, SearchTree
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.model import load_model
@@ -218,30 +218,34 @@ def run_view(tree: SearchTree, depth: int) -> dict:
             for n in tree.nodes.values() if n.depth <= depth for r in n.runs}
 
 
-def _every_running_run_mid_training(run_dir: Path) -> bool:
-    """Every run training now (per tree.json) is between two saved evaluation points: its history.jsonl (written
-    before the point's training state is saved) ends before its last step, and it may train past that point
-    (past the rung, kept there, or never compared there). A worker killed now interrupts a run that has a saved
-    state to continue from and training left to do, not one waiting at the rung to be paused.
+def _killable_worker(ray_cluster, run_dir: Path) -> tuple[int, str] | None:
+    """(pid, run id) of a Ray Train worker whose run is between two saved evaluation points with training left, and
+    that the search will neither pause nor stop there: full SFT's (never compared at the rung), or one past its rung.
+
+    A Train worker's working directory is its Ray Train run's (`artifacts/node-<run id>`); history.jsonl is written
+    before each point's training state is saved.
     """
     tree_file = run_dir / "tree.json"
     if not tree_file.is_file():
-        return False
+        return None
     tree = SearchTree.from_json(tree_file.read_text())
-    running = tree.in_flight()
-    for run in running:
-        node, directory = tree.node_of_run(run.id), run_dir / "nodes" / f"node-{run.id}"
-        history = directory / "history.jsonl"
-        lines = history.read_text().splitlines() if run.lr is not None and history.is_file() else []
+    for pid in train_worker_pids(ray_cluster):
+        try:
+            run_id = Path(os.readlink(f"/proc/{pid}/cwd")).name.removeprefix("node-")
+            run = tree.run(run_id)
+        except (OSError, KeyError, StopIteration):  # gone, or not a run of this search
+            continue
+        history = run_dir / "nodes" / f"node-{run_id}" / "history.jsonl"
+        lines = history.read_text().splitlines() if run.status == "running" and history.is_file() else []
         try:
             last = json.loads(lines[-1]) if lines else None
         except json.JSONDecodeError:  # a line being written
-            return False
+            continue
         if last is None or last["step"] >= last["total_steps"]:
-            return False
-        if last["eval_index"] == RUNG and tree.compared_at_rung(node) and not (directory / RUNG_KEPT_FILE).is_file():
-            return False
-    return bool(running)
+            continue
+        if last["eval_index"] > RUNG or not tree.compared_at_rung(tree.node_of_run(run_id)):
+            return pid, run_id
+    return None
 
 
 @pytest.mark.parametrize("repeat", range(int(os.environ.get("COFITUNE_KILL_RUNS", "1"))))
@@ -256,16 +260,12 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
     reader.start()
     run_dir = tmp_path / "smoke"
-    killed, deadline = False, time.time() + 600
+    killed, deadline = None, time.time() + 600
     while not killed and time.time() < deadline and search.poll() is None:
-        # mid-run: every running run has saved the state of an evaluation point. Every Train worker is killed:
-        # which one is whose is not known, and the workers of trials just stopped or paused can linger a while.
-        pids = train_worker_pids(ray_cluster)
-        if pids and _every_running_run_mid_training(run_dir):
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            killed = True
-        time.sleep(0.2)  # the moments when every running run is mid-training can be short
+        killed = _killable_worker(ray_cluster, run_dir)
+        if killed:
+            os.kill(killed[0], signal.SIGKILL)
+        time.sleep(0.2)
     assert killed, "no trained run was caught in the middle of training: " + "".join(output[-30:])
     search.wait(timeout=1200)
     reader.join(timeout=10)
@@ -273,14 +273,13 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert tree.end_reason == "max_trials reached" and tree.depth == 0
     assert all(n.status == "finished" for n in tree.nodes.values()), {n.id: n.status for n in tree.nodes.values()}
-    failed = failed_trials(run_dir)  # the killed workers' trials failed once each, and were retried
-    assert failed and set(failed.values()) == {1}
-    for run_id in failed:
-        history_file = run_dir / "nodes" / f"node-{run_id}" / "history.jsonl"
-        history = [json.loads(line) for line in history_file.read_text().splitlines()]
-        steps = [h["step"] for h in history]
-        assert steps == sorted(set(steps)) and steps[0] > 0  # no step trained twice, no evaluation point repeated
-        assert attempts(run_dir)[f"node-{run_id}"] >= 2 and any(h["resumed_from_step"] > 0 for h in history)
+    run_id = killed[1]
+    assert failed_trials(run_dir) == {run_id: 1}  # the killed worker's trial failed once, and was retried
+    history_file = run_dir / "nodes" / f"node-{run_id}" / "history.jsonl"
+    history = [json.loads(line) for line in history_file.read_text().splitlines()]
+    steps = [h["step"] for h in history]
+    assert steps == sorted(set(steps)) and steps[0] > 0  # no step trained twice, no evaluation point repeated
+    assert attempts(run_dir)[f"node-{run_id}"] >= 2 and any(h["resumed_from_step"] > 0 for h in history)
     # The same search as the first one, on these levels: every run stopped, kept and trained alike.
     assert run_view(tree, 0) == run_view(clean, 0)
     assert [n.status for n in tree.nodes.values()] == [clean.node(n.id).status for n in tree.nodes.values()]
