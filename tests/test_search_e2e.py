@@ -218,8 +218,19 @@ def run_view(tree: SearchTree, depth: int) -> dict:
             for n in tree.nodes.values() if n.depth <= depth for r in n.runs}
 
 
+def _saved_step(run_files: Path) -> int | None:
+    """The step of the training state a retry of the run would continue from: its one Ray Train checkpoint (with
+    `num_to_keep=1` two folders mean the newer one is not registered yet, and a retry would take the older)."""
+    states = list(run_files.glob("checkpoint_*/position.json"))
+    try:
+        return json.loads(states[0].read_text())["position"]["step"] if len(states) == 1 else None
+    except (OSError, json.JSONDecodeError, KeyError):  # being written, or deleted meanwhile
+        return None
+
+
 def _killable_worker(ray_cluster, run_dir: Path) -> tuple[int, str] | None:
-    """(pid, run id) of a Ray Train worker whose run is between two saved evaluation points with training left, and
+    """(pid, run id) of a Ray Train worker whose run is between two saved evaluation points with training left (the
+    last point's training state saved, so a retry continues from it, not from an earlier one), and
     that the search will neither pause nor stop there: full SFT's (never compared at the rung), or one past its rung.
 
     A Train worker's working directory is its Ray Train run's (`artifacts/node-<run id>`); history.jsonl is written
@@ -241,7 +252,7 @@ def _killable_worker(ray_cluster, run_dir: Path) -> tuple[int, str] | None:
             last = json.loads(lines[-1]) if lines else None
         except json.JSONDecodeError:  # a line being written
             continue
-        if last is None or last["step"] >= last["total_steps"]:
+        if last is None or last["step"] >= last["total_steps"] or _saved_step(history.parent) != last["step"]:
             continue
         if last["eval_index"] > RUNG or not tree.compared_at_rung(tree.node_of_run(run_id)):
             return pid, run_id
