@@ -235,3 +235,11 @@ def test_a_nodes_own_learning_rate_replaces_the_candidates_everywhere():
     full = tree.reference_node("full")
     assert [r.lr for r in full.runs] == [1e-4, 3e-4]
 
+
+
+def test_a_runs_node_is_known_without_reading_its_id():
+    tree = SearchTree(load_search_space(SPACES / "cofitune.yaml"), learning_rates=LearningRates((1e-4, 3e-4), keep=1))
+    again = SearchTree.from_json(tree.to_json())
+    for current in (tree, again):
+        pairs = [(run.id, node.id) for node in current.nodes.values() for run in node.runs]
+        assert pairs and all(current.node_of_run(run_id).id == node_id for run_id, node_id in pairs)

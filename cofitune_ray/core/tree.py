@@ -200,6 +200,7 @@ class SearchTree:
         self.objective = objective or Objective()
         self.learning_rates = learning_rates or LearningRates()
         self.nodes: dict[str, TreeNode] = {}
+        self._run_nodes: dict[str, str] = {}  # run id -> its node's id (a run id is a name, never parsed)
         self.depth = 0
         self.end_reason: str | None = None
         for part in space.references:
@@ -216,7 +217,7 @@ class SearchTree:
         return self.nodes[node_id]
 
     def node_of_run(self, run_id: str) -> TreeNode:
-        return self.nodes[run_id.split("-lr")[0]]
+        return self.nodes[self._run_nodes[run_id]]
 
     def run(self, run_id: str) -> Run:
         return self.node_of_run(run_id).run(run_id)
@@ -515,6 +516,7 @@ class SearchTree:
             runs = [Run(f"{node_id}-lr{lr:.3g}", lr) for lr in lrs]
         node = TreeNode(node_id, part, parent.id if parent else None, depth, level, runs)
         self.nodes[node.id] = node
+        self._run_nodes.update((run.id, node.id) for run in runs)
         if parent is not None:
             parent.children.append(node.id)
         return node
@@ -581,6 +583,7 @@ class SearchTree:
         rates = data["learning_rates"]
         tree.learning_rates = LearningRates(tuple(rates["candidates"]), rates["keep"])
         tree.nodes = {n["id"]: TreeNode.from_dict(n) for n in data["nodes"]}
+        tree._run_nodes = {run.id: node.id for node in tree.nodes.values() for run in node.runs}
         tree.depth = data["depth"]
         tree.end_reason = data["end_reason"]
         return tree
