@@ -138,3 +138,56 @@ def test_a_generation_config_that_changes_greedy_generates_every_example(taught,
     finally:
         model.generation_config.repetition_penalty = 1.0
     assert generated == [1, 3]
+
+
+def plain_loglik(model, prompt, response):
+    """A plain forward of the whole row: the response's summed log-likelihood and the likeliest token at each of
+    its positions (a row without a prompt: its first token is given, not scored)."""
+    ids = prompt + response
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    start = max(len(prompt), 1)
+    positions = range(start - 1, len(ids) - 1)
+    return (sum(logprobs[p, ids[p + 1]].item() for p in positions), len(positions),
+            [logprobs[p].argmax().item() for p in positions])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_rows_scored_per_shared_prompt_equal_a_plain_forward_of_each_row(taught, batch_size):
+    """Prompts of different lengths (left-padded), options sharing a prompt, a repeated row, responses of
+    different lengths, a row without a prompt: every row as a plain forward of the whole row scores it."""
+    model, tokenizer = taught
+    a, b = encode_example(tokenizer, "compact", TAUGHT[0])[0], encode_example(tokenizer, "compact", TAUGHT[1])[0]
+    long = encode_example(tokenizer, "compact", Example("rev", "abcabcabc", ""))[0]
+    rows = [(a, [5, 6, 7, EOS]), (a, [8, EOS]), (a, [5, 6, 7, EOS]), (b, [9, EOS]), (long, [4, 5, 6, 7, 8, 9, EOS]),
+            (long, [EOS]), ([], [5, 6, EOS]), (b, [])]
+    scored = evaluate._response_logliks(model.eval(), tokenizer, rows, batch_size, torch.device("cpu"), rows[0])
+    for (prompt, response), (total, count, likeliest) in zip(rows, scored):
+        want_total, want_count, want_likeliest = plain_loglik(model, prompt, response)
+        assert count == want_count and likeliest == want_likeliest
+        assert total == pytest.approx(want_total, abs=1e-4)
+
+
+def test_a_prompt_shared_by_options_runs_once(taught, monkeypatch):
+    model, tokenizer = taught
+    items = [Example("rev", "abc", "cba", choices=("abc", "cba", "bca"), answer=1),
+             Example("rev", "xyz", "zyx", choices=("zyx", "xyz"), answer=0)]
+    forwards = []
+    real = evaluate._score_group_batch
+    monkeypatch.setattr(evaluate, "_score_group_batch", lambda m, pad, prompts, responses, device:
+                        forwards.append((len(prompts), sum(map(len, responses)))) or real(m, pad, prompts, responses,
+                                                                                          device))
+    assert score_set(model.eval(), tokenizer, "compact", EvalSet("mc", items, "choice"), 16, 8)["choice"] == 1.0
+    assert forwards == [(2, 5)]  # two prompts; five distinct responses (each gold is one of its options)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_every_family_scores_a_shared_prompt_as_a_plain_forward(family, tmp_path):
+    make_model(tmp_path, family=family, layers=2)
+    model, tokenizer = load_model(str(tmp_path)).eval(), make_tokenizer(tmp_path)
+    rows = [([1, 5, 6], [7, 8, EOS]), ([1, 5, 6], [9, EOS]), ([1, 5, 6, 7, 8, 9], [10, EOS])]
+    scored = evaluate._response_logliks(model, tokenizer, rows, 4, torch.device("cpu"), rows[0])
+    for (prompt, response), (total, count, likeliest) in zip(rows, scored):
+        want_total, want_count, want_likeliest = plain_loglik(model, prompt, response)
+        assert (count, likeliest) == (want_count, want_likeliest)
+        assert total == pytest.approx(want_total, abs=1e-4)
