@@ -1,8 +1,11 @@
 """The speciality-versatility trade-off: what the product's search hands back, against what a user would do instead.
 
-    python benchmarks/tradeoff.py [--config configs/toy.yaml] [--seeds 0 1 2] [--threads 1]
+    python benchmarks/tradeoff.py [--config configs/toy.yaml] [--seeds 0 1 2] [--threads 1] [--set KEY=VALUE ...]
+    python benchmarks/tradeoff.py --config configs/smollm2.yaml --seeds 0 1 2 --no-grid --set train.max_steps=20 ...
 
-On a toy world (one per base-model seed), every method is scored the same way: the search objective
+On a toy world a seed is a world: the base model pretrained from that seed, trained with the same seed. On a
+real model (`configs/smollm2.yaml`) the model and the world stay fixed and a seed is the training seed: the
+data order and LoRA's initialisation. Every method is scored the same way: the search objective
 of the config (`search.objective`, default spec_floor: a method qualifies when its speciality gain
 reaches `spec_floor` of full SFT's best gain, then more Vers is better), the same per-run step budget
 (`train.max_steps`), and the same learning-rate tuning (one run per `search.lr_candidates`, the best
@@ -21,6 +24,7 @@ reaches `spec_floor` of full SFT's best gain, then more Vers is better), the sam
   tree search       the product's search: `SearchTree` over `search.space`, its stop rules, the CLI's tree;
   exhaustive grid   every node the tree could reach, with the same rules;
   Optuna            `OptunaOrder` over the same candidates, with as many trials as the tree ran.
+(`--no-grid` leaves out the last two: every node the tree could reach, unaffordable for a real model on a CPU.)
 
 Searches and baselines run in-process through `core.drive.drive` and `training.local.LocalExecutor`
 (the same tree, rules and decisions as the Ray path; no Ray start-up per trial). Every run is cached
@@ -48,7 +52,7 @@ from cofitune_ray.core.order import OptunaOrder
 from cofitune_ray.core.settings import SelectionPolicy
 from cofitune_ray.core.space import SearchSpace, load_search_space, parse_search_space
 from cofitune_ray.core.tree import SearchTree, Status, TreeNode
-from cofitune_ray.toyworld.prepare import config_for_seed
+from cofitune_ray.toyworld.prepare import MARKER, config_for_seed
 from cofitune_ray.training.local import LocalExecutor, RunCache
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
 from cofitune_ray.training.softmask.importance import compute_importance, importance_data, importance_settings
@@ -183,8 +187,9 @@ def wise_ft(config: Config, tree: SearchTree, executor: LocalExecutor, cache: Ru
                         cost["trials"], cost["train_steps"])
 
 
-def bench_world(config: Config, world: str, seed: int, cache_dir: Path, device: str = "cpu") -> list[MethodResult]:
-    """Every method on one world, in table order."""
+def bench_world(config: Config, world: str, seed: int, cache_dir: Path, device: str = "cpu",
+                grid: bool = True) -> list[MethodResult]:
+    """Every method on one world, in table order (without the grid and Optuna when `grid` is false)."""
     space = load_search_space(config.search.space)
     cache = RunCache(cache_dir / f"{config.name}-{world}-seed-{seed}.json",
                      {"config": config.to_dict(), "device": torch.device(device).type, "format": 1})
@@ -210,6 +215,8 @@ def bench_world(config: Config, world: str, seed: int, cache_dir: Path, device: 
     methods.append(wise_ft(config, tree, local, cache))
     trials = tree.trials_started()
     methods.append(method_from_tree("tree search", tree, notes=[f"tree search ended: {tree.end_reason}"]))
+    if not grid:
+        return methods
     grid = drive(SearchTree(space.as_grid(), SelectionPolicy(), obj, rates), local, rules)
     methods.append(method_from_tree("exhaustive grid", grid))
     optuna = drive(SearchTree(space.as_grid(), SelectionPolicy(max_trials=trials), obj, rates), local, rules,
@@ -257,7 +264,7 @@ def verdict(per_world: dict[str, list[MethodResult]]) -> str:
         qualifying = [m for m in ms if m.name.startswith(baselines) and m.qualifies]
         best = max(qualifying, key=lambda m: m.score.vers) if qualifying else None
         tree_steps.append(tree.train_steps)
-        grid_steps.append(pick("exhaustive grid", ms).train_steps)
+        grid_steps.append(next((m.train_steps for m in ms if m.name == "exhaustive grid"), 0))
         if not tree.qualifies:
             lines.append(f"{world}: the tree's answer does not qualify "
                          f"({tree.choice}, gain share {tree.gain_share:.2f})")
@@ -266,6 +273,8 @@ def verdict(per_world: dict[str, list[MethodResult]]) -> str:
         else:
             lines.append(f"{world}: tree Vers {tree.score.vers:.3f} vs best qualifying baseline {best.name.strip()} "
                          f"{best.score.vers:.3f} ({tree.score.vers - best.score.vers:+.3f})")
+    if not any(grid_steps):
+        return "\n".join(lines)
     ratio = statistics.mean(tree_steps) / statistics.mean(grid_steps)
     lines.append(f"tree steps {statistics.mean(tree_steps):,.0f} vs grid steps {statistics.mean(grid_steps):,.0f}: "
                  f"ratio {ratio:.2f} -> {'at most' if ratio <= 0.5 else 'MORE than'} half")
@@ -292,7 +301,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/toy.yaml",
                         help="a toy-world config (configs/toy.yaml, configs/toy-hard.yaml)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="toy-world (base model) seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds: of the toy world and its training, or of a real model's training")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, as the search's --set (a reduced budget: train.max_steps=20)")
+    parser.add_argument("--no-grid", action="store_true",
+                        help="leave out the exhaustive grid and Optuna (every node the tree could reach)")
     parser.add_argument("--cache", default="runs/tradeoff",
                         help="folder of the run caches (one JSON file per config and world)")
     parser.add_argument("--threads", type=int, default=1,
@@ -302,20 +316,21 @@ def main() -> None:
                              "toy worlds were calibrated; the caches of the two are kept apart)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     config = replace(config, train=replace(config.train, bf16="off"))
     t = config.train
     print(f"[tradeoff] {args.config}: {t.max_steps} steps per run (batch {t.batch_size}), evaluation every "
-          f"{config.eval.every_n_steps} steps on {config.data.max_eval_examples} examples per set; "
+          f"{config.eval.every_n_steps} steps on {config.data.max_eval_examples or 'all'} examples per set; "
           f"objective {config.search.objective}; learning rates {learning_rates(config).candidates}; "
           f"{args.threads} thread(s), {args.device}, float32; no Ray", flush=True)
     started = time.time()
     per_world = {}
-    world = Path(config.model.path).parent.parent.name  # <toy worlds>/<world>/seed-<S>/model
+    toy = (Path(config.model.path).parent / MARKER).is_file()
+    world = Path(config.model.path).parent.parent.name if toy else config.name  # <toy worlds>/<world>/seed-<S>/model
     for seed in args.seeds:
-        seeded = config_for_seed(config, seed)
+        seeded = config_for_seed(config, seed) if toy else replace(config, seed=seed)
         name = f"{world} seed {seed}"
-        per_world[name] = bench_world(seeded, world, seed, Path(args.cache), args.device)
+        per_world[name] = bench_world(seeded, world, seed, Path(args.cache), args.device, grid=not args.no_grid)
         print(f"\n== {name} (base model {seeded.model.path})\n{world_table(per_world[name])}\n", flush=True)
     if len(per_world) > 1:
         print(f"== mean ± sd over {', '.join(per_world)}\n{summary_table(per_world)}\n")
