@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds: of the toy world and its training, or of a real model's training")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override, as the search's --set (a reduced budget: train.max_steps=20)")
+                        help="a config override, as the search's key=value (a reduced budget: train.max_steps=20)")
     parser.add_argument("--no-grid", action="store_true",
                         help="leave out the exhaustive grid and Optuna (every node the tree could reach)")
     parser.add_argument("--cache", default="runs/tradeoff",
