@@ -257,7 +257,7 @@ def verdict(per_world: dict[str, list[MethodResult]]) -> str:
         return next(m for m in ms if m.name.startswith(name))
 
     lines = []
-    baselines = ("full SFT", "LoRA", "top half", "paper node", "  + soft-mask", "WiSE-FT")
+    baselines = ("full SFT", "LoRA", "top half", "Spectrum", "paper node", "  + soft-mask", "WiSE-FT")
     tree_steps, grid_steps = [], []
     for world, ms in per_world.items():
         tree = pick("tree search", ms)
