@@ -101,14 +101,18 @@ def _by_length(lengths: list[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lengths.__getitem__)
 
 
+def _given_prompt(row: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
+    """The row, or for a row without a prompt: its first response token as the prompt (given, not scored)."""
+    prompt, response = row
+    return (prompt, response) if prompt else (response[:1], response[1:])
+
+
 def _prompt_groups(encoded: list[tuple[list[int], list[int]]]) -> tuple[list[list[int]], list[list[list[int]]]]:
     """The distinct prompts and, per prompt, its distinct responses (every option of a multiple-choice example
     shares one prompt, and its gold response is one of them). A row without a prompt takes its first response
     token as the prompt: that token is given, not scored, as in a plain forward of the whole row."""
     prompts: dict[tuple[int, ...], list[list[int]]] = {}
-    for prompt, response in encoded:
-        if not prompt:
-            prompt, response = response[:1], response[1:]
+    for prompt, response in map(_given_prompt, encoded):
         responses = prompts.setdefault(tuple(prompt), [])
         if response not in responses:
             responses.append(response)
@@ -193,12 +197,7 @@ def _response_logliks(model, tokenizer, encoded: list[tuple[list[int], list[int]
         for g in chunk:
             for response in responses[g]:
                 scored[tuple(prompts[g]), tuple(response)] = next(results)
-    rows = []
-    for prompt, response in encoded:
-        if not prompt:
-            prompt, response = response[:1], response[1:]
-        rows.append(scored[tuple(prompt), tuple(response)])
-    return rows
+    return [scored[tuple(prompt), tuple(response)] for prompt, response in map(_given_prompt, encoded)]
 
 
 #: Generation settings that make greedy decoding differ from the plain most likely token (`GenerationConfig`).
