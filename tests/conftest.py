@@ -1,5 +1,6 @@
 """Shared fixtures: one real Ray cluster per test session (ray.init costs 6-16 s on 2 cores)."""
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py and friends
+
+from smoke_search import lm_eval_versatility, run_killed_and_resumed  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +20,28 @@ def ray_cluster():
     from cofitune_ray.cluster import local_cluster_options
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths are limited
+    # Ray Train's controller learns of a report (and records its checkpoint) when it polls the workers, every 2 s
+    # by default; on a fast machine a toy run's next 10 steps take less than that, so the worker-kill test found no
+    # run with its checkpoint recorded and training left. The cluster's processes inherit this environment.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     # with the dashboard, as the CLI's own clusters: Ray Train frees the CPUs of the trials Tune stops
     ray.init(address="local", num_cpus=2, _temp_dir=temp_dir, log_to_driver=False, **local_cluster_options())
     yield ray
     ray.shutdown()
 
+
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smoke_versatility(tmp_path_factory) -> str:
+    """The smoke search's versatility override, with an lm-evaluation-harness set (`smoke_search.py`)."""
+    return lm_eval_versatility(tmp_path_factory.mktemp("lm_eval_tasks"))
+
+
+@pytest.fixture(scope="session")
+def resumed_smoke(ray_cluster, tmp_path_factory, smoke_versatility):
+    """The whole smoke search, its driver killed after the first trained node and resumed: one search for the
+    end-to-end and the console tests (`smoke_search.ResumedSearch`)."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    return run_killed_and_resumed(tmp_path_factory.mktemp("storage"), address, smoke_versatility)

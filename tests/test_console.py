@@ -1,8 +1,9 @@
 """The console: what a search prints, and where the rest goes.
 
-Without Ray: the driver's log routing. With Ray (marker `ray`): the smoke search through the CLI,
-its whole stdout+stderr checked against the line budget and the patterns that must not be there,
-and `--verbose` bringing Ray's worker logs back.
+Without Ray: the driver's log routing. With Ray (marker `ray`): the session's smoke search through the CLI
+(`smoke_search.py`: killed after its first trained node, then resumed), both drivers' whole stdout+stderr
+checked against the line budget and the patterns that must not be there, and `--verbose` bringing Ray's
+worker logs back.
 """
 
 import io
@@ -23,9 +24,8 @@ from cofitune_ray.cluster import dashboard_line
 from cofitune_ray.console import TUNE_OUTPUT_ENGINE, console_output, log_locations_line
 from cofitune_ray.core.layout import DRIVER_LOG
 from cofitune_ray.core.tree import SearchTree
+from smoke_search import SMOKE
 
-REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "configs" / "smoke.yaml"
 LINE_BUDGET = 150
 SLOW_STEP = "The `callbacks.on_step_begin` operation took 0.503 s, which may be a performance bottleneck."
 WORKER_POOL = ("WARNING: 8 PYTHON worker processes have been started on node: {node} with address: 127.0.0.1. This "
@@ -117,28 +117,25 @@ def run_cli(storage: Path, address: str, *extra: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-@pytest.fixture(scope="module")
-def smoke_output(ray_cluster, tmp_path_factory):
-    """(storage, run directory, every line the smoke search printed) for the default console."""
-    storage = tmp_path_factory.mktemp("storage")
-    # One learning rate per node: the same levels, nodes and lines as the smoke search's two, at half its trials
-    # (each trial costs seconds of Ray Train start-up); test_search_e2e runs the whole smoke search.
-    lines = run_cli(storage, ray_cluster.get_runtime_context().gcs_address, "search.lr_candidates=[0.001]")
-    return storage, storage / "smoke", lines
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(2400)  # a whole smoke search: minutes, and several times that on a loaded shared machine
-def test_the_default_console_is_the_search_own_lines(smoke_output):
-    _, run_dir, lines = smoke_output
+def test_the_default_console_is_the_search_own_lines(resumed_smoke):
+    """The session's smoke search (`smoke_search.py`): its first driver, killed after the first trained node, and
+    the driver that resumed it to the end."""
+    run_dir, drivers = resumed_smoke.run_dir, (resumed_smoke.first_lines, resumed_smoke.resumed_lines)
+    lines = [line for driver in drivers for line in driver]
     text = "\n".join(lines)
     assert len(lines) < LINE_BUDGET, text
     for pattern in NOISE:
         assert pattern not in text, pattern
     own = [line for line in lines if line.startswith("[cofitune] ")]
-    assert own[0].startswith("[cofitune] preflight ok: llama with 8 layers; 2000 training examples; Spec set cipher")
-    assert any(line.startswith("[cofitune] logs: ") and str(run_dir / "logs" / DRIVER_LOG) in line for line in own)
-    assert "[cofitune] evaluating the base model" in own
+    for driver in drivers:
+        first = next(line for line in driver if line.startswith("[cofitune] "))
+        assert first.startswith("[cofitune] preflight ok: llama with 8 layers; 2000 training examples; Spec set "
+                                "cipher"), first
+        assert any(line.startswith("[cofitune] logs: ") and str(run_dir / "logs" / DRIVER_LOG) in line
+                   for line in driver)
+    assert "[cofitune] evaluating the base model" in resumed_smoke.first_lines
     assert any(line.startswith("[cofitune] importance: computed by the first soft-masked run") for line in own)
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     for depth in range(tree.depth + 1):
@@ -159,8 +156,8 @@ def test_the_default_console_is_the_search_own_lines(smoke_output):
 
 
 @pytest.mark.ray
-def test_verbose_shows_ray_logs(smoke_output, ray_cluster):
-    storage, _, _ = smoke_output  # the same storage: importance is reused from its cache
+def test_verbose_shows_ray_logs(ray_cluster, tmp_path):
+    storage = tmp_path  # one trial, the base model's: no importance to compute
     lines = run_cli(storage, ray_cluster.get_runtime_context().gcs_address, "--verbose", "name=verbose",
                     "search.max_trials=1")
     text = "\n".join(lines)

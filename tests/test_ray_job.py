@@ -2,6 +2,7 @@
 through the Jobs API with the cluster's auth token and through its Prometheus metrics endpoint;
 and `--dashboard` printing a dashboard URL that answers."""
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from ray_processes import descendants, running
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
@@ -73,11 +76,17 @@ def head_node():
         head.kill()
         pytest.fail("the Ray head did not come up: " + (head.stdout.read() if head.stdout else ""))
     yield {"dashboard": dashboard, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}
-    head.terminate()  # --block: stops this cluster's processes, not other clusters on the machine
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    # Only this cluster's processes: `ray stop` would stop the test session's cluster too. `ray start --block` takes
+    # 30 s to stop gracefully once it has run a job, so everything it started is killed.
+    processes = [head.pid, *descendants(head.pid)]
+    for pid in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    head.wait(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(map(running, processes)):
+        time.sleep(0.2)
+    assert not any(map(running, processes)), [p for p in processes if running(p)]
 
 
 def test_search_runs_as_a_ray_job_and_publishes_metrics(head_node, tmp_path):

@@ -1,8 +1,9 @@
 """End to end: `python -m cofitune_ray.search --config configs/smoke.yaml` with real Ray Train trials.
 
-One versatility set is given as a local lm-evaluation-harness task (the toy `upper` set through a
-task YAML), and the smoke space has a Spectrum reference (`{snr: 50}`). The driver is killed after
-the first trained node has finished; `--resume` completes the search. Then: every output exists, no
+The session's smoke search (`smoke_search.py`, shared with the console tests): one versatility set is given as a
+local lm-evaluation-harness task (the toy `upper` set through a task YAML), and the smoke space has a Spectrum
+reference (`{snr: 50}`). The driver is killed after the first trained node has finished; `--resume` completes the
+search. Then: every output exists, no
 finished node was trained twice, best_model/ is base + delta, the lm-eval set is scored at every
 evaluation point and joins Vers, the Spectrum node trains its selection, and the report agrees with
 tree.json. A second test kills a Ray Train worker in the middle of a run of a search of the
@@ -17,7 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,72 +28,22 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.config import load_config
-from cofitune_ray.core.layout import ATTEMPTS_FILE, RAY_TRAIN_SNAPSHOT
+from cofitune_ray.core.layout import RAY_TRAIN_SNAPSHOT
 from cofitune_ray.core.tree import ENDED, RUNG, SearchTree
 from cofitune_ray.training.checkpoint import read_delta
 from cofitune_ray.training.model import load_model
 from cofitune_ray.training.spectrum import snr_part
 from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR
 from ray_processes import train_worker_pids
-from tiny import write_lm_eval_task
+from smoke_search import LM_EVAL_SET, SMOKE, attempts, cli
 from tool_rules import axolotl_selects
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "configs" / "smoke.yaml"
-FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] (n\d+) (?!base model|full SFT).* -> finished\b")
 
 
-TOY_DATA = REPO / "assets" / "toyworld" / "cliff" / "seed-0" / "data"
-LM_EVAL_SET = "upper-lm"
-
-
-@pytest.fixture(scope="module")
-def versatility(tmp_path_factory) -> str:
-    """The smoke config's versatility sets with `upper` replaced by the same data as a local lm-eval task."""
-    tasks = tmp_path_factory.mktemp("lm_eval_tasks")
-    write_lm_eval_task(tasks, "toy_upper", TOY_DATA / "upper" / "eval.jsonl", max_gen_toks=8)
-    sets = [{"name": n, "path": str(TOY_DATA / n / "eval.jsonl")} for n in ("copy", "reverse")]
-    sets.append({"name": LM_EVAL_SET, "lm_eval": {"task": "toy_upper", "include_path": str(tasks)}})
-    return "data.versatility=" + json.dumps(sets)
-
-
-def cli(storage: Path, address: str, versatility: str, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "cofitune_ray.search", "--config", str(SMOKE), f"storage_path={storage}",
-            versatility, *overrides, "--address", address, *extra]
-
-
-def attempts(run_dir: Path) -> dict[str, int]:
-    """Training starts per run directory (`node-<run id>`)."""
-    return {p.parent.name: len(p.read_text().splitlines()) for p in (run_dir / "nodes").glob(f"*/{ATTEMPTS_FILE}")}
-
-
-@pytest.fixture(scope="module")
-def resumed_run(ray_cluster, tmp_path_factory, versatility):
-    """(run_dir, resume output, nodes finished before the kill, attempts before the kill)."""
-    storage = tmp_path_factory.mktemp("storage")
-    address = ray_cluster.get_runtime_context().gcs_address
-    first = subprocess.Popen(cli(storage, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    finished_before = []
-    for line in first.stdout:
-        match = FINISHED_TRAINED_NODE.match(line.strip())
-        if match:
-            finished_before.append(match.group(1))
-            break
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=60)
-    assert finished_before, "the first run ended before any trained node finished"
-    run_dir = storage / "smoke"
-    before = attempts(run_dir)
-    resumed = subprocess.run(cli(storage, address, versatility, "--resume"), capture_output=True, text=True,
-                             timeout=1200)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    return run_dir, resumed.stdout, finished_before, before
-
-
-def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
-    run_dir, output, finished_before, before = resumed_run
+def test_resume_finishes_without_retraining_finished_nodes(resumed_smoke):
+    run_dir, output = resumed_smoke.run_dir, resumed_smoke.resumed_output
+    finished_before, before = resumed_smoke.finished_before, resumed_smoke.attempts_before
     assert "resuming the search" in output
     assert output.strip().splitlines()[-1] == f"Results: {run_dir}"
     # One tokenisation of the training set, and of each evaluation set given by path (speciality, copy, reverse),
@@ -114,8 +64,8 @@ def test_resume_finishes_without_retraining_finished_nodes(resumed_run):
     assert len(trial_ids) == len(set(trial_ids)) == len(started) + 1  # and the base model's
 
 
-def test_every_output_is_written(resumed_run):
-    run_dir, output, _, _ = resumed_run
+def test_every_output_is_written(resumed_smoke):
+    run_dir, output = resumed_smoke.run_dir, resumed_smoke.resumed_output
     for name in ("tree.json", "pareto.csv", "best_node.yaml", "best_model/config.json", "best_model/tokenizer.json",
                  "report.md", "report.html", "pareto.png", "curves.png", "summary.json"):
         assert (run_dir / name).is_file(), name
@@ -136,8 +86,8 @@ def test_every_output_is_written(resumed_run):
         assert all(Path(path, "delta.safetensors").is_file() for path in kept)
 
 
-def test_best_model_is_base_plus_delta(resumed_run):
-    run_dir, _, _, _ = resumed_run
+def test_best_model_is_base_plus_delta(resumed_smoke):
+    run_dir = resumed_smoke.run_dir
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     best = tree.best()
     config = load_config(SMOKE)
@@ -154,8 +104,8 @@ def test_best_model_is_base_plus_delta(resumed_run):
         assert recipe["learning_rate"] == (tree.best_point(best).run.lr or config.train.lr)
 
 
-def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_run):
-    run_dir, _, _, _ = resumed_run
+def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_smoke):
+    run_dir = resumed_smoke.run_dir
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     points = [p for n in tree.nodes.values() for r in n.runs for p in r.history]
     assert len(points) > 3
@@ -173,8 +123,8 @@ def test_lm_eval_set_is_scored_at_every_point_and_joins_vers(resumed_run):
             f"{sets[n]:.3f}" for n in ("speciality", "copy", "reverse", LM_EVAL_SET)) + " |") in report
 
 
-def test_spectrum_reference_trains_its_selection(resumed_run):
-    run_dir, output, _, _ = resumed_run
+def test_spectrum_reference_trains_its_selection(resumed_smoke):
+    run_dir, output = resumed_smoke.run_dir, resumed_smoke.resumed_output
     assert "Spectrum's SNR scores reused from cache" in output  # computed by the first driver, before the kill
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     (node,) = [n for n in tree.at_depth(0) if n.part.kind == "snr"]
@@ -190,8 +140,8 @@ def test_spectrum_reference_trains_its_selection(resumed_run):
         assert f"| {node.id} Spectrum top 50% | {module} | {', '.join(map(str, layers))} |" in report
 
 
-def test_report_agrees_with_tree_json(resumed_run):
-    run_dir, _, _, _ = resumed_run
+def test_report_agrees_with_tree_json(resumed_smoke):
+    run_dir = resumed_smoke.run_dir
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     report = (run_dir / "report.md").read_text()
     rows = {}
@@ -264,12 +214,13 @@ def _killable_worker(ray_cluster, run_dir: Path) -> tuple[int, str] | None:
 
 
 @pytest.mark.parametrize("repeat", range(int(os.environ.get("COFITUNE_KILL_RUNS", "1"))))
-def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, tmp_path, versatility, repeat):
-    clean = SearchTree.from_json((resumed_run[0] / "tree.json").read_text())
+def test_killed_train_worker_is_retried_and_continues(resumed_smoke, ray_cluster, tmp_path, smoke_versatility,
+                                                      repeat):
+    clean = SearchTree.from_json((resumed_smoke.run_dir / "tree.json").read_text())
     address = ray_cluster.get_runtime_context().gcs_address
     # the references only (5 trials): Spectrum's two runs are compared at the rung and wait there for each
     # other and for full SFT; the later levels' nodes add nothing this test checks, at several minutes each
-    search = subprocess.Popen(cli(tmp_path, address, versatility, overrides=("search.max_trials=5",)),
+    search = subprocess.Popen(cli(tmp_path, address, smoke_versatility, overrides=("search.max_trials=5",)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
@@ -280,7 +231,7 @@ def test_killed_train_worker_is_retried_and_continues(resumed_run, ray_cluster, 
         killed = _killable_worker(ray_cluster, run_dir)
         if killed:
             os.kill(killed[0], signal.SIGKILL)
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert killed, "no trained run was caught in the middle of training: " + "".join(output[-30:])
     search.wait(timeout=1200)
     reader.join(timeout=10)
