@@ -10,7 +10,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from cofitune_ray.cluster import API_SERVER_ENV, cluster_address, local_cluster_options
+from cofitune_ray.cluster import API_SERVER_ENV, TRAIN_POLL_ENV, cluster_address, local_cluster_options, worker_env
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
@@ -38,6 +38,11 @@ def test_auto_joins_the_cluster_ray_job_submit_names():
     assert cluster_address("10.0.0.9:6379", job_env) == "10.0.0.9:6379"
     assert cluster_address("auto", {}) == "auto" and cluster_address("auto", {"RAY_ADDRESS": "auto"}) == "auto"
     assert cluster_address(None, {}) is None and cluster_address(None, {"RAY_ADDRESS": ""}) is None
+
+
+def test_workers_poll_twice_a_second_unless_the_user_says_otherwise():
+    assert worker_env(False, {}) == {TRAIN_POLL_ENV: "0.5"}
+    assert worker_env(True, {TRAIN_POLL_ENV: "0.1"}) == {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1", TRAIN_POLL_ENV: "0.1"}
 
 
 def test_local_cluster_options_name_the_dashboard_for_every_worker():
