@@ -13,8 +13,9 @@ RUN_DIR is a finished search's run directory (`storage_path/name`). Two tables:
    first soft-masked run starts, when the search has no cached importance), worker-group start (until rank 0 runs),
    model load (model, tokenizer, evaluator, sharding, soft-mask), training steps (data loading included),
    evaluation, checkpoint save and report (the delta checkpoint, the training state, Ray Train's upload),
-   waiting at the rung (for the node's verdict), paused at the rung (the trial ended until Tune resumed it),
-   teardown (from the last report until Tune saw the trial end), and the idle slot time (no trial at all).
+   waiting at the rung (for the node's verdict), teardown (from the last report until Tune saw the trial end or
+   paused it), and the idle slot time (no trial at all). Paused at the rung (from Tune's pause until it resumed or
+   stopped the trial) holds no slot: it is given beside the table, and left out of the summed trial time.
 
 It ends with the ratios the project tracks: the share of the summed trial time (from each trial's start to
 its end) that is not training, and the base evaluation's own split.
@@ -38,12 +39,15 @@ AFTER = {"suggested": "waiting, trial process start", "started": "trial start", 
          "importance_end": "trial start", "attempt": "worker-group start",
          "worker_started": "model load", "model_ready": "training steps", "eval_start": "evaluation",
          "eval_end": "checkpoint save and report", "reported": "training steps", "kept": "training steps",
-         "attempt_ended": "teardown"}
-#: After `reported`, what the next event says the interval was (anything else: teardown).
+         "attempt_ended": "teardown", "paused": "paused at the rung"}
+#: After `reported`, what the next event says the interval was (anything else, `paused` too: teardown, the trial's
+#: processes stopped).
 AFTER_REPORT = {"eval_start": "training steps", "kept": "waiting at the rung", "started": "paused at the rung"}
 TRIAL_PARTS = ("waiting, trial process start", "trial start", "importance", "worker-group start", "model load",
                "training steps", "evaluation", "checkpoint save and report", "waiting at the rung",
                "paused at the rung", "teardown")
+#: A paused trial holds no slot: Tune gives its CPUs to the next trial.
+NO_SLOT = "paused at the rung"
 
 
 def run_events(run_dir: Path) -> list[dict]:
@@ -115,6 +119,7 @@ def main() -> None:
         for part, seconds in split_run(events).items():
             parts[part] += seconds
     slot_total = slots * tune_s
+    paused = parts.pop(NO_SLOT)
     idle = slot_total - sum(parts.values())
     rows = [(part, f"{s:.1f}", f"{s / slot_total:.1%}", f"{s / len(trials):.1f}") for part, s in parts.items()]
     rows.append(("idle slots", f"{idle:.1f}", f"{idle / slot_total:.1%}", ""))
@@ -122,12 +127,14 @@ def main() -> None:
     print()
     print(f"Tune search: {tune_s:.1f} s x {slots} slots, {len(trials)} trials")
     print(table(rows, ("slot time", "slot-s", "share", "per trial")))
+    print(f"{NO_SLOT}, holding no slot: {paused:.1f} s")
 
-    summed = sum(trial_time(events) for events in trials.values())
+    summed = sum(trial_time(events) for events in trials.values()) - paused
     training = parts["training steps"]
     print()
-    print(f"summed trial time (Tune's start to end of each trial): {summed:.1f} s; training steps {training:.1f} s; "
-          f"everything else {summed - training:.1f} s = {(summed - training) / summed:.1%} of it")
+    print(f"summed trial time (Tune's start to end of each trial, paused time left out): {summed:.1f} s; training "
+          f"steps {training:.1f} s; everything else {summed - training:.1f} s = {(summed - training) / summed:.1%} "
+          "of it")
     base = split_run(run_events(run_dir / NODES_DIR / "base"))
     base_parts = {k: v for k, v in base.items() if v >= 0.05}
     print("base evaluation (a Ray Train run): " + ", ".join(f"{k} {v:.1f} s" for k, v in base_parts.items()))

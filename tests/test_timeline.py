@@ -35,7 +35,8 @@ def write_run(run_dir: Path, name: str, events: dict, attempt: tuple) -> None:
     directory.mkdir(parents=True)
     for event, t in events:
         record_event(directory / TIMELINE_FILE, event, t)
-    (directory / ATTEMPTS_FILE).write_text(json.dumps({"started": attempt[0], "ended": attempt[1]}) + "\n")
+    entry = {"started": attempt[0]} if attempt[1] is None else {"started": attempt[0], "ended": attempt[1]}
+    (directory / ATTEMPTS_FILE).write_text(json.dumps(entry) + "\n")
 
 
 def test_time_split_of_a_recorded_search(tmp_path):
@@ -53,19 +54,24 @@ def test_time_split_of_a_recorded_search(tmp_path):
         ("suggested", 20), ("started", 25), ("worker_started", 30), ("model_ready", 32),
         ("eval_start", 52), ("eval_end", 57), ("reported", 58), ("kept", 60), ("eval_start", 88), ("eval_end", 93),
         ("reported", 95), ("ended", 100)], (26, 99))
+    # a trial paused at the rung at 44 (its attempt never ends by itself) and stopped there at 70: no slot held
+    write_run(tmp_path, "node-n2-lr0.0003", [
+        ("suggested", 30), ("started", 31), ("worker_started", 34), ("model_ready", 35), ("eval_start", 40),
+        ("eval_end", 42), ("reported", 43), ("paused", 44), ("ended", 70)], (32, None))
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_split.py"), str(tmp_path)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     rows = {cells[0]: cells[1:] for line in done.stdout.splitlines() for cells in [re.split(r"\s{2,}", line.strip())]}
     assert rows["Tune search"] == ["100.0", "80.0%"] and rows["wall"] == ["125.0", "100.0%"]
     assert rows["between phases"] == ["0.0", "0.0%"]
-    assert rows["waiting, trial process start"][0] == "5.0" and rows["trial start"][0] == "1.0"
-    assert rows["worker-group start"][0] == "4.0" and rows["model load"][0] == "2.0"
-    assert rows["training steps"][0] == "48.0" and rows["evaluation"][0] == "10.0"
-    assert rows["waiting at the rung"][0] == "2.0" and rows["paused at the rung"][0] == "0.0"
-    assert rows["checkpoint save and report"][0] == "3.0" and rows["teardown"][0] == "5.0"  # 95 -> 99 -> 100
-    assert rows["idle slots"][0] == "120.0" and rows["slot time"][0] == "200.0"
-    assert "summed trial time (Tune's start to end of each trial): 75.0 s; training steps 48.0 s; " \
-           "everything else 27.0 s = 36.0% of it" in done.stdout
+    assert rows["waiting, trial process start"][0] == "6.0" and rows["trial start"][0] == "2.0"
+    assert rows["worker-group start"][0] == "6.0" and rows["model load"][0] == "3.0"
+    assert rows["training steps"][0] == "53.0" and rows["evaluation"][0] == "12.0"
+    assert rows["waiting at the rung"][0] == "2.0" and "paused at the rung" not in rows
+    assert rows["checkpoint save and report"][0] == "4.0" and rows["teardown"][0] == "6.0"  # 95 -> 99 -> 100, 43 -> 44
+    assert rows["idle slots"][0] == "106.0" and rows["slot time"][0] == "200.0"
+    assert "paused at the rung, holding no slot: 26.0 s" in done.stdout
+    assert "summed trial time (Tune's start to end of each trial, paused time left out): 88.0 s; training steps " \
+           "53.0 s; everything else 35.0 s = 39.8% of it" in done.stdout
     assert ("base evaluation (a Ray Train run): worker-group start 3.0 s, model load 2.0 s, evaluation 3.0 s, "
             "checkpoint save and report 0.5 s, teardown 0.5 s") in done.stdout

@@ -29,12 +29,22 @@ class RunFiles(TreeRefresh):
         super().__init__()
         self.searcher = searcher
         self.run_dir = run_dir
+        self._paused: set[str] = set()  # trials whose current pause is recorded
 
     def on_trial_start(self, iteration, trials, trial, **info):
         suggested = self.searcher.suggested_at.get(trial.trial_id)
         if suggested is not None:
             self._record(trial, "suggested", suggested)
+        self._paused.discard(trial.trial_id)
         self._record(trial, "started")
+
+    def on_step_end(self, iteration, trials, **info):
+        """A trial Tune has paused (at the rung: it holds no CPUs until resumed or stopped) records `paused`; Tune
+        has no callback for a pause, and its loop ends a step about ten times a second."""
+        for trial in trials:
+            if trial.status == "PAUSED" and trial.trial_id not in self._paused:
+                self._paused.add(trial.trial_id)
+                self._record(trial, "paused")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, "ended")
