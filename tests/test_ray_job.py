@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from ray_processes import descendants, running
+from smoke_search import SMOKE
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "configs" / "smoke.yaml"
 BIN = Path(sys.executable).parent
 QUICK = ["train.max_steps=6", "eval.every_n_steps=null", "data.max_eval_examples=8"]
 
