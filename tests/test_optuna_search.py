@@ -143,7 +143,8 @@ def test_a_budgeted_optuna_search_on_ray_runs_what_the_in_process_one_runs(ray_c
     tuner = tune.Tuner(
         table_trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=PromisingChildScheduler(searcher, NO_STOPS),
-                                    num_samples=-1, max_concurrent_trials=1),
+                                    num_samples=-1, max_concurrent_trials=1,
+                                    reuse_actors=True),  # a process start less per trial (test_searcher_ray.py)
         run_config=tune.RunConfig(name="optuna", storage_path=str(tmp_path / "storage"), verbose=0),
     )
     results = tuner.fit()
