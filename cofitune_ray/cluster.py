@@ -27,6 +27,10 @@ API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 #: Each poll is a call to every worker of the run, so 0.5 s keeps a 64-worker run at about 128 calls a second.
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.5"
+#: Ray Train's preemption watcher: one more process per run (about 1 CPU-second to start on a 2-core machine), which
+#: reports nodes that the cluster drains. A local cluster of the search's own is one machine that nothing drains,
+#: so there it is off; a cluster the search joins keeps Ray's default.
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def _free_port() -> int:
@@ -70,12 +74,14 @@ def dashboard_line(url: str, token_auth: bool) -> str:
     return line
 
 
-def worker_env(tracked: bool, environ) -> dict[str, str]:
+def worker_env(tracked: bool, local: bool, environ) -> dict[str, str]:
     """The environment the search gives its Ray workers: Ray Train's run tracking when a dashboard shows the runs
-    (without one, the tracking only logs that it cannot query state), and the controller's poll interval
-    (`TRAIN_POLL_ENV` from `environ` when the user set it)."""
+    (without one, the tracking only logs that it cannot query state), the controller's poll interval, and on a
+    `local` cluster of the search's own no preemption watcher. A value the user set in `environ` is kept."""
     env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if tracked else {}
     env[TRAIN_POLL_ENV] = environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    if local:
+        env[PREEMPTION_WATCHER_ENV] = environ.get(PREEMPTION_WATCHER_ENV, "0")
     return env
 
 
@@ -86,7 +92,7 @@ def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
     workers' output reaches this terminal only when `verbose` (see `console.py`).
     """
     address = cluster_address(address, os.environ)
-    env = worker_env(bool(address or dashboard), os.environ)
+    env = worker_env(bool(address or dashboard), address is None, os.environ)
     os.environ.update(env)  # the driver's own Ray Train runs (the base model's evaluation) read it here
     if address:
         if address != "auto" and "://" not in address:

@@ -17,7 +17,7 @@ def ray_cluster():
     """A local Ray cluster with 2 logical CPUs, shared by every Ray test in the session."""
     import ray
 
-    from cofitune_ray.cluster import TRAIN_POLL_ENV, local_cluster_options
+    from cofitune_ray.cluster import TRAIN_POLL_ENV, local_cluster_options, worker_env
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths are limited
     # Ray Train's controller learns of a report (and records its checkpoint) when it polls the workers (every 0.5 s
@@ -25,6 +25,7 @@ def ray_cluster():
     # worker-kill test found no run with its checkpoint recorded and training left. The cluster's processes inherit
     # this environment, and the CLI keeps a value it finds set (`cluster.worker_env`).
     os.environ[TRAIN_POLL_ENV] = "0.1"
+    os.environ.update(worker_env(False, True, os.environ))  # the rest as the CLI's own local clusters
     # with the dashboard, as the CLI's own clusters: Ray Train frees the CPUs of the trials Tune stops
     ray.init(address="local", num_cpus=2, _temp_dir=temp_dir, log_to_driver=False, **local_cluster_options())
     yield ray

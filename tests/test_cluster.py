@@ -9,8 +9,16 @@ import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.state import list_actors
 
-from cofitune_ray.cluster import API_SERVER_ENV, TRAIN_POLL_ENV, cluster_address, local_cluster_options, worker_env
+from cofitune_ray.cluster import (
+    API_SERVER_ENV,
+    PREEMPTION_WATCHER_ENV,
+    TRAIN_POLL_ENV,
+    cluster_address,
+    local_cluster_options,
+    worker_env,
+)
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
@@ -40,9 +48,13 @@ def test_auto_joins_the_cluster_ray_job_submit_names():
     assert cluster_address(None, {}) is None and cluster_address(None, {"RAY_ADDRESS": ""}) is None
 
 
-def test_workers_poll_twice_a_second_unless_the_user_says_otherwise():
-    assert worker_env(False, {}) == {TRAIN_POLL_ENV: "0.5"}
-    assert worker_env(True, {TRAIN_POLL_ENV: "0.1"}) == {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1", TRAIN_POLL_ENV: "0.1"}
+def test_worker_environment_polls_twice_a_second_and_keeps_what_the_user_set():
+    assert worker_env(False, False, {}) == {TRAIN_POLL_ENV: "0.5"}
+    assert worker_env(True, False, {TRAIN_POLL_ENV: "0.1"}) == {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
+                                                                TRAIN_POLL_ENV: "0.1"}
+    # a local cluster of the search's own: no preemption watcher, unless the user asks for it
+    assert worker_env(False, True, {}) == {TRAIN_POLL_ENV: "0.5", PREEMPTION_WATCHER_ENV: "0"}
+    assert worker_env(False, True, {PREEMPTION_WATCHER_ENV: "1"})[PREEMPTION_WATCHER_ENV] == "1"
 
 
 def test_local_cluster_options_name_the_dashboard_for_every_worker():
@@ -60,3 +72,6 @@ def test_a_stopped_trial_frees_its_train_workers_cpus(ray_cluster, tmp_path):
     while ray_cluster.available_resources().get("CPU", 0) < total and time.time() < deadline:
         time.sleep(1)
     assert ray_cluster.available_resources().get("CPU", 0) == total  # no placement group left behind
+    # the local cluster's environment (`worker_env`, as the CLI's) reached Ray Train: its run started no watcher
+    started = {actor.class_name for actor in list_actors(limit=1000)}
+    assert "TrainController" in started and "PreemptionWatcher" not in started

@@ -2,10 +2,12 @@
 
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from ray.util.state import list_actors
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.config import config_from_dict
@@ -100,9 +102,16 @@ def test_merge_into_a_different_base_is_refused(trained, tmp_path):
         export_merged(str(tmp_path / "other"), checkpoint, tmp_path / "out", tokenizer_path=config.model.path)
 
 
+def _actors_started() -> Counter:
+    return Counter(actor.class_name for actor in list_actors(limit=10000))
+
+
 def test_base_node_is_evaluated_not_trained(trained, ray_cluster):
     config, storage, _, _, _ = trained
+    before = _actors_started()
     result = run_node(config, ModelPart(kind="base"), "base", storage, lr=1e-3)
+    started = _actors_started() - before
+    assert started["TrainController"] == 1 and started["DatasetManager"] == 0  # RunTrainer: no Ray Data
     assert result.trained_params == 0 and result.train_steps == 0 and result.lr is None
     (point,) = result.history
     assert point["checkpoint"] is None and not (storage / "base" / "points").exists()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 
 from cofitune_ray.config import Config
 from cofitune_ray.core.files import write_whole
@@ -76,6 +77,25 @@ def finished_result(storage_dir: str | Path, name: str, part: ModelPart, lr: flo
     return result if result.part == part and result.lr == lr else None
 
 
+class RunTrainer(TorchTrainer):
+    """The TorchTrainer of every Ray Train run of a search (a node's run, the importance job), without Ray Data.
+
+    Ray Train starts a `DatasetManager` actor for each run, datasets or not: one more process per run (about
+    1.4 CPU-seconds on a 2-core machine, docs/benchmarks.md). The runs read their data themselves and pass no
+    datasets, so it is left out. `_create_default_callbacks` is Ray Train's own (ray 2.60, pinned in pyproject.toml);
+    `tests/test_node_runner_ray.py` checks that a run starts no such actor.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("datasets"):
+            raise ValueError("RunTrainer runs without Ray Data: pass no datasets")
+        super().__init__(*args, **kwargs)
+
+    def _create_default_callbacks(self) -> list:
+        return [callback for callback in super()._create_default_callbacks()
+                if not isinstance(callback, DatasetsCallback)]
+
+
 def scaling_config(config: Config) -> ray.train.ScalingConfig:
     """Ray Train workers as the config asks (fractional CPUs allowed, e.g. 0.5 on a 2-core machine)."""
     s = config.scaling
@@ -125,7 +145,7 @@ def run_node(
     run_dir.mkdir(parents=True, exist_ok=True)
     history_path = run_dir / HISTORY_FILE  # a retried attempt's workers keep the points before their state
     attempt = _start_attempt(run_dir, {"node": part.key(), "lr": lr, "started": time.time()})
-    trainer = TorchTrainer(
+    trainer = RunTrainer(
         _train_node,
         train_loop_config={
             "config": config,  # a validated Config travels as itself (pickled), never as text to re-validate

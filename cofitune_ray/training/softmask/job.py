@@ -12,11 +12,10 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
-from ray.train.torch import TorchTrainer
 
 from cofitune_ray.config import Config
 from cofitune_ray.training.model import Architecture, load_model, load_tokenizer
-from cofitune_ray.training.runner import scaling_config
+from cofitune_ray.training.runner import RunTrainer, scaling_config
 from cofitune_ray.training.sharding import distribute
 from cofitune_ray.training.softmask import ImportanceRef
 from cofitune_ray.training.softmask.importance import (
@@ -75,7 +74,7 @@ def compute_if_missing(config: Config, ref: ImportanceRef) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if load_cached_importance(directory, ref.key) is not None:
             return False
-        TorchTrainer(
+        RunTrainer(
             importance_worker,
             train_loop_config={"config": config, "data": importance_data(config), "directory": str(directory),
                                "key": ref.key},
