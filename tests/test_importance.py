@@ -87,7 +87,7 @@ def test_a_search_names_its_importance_and_a_cached_one_starts_no_job(world, tmp
                                          f"{ref.directory}")
     importance, raw = compute_importance(model, arch, tokenizer, importance_data(config), importance_settings(config))
     save_importance(Path(ref.directory), importance, ref.key, raw)
-    monkeypatch.setattr(job, "TorchTrainer", None)  # a job would fail: calling None
+    monkeypatch.setattr(job, "RunTrainer", None)  # a job would fail: calling None
     assert job.compute_if_missing(config, ref) is False
     assert job.importance_state(ref) == f"reused from cache: {ref.directory}"
     assert job.ensure_importance(config, tmp_path) == (ref, False)
