@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4)
     args = parser.parse_args()
-    env = worker_env(False, True, os.environ)
+    env = worker_env(False, True, 1, os.environ)
     env.pop(PREEMPTION_WATCHER_ENV)  # set per run below
     os.environ.update(env)
     ray.init(address="local", num_cpus=2, log_to_driver=False, **local_cluster_options(env_vars=env))

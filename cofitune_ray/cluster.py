@@ -21,12 +21,8 @@ from ray._private.authentication.authentication_utils import is_token_auth_enabl
 
 # Read by Ray's state API client (the cleaner's) before any address lookup.
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
-#: How often Ray Train's controller polls its workers, in seconds. It learns of every report, of the run's end and
-#: of a lost worker only then; Ray's default, 2 s, made each trial end 1-2 s late on average, its slot idle
-#: meanwhile (configs/smoke.yaml on 2 cores: 3.5 s of teardown per trial at 2 s, 0.7 s at 0.1 s, docs/benchmarks.md).
-#: Each poll is a call to every worker of the run, so 0.5 s keeps a 64-worker run at about 128 calls a second.
+#: How often Ray Train's controller polls its workers, in seconds (`train_poll_interval`).
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-TRAIN_POLL_S = "0.5"
 #: Ray Train's preemption watcher: one more process per run (about 1 CPU-second to start on a 2-core machine), which
 #: reports nodes that the cluster drains. A local cluster of the search's own is one machine that nothing drains,
 #: so there it is off; a cluster the search joins keeps Ray's default.
@@ -74,25 +70,38 @@ def dashboard_line(url: str, token_auth: bool) -> str:
     return line
 
 
-def worker_env(tracked: bool, local: bool, environ) -> dict[str, str]:
+def train_poll_interval(workers: int) -> str:
+    """Seconds between Ray Train's controller's polls of a run of `workers` workers: ten worker calls a second.
+
+    The controller learns of every report, of the run's end and of a lost worker only when it polls, and each poll
+    is a call to every worker. Ray's default, 2 s, made each trial end 1-2 s late, its slot idle meanwhile
+    (configs/smoke.yaml on 2 cores: 3.5 s of teardown per trial at 2 s, 0.7 s at 0.1 s; docs/benchmarks.md). So a
+    one-worker run is polled every 0.1 s, an 8-worker run every 0.8 s, and from 20 workers on Ray's 2 s holds.
+    """
+    return f"{min(2.0, workers / 10):g}"
+
+
+def worker_env(tracked: bool, local: bool, workers: int, environ) -> dict[str, str]:
     """The environment the search gives its Ray workers: Ray Train's run tracking when a dashboard shows the runs
-    (without one, the tracking only logs that it cannot query state), the controller's poll interval, and on a
-    `local` cluster of the search's own no preemption watcher. A value the user set in `environ` is kept."""
+    (without one, the tracking only logs that it cannot query state), the controller's poll interval for runs of
+    `workers` workers, and on a `local` cluster of the search's own no preemption watcher. A value the user set in
+    `environ` is kept."""
     env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"} if tracked else {}
-    env[TRAIN_POLL_ENV] = environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    env[TRAIN_POLL_ENV] = environ.get(TRAIN_POLL_ENV, train_poll_interval(workers))
     if local:
         env[PREEMPTION_WATCHER_ENV] = environ.get(PREEMPTION_WATCHER_ENV, "0")
     return env
 
 
-def connect(address: str | None, dashboard: bool, verbose: bool) -> str | None:
-    """Join the given cluster, or start a local one; returns Ray's session directory.
+def connect(address: str | None, dashboard: bool, verbose: bool, workers: int) -> str | None:
+    """Join the given cluster, or start a local one, for runs of `workers` Ray Train workers; returns Ray's session
+    directory.
 
     `dashboard`: the local dashboard on its usual port 8265, Ray Train runs tracked on it. Ray's
     workers' output reaches this terminal only when `verbose` (see `console.py`).
     """
     address = cluster_address(address, os.environ)
-    env = worker_env(bool(address or dashboard), address is None, os.environ)
+    env = worker_env(bool(address or dashboard), address is None, workers, os.environ)
     os.environ.update(env)  # the driver's own Ray Train runs (the base model's evaluation) read it here
     if address:
         if address != "auto" and "://" not in address:

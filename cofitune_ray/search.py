@@ -187,7 +187,7 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
     spans.write_to(run_dir / TIMELINE_FILE)
     with console_output(run_dir, verbose) as log_dir:
         with spans.span("Ray start"):
-            session_dir = connect(address, dashboard, verbose)
+            session_dir = connect(address, dashboard, verbose, config.scaling.num_workers)
         print(log_locations_line(log_dir, session_dir, verbose), flush=True)
         space = checked.space
         if any(part.kind == "snr" for part in space.references):

@@ -20,12 +20,13 @@ def ray_cluster():
     from cofitune_ray.cluster import TRAIN_POLL_ENV, local_cluster_options, worker_env
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Unix socket paths are limited
-    # Ray Train's controller learns of a report (and records its checkpoint) when it polls the workers (every 0.5 s
-    # in the product, 2 s in Ray). On a fast machine a toy run's last 10 steps take less than that, so the
-    # worker-kill test found no run with its checkpoint recorded and training left. The cluster's processes inherit
-    # this environment, and the CLI keeps a value it finds set (`cluster.worker_env`).
+    # Ray Train's controller learns of a report (and records its checkpoint) when it polls the workers (in the
+    # product every 0.1 s for one worker, 0.2 s for two: `cluster.train_poll_interval`; 2 s in Ray). On a fast machine
+    # a toy run's last 10 steps took less than Ray's 2 s, so the worker-kill test found no run with its checkpoint
+    # recorded and training left. The cluster's processes inherit this environment, and the CLI keeps a value it
+    # finds set (`cluster.worker_env`).
     os.environ[TRAIN_POLL_ENV] = "0.1"
-    os.environ.update(worker_env(False, True, os.environ))  # the rest as the CLI's own local clusters
+    os.environ.update(worker_env(False, True, 2, os.environ))  # the rest as the CLI's own local clusters
     # with the dashboard, as the CLI's own clusters: Ray Train frees the CPUs of the trials Tune stops
     ray.init(address="local", num_cpus=2, _temp_dir=temp_dir, log_to_driver=False, **local_cluster_options())
     yield ray

@@ -17,6 +17,7 @@ from cofitune_ray.cluster import (
     TRAIN_POLL_ENV,
     cluster_address,
     local_cluster_options,
+    train_poll_interval,
     worker_env,
 )
 
@@ -48,13 +49,16 @@ def test_auto_joins_the_cluster_ray_job_submit_names():
     assert cluster_address(None, {}) is None and cluster_address(None, {"RAY_ADDRESS": ""}) is None
 
 
-def test_worker_environment_polls_twice_a_second_and_keeps_what_the_user_set():
-    assert worker_env(False, False, {}) == {TRAIN_POLL_ENV: "0.5"}
-    assert worker_env(True, False, {TRAIN_POLL_ENV: "0.1"}) == {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
-                                                                TRAIN_POLL_ENV: "0.1"}
+def test_worker_environment_polls_ten_workers_a_second_and_keeps_what_the_user_set():
+    assert worker_env(False, False, 1, {}) == {TRAIN_POLL_ENV: "0.1"}
+    assert worker_env(True, False, 1, {TRAIN_POLL_ENV: "0.3"}) == {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
+                                                                   TRAIN_POLL_ENV: "0.3"}
+    # ten worker calls a second per run, and never less often than Ray's own 2 s
+    assert [train_poll_interval(n) for n in (1, 2, 8, 20, 64)] == ["0.1", "0.2", "0.8", "2", "2"]
+    assert worker_env(False, False, 8, {})[TRAIN_POLL_ENV] == "0.8"
     # a local cluster of the search's own: no preemption watcher, unless the user asks for it
-    assert worker_env(False, True, {}) == {TRAIN_POLL_ENV: "0.5", PREEMPTION_WATCHER_ENV: "0"}
-    assert worker_env(False, True, {PREEMPTION_WATCHER_ENV: "1"})[PREEMPTION_WATCHER_ENV] == "1"
+    assert worker_env(False, True, 2, {}) == {TRAIN_POLL_ENV: "0.2", PREEMPTION_WATCHER_ENV: "0"}
+    assert worker_env(False, True, 2, {PREEMPTION_WATCHER_ENV: "1"})[PREEMPTION_WATCHER_ENV] == "1"
 
 
 def test_local_cluster_options_name_the_dashboard_for_every_worker():
