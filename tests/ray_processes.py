@@ -1,11 +1,13 @@
 """Processes of the Ray clusters tests start: the Ray Train workers of this test session's cluster, to kill one in
-fault-tolerance tests, and the whole process tree of a `ray start` head, to stop it.
+fault-tolerance tests, the whole process tree of a `ray start` head, to stop it, and the actors the session's
+cluster has started, to check which helper processes a run starts.
 
 The machine may run other people's Ray clusters at the same time: only workers started by this
 cluster's raylet (found by the node id of the connected driver) are ever returned.
 """
 
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 
@@ -48,3 +50,10 @@ def train_worker_pids(ray) -> list[int]:
     rows = _processes()
     raylets = {pid for pid, _, args in rows if "raylet" in args.split()[0] and f"--node_id={node_id}" in args}
     return [pid for pid, ppid, args in rows if ppid in raylets and "RayTrainWorker" in args]
+
+
+def actors_started() -> Counter:
+    """How many actors of each class the connected cluster has started, ended ones included (Ray's state API)."""
+    from ray.util.state import list_actors
+
+    return Counter(actor.class_name for actor in list_actors(limit=10000))

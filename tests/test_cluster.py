@@ -9,7 +9,6 @@ import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.util.state import list_actors
 
 from cofitune_ray.cluster import (
     API_SERVER_ENV,
@@ -20,6 +19,7 @@ from cofitune_ray.cluster import (
     train_poll_interval,
     worker_env,
 )
+from ray_processes import actors_started
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
@@ -77,5 +77,5 @@ def test_a_stopped_trial_frees_its_train_workers_cpus(ray_cluster, tmp_path):
         time.sleep(1)
     assert ray_cluster.available_resources().get("CPU", 0) == total  # no placement group left behind
     # the local cluster's environment (`worker_env`, as the CLI's) reached Ray Train: its run started no watcher
-    started = {actor.class_name for actor in list_actors(limit=1000)}
+    started = actors_started()
     assert "TrainController" in started and "PreemptionWatcher" not in started

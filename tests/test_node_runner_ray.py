@@ -2,12 +2,10 @@
 
 import copy
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from ray.util.state import list_actors
 from transformers import AutoModelForCausalLM
 
 from cofitune_ray.config import config_from_dict
@@ -19,6 +17,7 @@ from cofitune_ray.training.model import load_model
 from cofitune_ray.training.runner import run_node
 from cofitune_ray.training.softmask.importance import load_cached_importance
 from cofitune_ray.training.softmask.job import ensure_importance
+from ray_processes import actors_started
 from tiny import make_model, make_world
 
 pytestmark = pytest.mark.ray
@@ -102,15 +101,11 @@ def test_merge_into_a_different_base_is_refused(trained, tmp_path):
         export_merged(str(tmp_path / "other"), checkpoint, tmp_path / "out", tokenizer_path=config.model.path)
 
 
-def _actors_started() -> Counter:
-    return Counter(actor.class_name for actor in list_actors(limit=10000))
-
-
 def test_base_node_is_evaluated_not_trained(trained, ray_cluster):
     config, storage, _, _, _ = trained
-    before = _actors_started()
+    before = actors_started()
     result = run_node(config, ModelPart(kind="base"), "base", storage, lr=1e-3)
-    started = _actors_started() - before
+    started = actors_started() - before
     assert started["TrainController"] == 1 and started["DatasetManager"] == 0  # RunTrainer: no Ray Data
     assert result.trained_params == 0 and result.train_steps == 0 and result.lr is None
     (point,) = result.history
