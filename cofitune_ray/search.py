@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -212,6 +214,9 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `kill -USR1 <pid>` prints every thread's stack to stderr, and the search goes on: where a search that seems
+    # stuck is waiting
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = load_run_config(args)

@@ -57,3 +57,16 @@ def actors_started() -> Counter:
     from ray.util.state import list_actors
 
     return Counter(actor.class_name for actor in list_actors(limit=10000))
+
+
+def cluster_state() -> str:
+    """What the connected cluster holds now, for a test that waited in vain: its live actors, its placement groups
+    not removed, and its free and total resources (Ray's state API)."""
+    import ray
+    from ray.util.state import list_actors, list_placement_groups
+
+    actors = sorted(f"{a.class_name} {a.state} pid {a.pid}" for a in list_actors(limit=10000) if a.state != "DEAD")
+    groups = [f"{g.placement_group_id} {g.state} {g.bundles}"
+              for g in list_placement_groups(limit=10000, detail=True) if g.state != "REMOVED"]
+    return "\n".join([f"free {ray.available_resources()} of {ray.cluster_resources()}",
+                      f"live actors: {actors}", f"placement groups: {groups}"])

@@ -11,16 +11,20 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cofitune_ray.core.layout import ATTEMPTS_FILE
+from ray_processes import cluster_state
 from tiny import write_lm_eval_task
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
 TOY_DATA = REPO / "assets" / "toyworld" / "cliff" / "seed-0" / "data"
 LM_EVAL_SET = "upper-lm"
+SEARCH_TIMEOUT_S = 900  # the whole smoke search takes 4-5 minutes on 2 cores
 FINISHED_TRAINED_NODE = re.compile(r"^\[cofitune\] (n\d+) (?!base model|full SFT).* -> finished\b")
 
 
@@ -44,6 +48,45 @@ def attempts(run_dir: Path) -> dict[str, int]:
     return {p.parent.name: len(p.read_text().splitlines()) for p in (run_dir / "nodes").glob(f"*/{ATTEMPTS_FILE}")}
 
 
+class SearchDriver:
+    """A search's driver process (`command`), its stdout and stderr read line by line into `lines` as they come;
+    with `kill_at`, the driver is killed (SIGKILL) at the first line that matches it, the last line kept."""
+
+    def __init__(self, command: list[str], kill_at: re.Pattern | None = None):
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._kill_at = kill_at
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if self._kill_at is not None and self._kill_at.match(self.lines[-1].strip()):
+                self.process.send_signal(signal.SIGKILL)
+                return
+
+    def wait(self, timeout: float = SEARCH_TIMEOUT_S) -> int:
+        """The driver's return code once it has ended. One that has not ended after `timeout` seconds is killed,
+        and the test fails with its last lines, its threads' stacks (SIGUSR1, `search.main`) and what the cluster
+        holds then."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            printed = len(self.lines)
+            self.process.send_signal(signal.SIGUSR1)
+            state = cluster_state()
+            time.sleep(2)  # the stacks are printed at once; the pipe delivers them
+            self.process.kill()
+            self.process.wait()
+            self._reader.join(timeout=10)
+            raise AssertionError(f"the search had not ended after {timeout:g} s; its last lines, then its stacks:\n"
+                                 + "\n".join(self.lines[max(0, printed - 40):])
+                                 + "\n\nthe cluster then:\n" + state) from None
+        self._reader.join(timeout=10)
+        return self.process.returncode
+
+
 @dataclass(frozen=True)
 class ResumedSearch:
     """The smoke search, killed and resumed."""
@@ -60,21 +103,14 @@ class ResumedSearch:
 
 
 def run_killed_and_resumed(storage: Path, address: str, versatility: str) -> ResumedSearch:
-    first = subprocess.Popen(cli(storage, address, versatility), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    first_lines, finished_before = [], []
-    for line in first.stdout:
-        first_lines.append(line.rstrip("\n"))
-        match = FINISHED_TRAINED_NODE.match(line.strip())
-        if match:
-            finished_before.append(match.group(1))
-            break
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=60)
-    assert finished_before, "the first run ended before any trained node finished:\n" + "\n".join(first_lines)
+    first = SearchDriver(cli(storage, address, versatility), kill_at=FINISHED_TRAINED_NODE)
+    first.wait()
+    first_lines = first.lines
+    finished = FINISHED_TRAINED_NODE.match(first_lines[-1].strip()) if first_lines else None
+    assert finished, "the first run ended before any trained node finished:\n" + "\n".join(first_lines)
+    finished_before = [finished.group(1)]
     run_dir = storage / "smoke"
     before = attempts(run_dir)
-    resumed = subprocess.run(cli(storage, address, versatility, "--resume"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, timeout=1200)
-    assert resumed.returncode == 0, resumed.stdout[-6000:]
-    return ResumedSearch(run_dir, first_lines, resumed.stdout.splitlines(), finished_before, before)
+    resumed = SearchDriver(cli(storage, address, versatility, "--resume"))
+    assert resumed.wait() == 0, "\n".join(resumed.lines[-60:])
+    return ResumedSearch(run_dir, first_lines, resumed.lines, finished_before, before)

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from cofitune_ray.training.model import load_model
 from cofitune_ray.training.spectrum import snr_part
 from cofitune_ray.training.tokenized import BUILDS_FILE, CACHE_DIR
 from ray_processes import train_worker_pids
-from smoke_search import LM_EVAL_SET, SMOKE, attempts, cli
+from smoke_search import LM_EVAL_SET, SMOKE, SearchDriver, attempts, cli
 from tool_rules import axolotl_selects
 
 pytestmark = pytest.mark.ray
@@ -220,22 +218,16 @@ def test_killed_train_worker_is_retried_and_continues(resumed_smoke, ray_cluster
     address = ray_cluster.get_runtime_context().gcs_address
     # the references only (5 trials): Spectrum's two runs are compared at the rung and wait there for each
     # other and for full SFT; the later levels' nodes add nothing this test checks, at several minutes each
-    search = subprocess.Popen(cli(tmp_path, address, smoke_versatility, overrides=("search.max_trials=5",)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(search.stdout), daemon=True)
-    reader.start()
+    search = SearchDriver(cli(tmp_path, address, smoke_versatility, overrides=("search.max_trials=5",)))
     run_dir = tmp_path / "smoke"
     killed, deadline = None, time.time() + 600
-    while not killed and time.time() < deadline and search.poll() is None:
+    while not killed and time.time() < deadline and search.process.poll() is None:
         killed = _killable_worker(ray_cluster, run_dir)
         if killed:
             os.kill(killed[0], signal.SIGKILL)
         time.sleep(0.05)
-    assert killed, "no trained run was caught in the middle of training: " + "".join(output[-30:])
-    search.wait(timeout=1200)
-    reader.join(timeout=10)
-    assert search.returncode == 0, "".join(output[-60:])
+    assert killed, "no trained run was caught in the middle of training:\n" + "\n".join(search.lines[-30:])
+    assert search.wait() == 0, "\n".join(search.lines[-60:])
     tree = SearchTree.from_json((run_dir / "tree.json").read_text())
     assert tree.end_reason == "max_trials reached" and tree.depth == 0
     assert all(n.status == "finished" for n in tree.nodes.values()), {n.id: n.status for n in tree.nodes.values()}
