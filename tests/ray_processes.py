@@ -66,7 +66,8 @@ def cluster_state() -> str:
     from ray.util.state import list_actors, list_placement_groups
 
     actors = sorted(f"{a.class_name} {a.state} pid {a.pid}" for a in list_actors(limit=10000) if a.state != "DEAD")
-    groups = [f"{g.placement_group_id} {g.state} {g.bundles}"
+    groups = [f"{g.placement_group_id} {g.state} {[b['unit_resources'] for b in g.bundles]}"
               for g in list_placement_groups(limit=10000, detail=True) if g.state != "REMOVED"]
-    return "\n".join([f"free {ray.available_resources()} of {ray.cluster_resources()}",
+    free, total = ray.available_resources(), ray.cluster_resources()
+    return "\n".join([", ".join(f"{r} free {free.get(r, 0):g} of {total[r]:g}" for r in ("CPU", "GPU") if r in total),
                       f"live actors: {actors}", f"placement groups: {groups}"])
