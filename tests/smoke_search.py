@@ -83,6 +83,10 @@ class SearchDriver:
             raise AssertionError(f"the search had not ended after {timeout:g} s; its last lines, then its stacks:\n"
                                  + "\n".join(self.lines[max(0, printed - 40):])
                                  + "\n\nthe cluster then:\n" + state) from None
+        finally:  # pytest's own timeout, or an interrupt: no driver left running on the session's cluster
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
         self._reader.join(timeout=10)
         return self.process.returncode
 
