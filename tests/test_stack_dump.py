@@ -12,6 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the demo's preflight: seconds
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 
