@@ -214,9 +214,6 @@ def run_search(config: Config, resume: bool = False, address: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    # `kill -USR1 <pid>` prints every thread's stack to stderr, and the search goes on: where a search that seems
-    # stuck is waiting
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = load_run_config(args)
@@ -228,4 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # the process's own: `kill -USR1 <pid>` prints every thread's stack to stderr, and the search goes on (where a
+    # search that seems stuck is waiting)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(main())
