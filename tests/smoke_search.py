@@ -68,8 +68,8 @@ class SearchDriver:
 
     def wait(self, timeout: float = SEARCH_TIMEOUT_S) -> int:
         """The driver's return code once it has ended. One that has not ended after `timeout` seconds is killed,
-        and the test fails with its last lines, its threads' stacks (SIGUSR1, `search.main`) and what the cluster
-        holds then."""
+        and the test fails with its last lines, its threads' stacks (SIGUSR1: the CLI's command-line entry) and
+        what the cluster holds then."""
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
