@@ -64,12 +64,18 @@ def run_events(run_dir: Path) -> list[dict]:
 
 
 def split_run(events: list[dict]) -> dict[str, float]:
-    """Seconds per part of one run, from its first event to the driver's `ended` (or its last event)."""
+    """Seconds per part of one run, from its first event to the driver's `ended` (or its last event).
+
+    From Tune's pause to the trial's next start (or its end) the run is paused, whatever else is recorded meanwhile:
+    the paused trial's attempt ends just after the pause (its process stopped) and writes its end then.
+    """
     parts = dict.fromkeys(TRIAL_PARTS, 0.0)
+    paused = False
     for here, after in zip(events, events[1:]):
         if here["event"] == "ended":
             break
-        part = AFTER.get(here["event"])
+        paused = here["event"] == "paused" or (paused and here["event"] != "started")
+        part = NO_SLOT if paused else AFTER.get(here["event"])
         if here["event"] == "reported":
             part = AFTER_REPORT.get(after["event"], "teardown")
         if part:

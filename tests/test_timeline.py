@@ -54,10 +54,11 @@ def test_time_split_of_a_recorded_search(tmp_path):
         ("suggested", 20), ("started", 25), ("worker_started", 30), ("model_ready", 32),
         ("eval_start", 52), ("eval_end", 57), ("reported", 58), ("kept", 60), ("eval_start", 88), ("eval_end", 93),
         ("reported", 95), ("ended", 100)], (26, 99))
-    # a trial paused at the rung at 44 (its attempt never ends by itself) and stopped there at 70: no slot held
+    # a trial paused at the rung at 44 (its attempt, stopped with it, ends at 44.5) and stopped there at 70: paused
+    # from 44 to 70, holding no slot
     write_run(tmp_path, "node-n2-lr0.0003", [
         ("suggested", 30), ("started", 31), ("worker_started", 34), ("model_ready", 35), ("eval_start", 40),
-        ("eval_end", 42), ("reported", 43), ("paused", 44), ("ended", 70)], (32, None))
+        ("eval_end", 42), ("reported", 43), ("paused", 44), ("ended", 70)], (32, 44.5))
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_split.py"), str(tmp_path)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
