@@ -25,19 +25,13 @@ from pathlib import Path
 
 import ray
 import ray.train
+from cpu_by_process import machine_cpu_seconds  # this directory's (run as a script)
 from ray.train.torch import TorchTrainer
 
 from cofitune_ray.cluster import PREEMPTION_WATCHER_ENV, local_cluster_options, worker_env
 from cofitune_ray.training.runner import RunTrainer
 
 SETTLE_S = 4.0
-
-
-def machine_cpu_seconds() -> float:
-    """CPU-seconds spent by the whole machine since boot (user, nice, system, irq, softirq, steal)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # less idle and iowait
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def first_work(config: dict) -> None:
