@@ -26,6 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from time_split import table  # this directory's (run as a script)
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_WORKER = "ray::IDLE"
 
@@ -104,10 +106,7 @@ def main() -> None:
     if rest:
         rows.append((f"({len(ranked) - args.top} more kinds)", f"{sum(rest):.1f}", str(len(rest)),
                      f"{sum(rest) / len(rest):.2f}", f"{sum(rest) / machine:.1%}"))
-    header = ("process kind", "CPU-s", "processes", "per process", "of machine")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print(table(rows, ("process kind", "CPU-s", "processes", "per process", "of machine")))
     sys.exit(child.returncode)
 
 

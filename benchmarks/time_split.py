@@ -39,7 +39,7 @@ AFTER = {"suggested": "waiting, trial process start", "started": "trial start", 
          "importance_end": "trial start", "attempt": "worker-group start",
          "worker_started": "model load", "model_ready": "training steps", "eval_start": "evaluation",
          "eval_end": "checkpoint save and report", "reported": "training steps", "kept": "training steps",
-         "attempt_ended": "teardown", "paused": "paused at the rung"}
+         "attempt_ended": "teardown"}
 #: After `reported`, what the next event says the interval was (anything else, `paused` too: teardown, the trial's
 #: processes stopped).
 AFTER_REPORT = {"eval_start": "training steps", "kept": "waiting at the rung", "started": "paused at the rung"}
